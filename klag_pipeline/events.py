@@ -1,0 +1,113 @@
+"""The inter-stage contract: one immutable fact per cluster per cycle per stage.
+
+Each event wraps the one before it, so the calculation stage sees the whole cycle and no stage
+needs shared mutable state. Every event exposes ``cluster``, ``cycle`` and ``observed_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from klag_pipeline.model import (
+    Failure,
+    GroupDescription,
+    TimestampSample,
+    TopicPartition,
+    Watermarks,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleStarted:
+    """The ticker fired for ``cluster``. ``observed_at`` is the wall-clock start of the cycle."""
+
+    cluster: str
+    cycle: int
+    observed_at: float
+    started_monotonic: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsDiscovered:
+    """Kept groups (after the group filters), described."""
+
+    start: CycleStarted
+    groups: Mapping[str, GroupDescription]
+    failures: tuple[Failure, ...]
+    kafka_seconds: float
+    observed_at: float
+
+    @property
+    def cluster(self) -> str:
+        return self.start.cluster
+
+    @property
+    def cycle(self) -> int:
+        return self.start.cycle
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetsFetched:
+    """Committed offsets of every kept group on kept topics, read before any watermark."""
+
+    discovered: GroupsDiscovered
+    committed: Mapping[str, Mapping[TopicPartition, int]]
+    failures: tuple[Failure, ...]
+    kafka_seconds: float
+    observed_at: float
+
+    @property
+    def cluster(self) -> str:
+        return self.discovered.cluster
+
+    @property
+    def cycle(self) -> int:
+        return self.discovered.cycle
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarksListed:
+    """Watermarks of every partition of every topic that has a kept commit, read after offsets.
+
+    Partitions of deleted topics are absent from ``watermarks``; their commits produce no series.
+    """
+
+    offsets: OffsetsFetched
+    watermarks: Mapping[TopicPartition, Watermarks]
+    missing_topics: frozenset[str]
+    failures: tuple[Failure, ...]
+    kafka_seconds: float
+    observed_at: float
+
+    @property
+    def cluster(self) -> str:
+        return self.offsets.cluster
+
+    @property
+    def cycle(self) -> int:
+        return self.offsets.cycle
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampsSampled:
+    """Timestamps of the records at lagging committed offsets, keyed by (partition, committed).
+
+    ``enabled`` False: sampling is switched off and the time-lag families are not produced.
+    A lagging (partition, offset) missing from ``samples`` had no readable timestamp this cycle.
+    """
+
+    watermarks: WatermarksListed
+    samples: Mapping[tuple[TopicPartition, int], TimestampSample]
+    enabled: bool
+    failures: tuple[Failure, ...]
+    kafka_seconds: float
+    observed_at: float
+
+    @property
+    def cluster(self) -> str:
+        return self.watermarks.cluster
+
+    @property
+    def cycle(self) -> int:
+        return self.watermarks.cycle

@@ -1,0 +1,104 @@
+"""The narrow seam between the pipeline and a Kafka cluster.
+
+Stages depend on :class:`ClusterClient` only; the aiokafka adapter implements it and tests use
+fakes. Every method returns what it could learn plus the partial failures it met: one broker,
+group or partition failing never fails the whole call. A call raises (a ``KafkaError``) only when
+nothing at all could be learned, e.g. no broker reachable or authentication refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from klag_pipeline.model import (
+    Failure,
+    GroupDescription,
+    ListedGroup,
+    TimestampSample,
+    TopicPartition,
+    Watermarks,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupListing:
+    groups: tuple[ListedGroup, ...]
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescriptions:
+    groups: Mapping[str, GroupDescription]
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedOffsets:
+    """Committed offsets per group. A group with no commits maps to an empty mapping."""
+
+    offsets: Mapping[str, Mapping[TopicPartition, int]]
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkListing:
+    """Watermarks of every partition of the requested topics that exist.
+
+    ``missing_topics`` are topics the cluster does not know (deleted): they are never created.
+    """
+
+    watermarks: Mapping[TopicPartition, Watermarks]
+    missing_topics: frozenset[str] = frozenset()
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampListing:
+    """Samples keyed by (partition, committed offset) that was asked for."""
+
+    samples: Mapping[tuple[TopicPartition, int], TimestampSample]
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOverview:
+    """What ``check --connect`` reports: brokers, topics and groups visible."""
+
+    cluster_id: str | None
+    controller_id: int | None
+    brokers: tuple[tuple[int, str, int], ...]  # (node id, host, port)
+    topic_count: int
+    partition_count: int
+    group_count: int
+    api_versions: Mapping[str, int]  # API name → highest version the first broker supports
+
+
+class ClusterClient(Protocol):
+    """One Kafka cluster, as the stages see it."""
+
+    async def connect(self) -> None:
+        """Bootstrap: metadata + ApiVersions capability table. Raises on auth/network failure."""
+
+    async def close(self) -> None: ...
+
+    async def list_groups(self) -> GroupListing:
+        """ListGroups on every broker (types classic + consumer); each group with its coordinator."""
+
+    async def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
+        """DescribeGroups (classic) / ConsumerGroupDescribe (KIP-848), batched per coordinator."""
+
+    async def fetch_committed_offsets(self, groups: Sequence[ListedGroup]) -> CommittedOffsets:
+        """OffsetFetch of all committed partitions, many groups per request per coordinator."""
+
+    async def list_watermarks(self, topics: Collection[str]) -> WatermarkListing:
+        """ListOffsets earliest and latest for every partition of ``topics``, batched per leader."""
+
+    async def sample_timestamps(
+        self, wanted: Mapping[TopicPartition, Collection[int]]
+    ) -> TimestampListing:
+        """Fetch the record at each committed offset; batched per leader, bounded in bytes."""
+
+    async def overview(self) -> ClusterOverview:
+        """Brokers, topic/partition counts and group count, for ``check --connect``."""

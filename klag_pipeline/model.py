@@ -1,0 +1,127 @@
+"""Domain types shared by the Kafka port, the stages and the pure calculations.
+
+Everything here is immutable and imports nothing from asyncio, aiokafka or aiohttp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from types import MappingProxyType
+from collections.abc import Mapping
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+
+class GroupState(IntEnum):
+    """Numeric state codes of ``kafka_consumergroup_group_state`` (SPEC §4)."""
+
+    UNKNOWN = 0
+    PREPARING_REBALANCE = 1
+    COMPLETING_REBALANCE = 2
+    STABLE = 3
+    DEAD = 4
+    EMPTY = 5
+    ASSIGNING = 6
+    RECONCILING = 7
+
+    @classmethod
+    def parse(cls, name: str) -> GroupState:
+        """Map a broker's state string (classic or KIP-848) onto a code; unknown → UNKNOWN."""
+        return _STATE_NAMES.get(name.replace("_", "").replace(" ", "").lower(), cls.UNKNOWN)
+
+
+_STATE_NAMES: Mapping[str, GroupState] = MappingProxyType(
+    {
+        "preparingrebalance": GroupState.PREPARING_REBALANCE,
+        "completingrebalance": GroupState.COMPLETING_REBALANCE,
+        "awaitingsync": GroupState.COMPLETING_REBALANCE,  # pre-2.0 name of CompletingRebalance
+        "stable": GroupState.STABLE,
+        "dead": GroupState.DEAD,
+        "empty": GroupState.EMPTY,
+        "assigning": GroupState.ASSIGNING,
+        "reconciling": GroupState.RECONCILING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedGroup:
+    """One group as ListGroups reported it. ``coordinator`` is the node id that listed it."""
+
+    group_id: str
+    protocol_type: str
+    state: str
+    group_type: str  # "classic", "consumer", or "" when the broker predates KIP-848 (ListGroups < 5)
+    coordinator: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    member_id: str
+    client_id: str
+    client_host: str
+    assignment: frozenset[TopicPartition]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    group_id: str
+    state: GroupState
+    protocol_type: str
+    group_type: str
+    members: tuple[GroupMember, ...]
+    coordinator: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """Low (log start) and high (log end, or last stable offset) offset of one partition.
+
+    ``low`` is None when the earliest-offset lookup failed this cycle: then nothing may be said
+    about data loss for that partition (SPEC §11).
+    """
+
+    low: int | None
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampSample:
+    """What a Fetch at a committed offset found.
+
+    ``offset`` is the offset of the first data record at or after the committed offset, and
+    ``timestamp_ms`` its timestamp. ``offset > committed`` means the record at ``committed`` is gone.
+    """
+
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A partial failure inside an otherwise successful step (one broker, group or partition)."""
+
+    stage: str
+    target: str  # broker id, group id or "topic-partition" for display only, never a key
+    error: str
+
+
+EMPTY_FAILURES: tuple[Failure, ...] = ()
+
+
+__all__ = [
+    "EMPTY_FAILURES",
+    "Failure",
+    "GroupDescription",
+    "GroupMember",
+    "GroupState",
+    "ListedGroup",
+    "TimestampSample",
+    "TopicPartition",
+    "Watermarks",
+]

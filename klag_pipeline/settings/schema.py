@@ -1,0 +1,130 @@
+"""Frozen, typed settings (SPEC §2.2). Durations are float seconds.
+
+Parsed once at start-up by :mod:`klag_pipeline.settings.loader` and passed down; nothing reads
+configuration lazily.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+Granularity = Literal["partition", "topic"]
+OtelProtocol = Literal["grpc", "http/protobuf"]
+LeadershipProvider = Literal["kubernetes", "kafka"]
+
+
+def _empty() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampSamplingSettings:
+    enabled: bool = True
+    cache_ttl: float = 60.0
+    max_concurrent_fetches: int = 10
+    fetch_timeout: float = 5.0
+    max_bytes_per_partition: int = 262144
+
+
+@dataclass(frozen=True, slots=True)
+class OtelSettings:
+    enabled: bool = False
+    endpoint: str = "http://localhost:4317"
+    protocol: OtelProtocol = "grpc"
+    export_interval: float = 60.0
+    timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=_empty)
+    resource_attributes: Mapping[str, str] = field(default_factory=_empty)
+    insecure: bool | None = None  # None: derived from the endpoint scheme (http → insecure)
+    certificate_file: str | None = None
+    client_certificate_file: str | None = None
+    client_key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlSettings:
+    enabled: bool = False
+    path: str = "-"
+    only_lagging: bool = False
+    rotate_bytes: int = 0
+    keep_files: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    basic_auth_users: Mapping[str, str] = field(default_factory=_empty)  # user → hash (secret)
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceSettings:
+    kafka_timeout: float = 30.0
+    offset_fetch_timeout: float = 10.0
+    max_concurrent_groups: int = 10
+    max_concurrent_watermarks: int = 50
+    queue_capacity: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipSettings:
+    enabled: bool = False
+    provider: LeadershipProvider = "kubernetes"
+    lease_name: str = "klag-pipeline"
+    lease_namespace: str | None = None  # None: the pod's namespace, else "default"
+    identity: str | None = None  # None: HOSTNAME / POD_NAME / random
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    cluster: str | None = None  # kafka provider: which cluster; None = the first
+    kubeconfig: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSettings:
+    poll_interval: float = 30.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    granularity: Granularity = "partition"
+    staleness_threshold: float = 90.0  # default 3 × poll_interval, resolved by the loader
+    timestamp_sampling: TimestampSamplingSettings = field(default_factory=TimestampSamplingSettings)
+    otel: OtelSettings = field(default_factory=OtelSettings)
+    jsonl: JsonlSettings = field(default_factory=JsonlSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
+    leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    name: str
+    bootstrap_servers: tuple[str, ...]
+    group_whitelist: tuple[re.Pattern[str], ...] = (re.compile(".*"),)
+    group_blacklist: tuple[re.Pattern[str], ...] = ()
+    topic_whitelist: tuple[re.Pattern[str], ...] = (re.compile(".*"),)
+    topic_blacklist: tuple[re.Pattern[str], ...] = (re.compile("__.*"),)
+    consumer_properties: Mapping[str, str] = field(default_factory=_empty)
+    labels: Mapping[str, str] = field(default_factory=_empty)
+
+    def keeps_group(self, group_id: str) -> bool:
+        return _kept(group_id, self.group_whitelist, self.group_blacklist)
+
+    def keeps_topic(self, topic: str) -> bool:
+        return _kept(topic, self.topic_whitelist, self.topic_blacklist)
+
+
+def _kept(
+    name: str, whitelist: tuple[re.Pattern[str], ...], blacklist: tuple[re.Pattern[str], ...]
+) -> bool:
+    return any(p.search(name) for p in whitelist) and not any(p.search(name) for p in blacklist)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    exporter: ExporterSettings
+    clusters: tuple[ClusterSettings, ...]
+    source: str | None = None  # path of the file these came from, for messages

@@ -1,0 +1,98 @@
+"""The per-cycle, per-cluster result every sink consumes (SPEC §4–§6).
+
+Produced by the calculation stage (pure code in :mod:`klag_pipeline.lag`), immutable, and
+complete: a sink never needs anything else to render a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from klag_pipeline.model import GroupState, TopicPartition
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRow:
+    """One (group, topic, partition) with a committed offset.
+
+    ``low`` None: the earliest offset is unknown this cycle, so the loss figures
+    (``messages_lost``, ``retention_margin``, ``lag_retention_ratio``) are None and
+    ``data_loss_detected`` is False: we never claim loss on missing data.
+    ``lag_seconds`` None: lag > 0 but no timestamp could be read this cycle (or sampling is off).
+    """
+
+    group: str
+    topic: str
+    partition: int
+    member_host: str
+    consumer_id: str
+    client_id: str
+    committed: int
+    low: int | None
+    high: int
+    lag: int
+    lag_seconds: float | None
+    compaction_detected: bool
+    data_loss_detected: bool
+    messages_lost: int | None
+    retention_margin: int | None
+    lag_retention_ratio: float | None
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    group: str
+    state: GroupState
+    protocol_type: str
+    group_type: str
+    member_count: int
+    max_lag: int
+    max_lag_seconds: float | None  # None when sampling is off or no lagging partition was sampled
+    sum_lag: int
+    topic_sum_lag: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """Watermarks of one partition of a kept topic (the P label set)."""
+
+    topic: str
+    partition: int
+    low: int | None
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """Everything known about one cluster after one successful cycle."""
+
+    cluster: str
+    labels: Mapping[str, str]  # the cluster's custom labels, added to every series
+    cycle: int
+    observed_at: float  # unix seconds when the cycle's data was read (end of broker calls)
+    started_at: float  # unix seconds when the cycle started
+    duration_seconds: float  # whole collection cycle
+    poll_time_ms: float  # time spent in broker calls
+    timestamp_sampling: bool  # whether the time-lag families exist in this snapshot
+    partitions: tuple[PartitionOffsets, ...]
+    groups: tuple[GroupSummary, ...]
+    rows: tuple[PartitionRow, ...]
+    compaction_detected_count: int
+    data_loss_partition_count: int
+    error_count: int  # partial failures met during the cycle
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterWithdrawn:
+    """Remove every series of ``cluster`` from a sink (stale data or leadership lost)."""
+
+    cluster: str
+    reason: str
+
+
+SinkUpdate = ClusterSnapshot | ClusterWithdrawn
