@@ -100,6 +100,10 @@ class TimestampSample:
 
     offset: int
     timestamp_ms: int
+    record_missing: bool = False
+    """True when the record at the committed offset is gone and the gap is not explained by
+    control records (transaction markers) or aborted transactions: compaction (or, below the log
+    start, retention)."""
 
 
 @dataclass(frozen=True, slots=True)

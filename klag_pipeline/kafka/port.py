@@ -102,3 +102,14 @@ class ClusterClient(Protocol):
 
     async def overview(self) -> ClusterOverview:
         """Brokers, topic/partition counts and group count, for ``check --connect``."""
+
+
+class RequestObserver(Protocol):
+    """Told about every broker request, for the ``klag_pipeline_*`` self-metrics."""
+
+    def on_request(self, api: str, broker: str, outcome: str, seconds: float) -> None:
+        """``api`` e.g. "ListGroups"; ``broker`` the node id as text; ``outcome`` "ok" or an
+        error class name ("timeout", "connection", "auth", "protocol", or a Kafka error name)."""
+
+    def on_throttle(self, api: str, broker: str, throttle_ms: int) -> None:
+        """A broker asked us to back off for ``throttle_ms``."""

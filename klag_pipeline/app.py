@@ -1,0 +1,447 @@
+"""Composition root: settings → clients → stages → sinks → runner.
+
+``run`` is the long-lived exporter, ``once`` one cycle printed to stdout, ``check_connect`` the
+reachability check. Nothing else wires components together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import structlog
+
+from klag_pipeline import __version__
+from klag_pipeline.errors import KafkaError, KlagError
+from klag_pipeline.events import (
+    CycleStarted,
+    GroupsDiscovered,
+    OffsetsFetched,
+    TimestampsSampled,
+    WatermarksListed,
+)
+from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.pipeline.channel import Channel, ChannelClosed, DroppingChannel
+from klag_pipeline.pipeline.clock import Clock, SystemClock
+from klag_pipeline.pipeline.fanout import FanOut
+from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
+from klag_pipeline.pipeline.ticker import Ticker
+from klag_pipeline.settings.redaction import redact_settings
+from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings, Settings
+from klag_pipeline.sinks import Sink
+from klag_pipeline.sinks.prometheus import PrometheusSink
+from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
+from klag_pipeline.stages.calculation import CalculationStage
+from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
+from klag_pipeline.stages.discovery import DiscoveryStage
+from klag_pipeline.stages.loop import run_stage
+from klag_pipeline.stages.timestamps import TimestampStage
+from klag_pipeline.stages.watermarks import WatermarksStage
+from klag_pipeline.status import StatusBoard
+from klag_pipeline.telemetry.self_metrics import SelfMetrics
+
+log = structlog.get_logger("klag_pipeline")
+
+# Shutdown: time allowed for in-flight cycles to finish and sinks to flush after SIGTERM.
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+ClientFactory = Callable[[ClusterSettings, PerformanceSettings, RequestObserver], ClusterClient]
+
+
+def default_client_factory(
+    cluster: ClusterSettings, performance: PerformanceSettings, observer: RequestObserver
+) -> ClusterClient:
+    from klag_pipeline.kafka.adapter import AiokafkaClusterClient
+
+    return AiokafkaClusterClient(cluster, performance, observer)
+
+
+def cycle_start(event: object) -> CycleStarted:
+    """The CycleStarted at the root of any stage event."""
+    while not isinstance(event, CycleStarted):
+        if isinstance(event, GroupsDiscovered):
+            event = event.start
+        elif isinstance(event, OffsetsFetched):
+            event = event.discovered
+        elif isinstance(event, WatermarksListed):
+            event = event.offsets
+        elif isinstance(event, TimestampsSampled):
+            event = event.watermarks
+        else:
+            raise TypeError(f"not a cycle event: {type(event).__name__}")
+    return event
+
+
+@dataclass
+class ClusterPipeline:
+    """One cluster's chain: ticker → discovery → offsets → watermarks → timestamps → calculation."""
+
+    settings: ClusterSettings
+    client: ClusterClient
+    ticker: Ticker
+    stages: tuple[Any, ...]
+    channels: tuple[Channel[Any], ...]
+    failing: bool = False
+    withdrawn: bool = False
+    last_error: str = ""
+
+
+class Exporter:
+    """The long-lived exporter. Build it, then ``await exporter.run(stop_event)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        client_factory: ClientFactory = default_client_factory,
+        extra_sinks: Sequence[Sink] = (),
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        exporter = settings.exporter
+        self.status = StatusBoard(
+            [c.name for c in settings.clusters],
+            staleness_threshold=exporter.staleness_threshold,
+            poll_interval=exporter.poll_interval,
+            clock=self.clock,
+        )
+        self.self_metrics = SelfMetrics()
+        self.prometheus = PrometheusSink(exporter.granularity, self.status, self.self_metrics)
+        self.sinks: list[Sink] = [self.prometheus, *extra_sinks]
+        self.snapshots: Channel[SinkUpdate] = Channel(exporter.performance.queue_capacity, "snapshots")
+        self.inboxes = {
+            sink.name: DroppingChannel[SinkUpdate](
+                exporter.performance.queue_capacity,
+                f"sink.{sink.name}",
+                on_drop=self._dropper(sink.name),
+            )
+            for sink in self.sinks
+        }
+        self.pipelines = [
+            self._build_pipeline(cluster, client_factory) for cluster in settings.clusters
+        ]
+        self._publishers_left = len(self.pipelines)
+        self.self_metrics.register_queue("snapshots", self.snapshots.qsize)
+        for name, inbox in self.inboxes.items():
+            self.self_metrics.register_queue(f"sink.{name}", inbox.qsize)
+
+    def _dropper(self, sink: str) -> Callable[[SinkUpdate], None]:
+        def dropped(_: SinkUpdate) -> None:
+            self.self_metrics.snapshot_dropped(sink)
+
+        return dropped
+
+    def _build_pipeline(
+        self, cluster: ClusterSettings, client_factory: ClientFactory
+    ) -> ClusterPipeline:
+        exporter = self.settings.exporter
+        capacity = exporter.performance.queue_capacity
+        client = client_factory(cluster, exporter.performance, self.self_metrics)
+        clock = self.clock
+        stages = (
+            DiscoveryStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
+            CommittedOffsetsStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
+            WatermarksStage(client, time_fn=clock.time, monotonic=clock.monotonic),
+            TimestampStage(
+                client,
+                exporter.timestamp_sampling,
+                cache_lookup=self.self_metrics.cache_lookup,
+                clock=clock,
+            ),
+            CalculationStage(cluster, time_fn=clock.time, monotonic=clock.monotonic),
+        )
+        # The tick channel holds one tick: a busy pipeline makes the ticker skip ticks, never
+        # queue a burst of them.
+        channels: list[Channel[Any]] = [Channel(1, f"{cluster.name}.ticks")]
+        for stage in stages:
+            channels.append(Channel(capacity, f"{cluster.name}.{stage.name}"))
+        for channel in channels:
+            self.self_metrics.register_queue(channel.name, channel.qsize)
+        return ClusterPipeline(
+            settings=cluster,
+            client=client,
+            ticker=Ticker(cluster.name, exporter.poll_interval, clock),
+            stages=stages,
+            channels=tuple(channels),
+        )
+
+    # -- cycle outcome --------------------------------------------------------------------------
+
+    def _deadline(self, event: object) -> float:
+        # The event loop's clock is time.monotonic, the same clock CycleStarted records.
+        return cycle_start(event).started_monotonic + self.settings.exporter.poll_interval
+
+    def _on_failure(self, pipeline: ClusterPipeline) -> Callable[[str, int, str, KlagError], None]:
+        def failed(cluster: str, cycle: int, stage: str, error: KlagError) -> None:
+            message = f"{stage}: {error}"
+            self.status.cycle_failed(cluster, message)
+            self.self_metrics.stage_failed(cluster, stage)
+            self.self_metrics.cycle_finished(cluster, "error")
+            if not pipeline.failing or message != pipeline.last_error:
+                log.warning(
+                    "cluster_cycle_failed",
+                    cluster=cluster,
+                    cycle=cycle,
+                    stage=stage,
+                    error=str(error),
+                    broker=getattr(error, "broker", None),
+                )
+            else:
+                log.debug("cluster_cycle_failed", cluster=cluster, cycle=cycle, stage=stage)
+            pipeline.failing = True
+            pipeline.last_error = message
+
+        return failed
+
+    async def _publish(self, pipeline: ClusterPipeline) -> None:
+        """Record the cycle's success and hand its snapshot to the sinks."""
+        inbox: Channel[ClusterSnapshot] = pipeline.channels[-1]
+        name = pipeline.settings.name
+        try:
+            async for snapshot in inbox:
+                self.status.cycle_succeeded(name, snapshot.duration_seconds)
+                self.self_metrics.cycle_finished(name, "ok")
+                self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
+                if pipeline.failing:
+                    log.info("cluster_recovered", cluster=name, cycle=snapshot.cycle)
+                    pipeline.failing = False
+                    pipeline.last_error = ""
+                if pipeline.withdrawn:
+                    log.info("cluster_fresh_again", cluster=name, cycle=snapshot.cycle)
+                    pipeline.withdrawn = False
+                log.debug(
+                    "cycle_completed",
+                    cluster=name,
+                    cycle=snapshot.cycle,
+                    duration_seconds=round(snapshot.duration_seconds, 3),
+                    groups=len(snapshot.groups),
+                    rows=len(snapshot.rows),
+                    errors=snapshot.error_count,
+                )
+                if self.status.is_leader:
+                    await self.snapshots.send(snapshot)
+        finally:
+            self._publishers_left -= 1
+            if self._publishers_left == 0:
+                self.snapshots.close()
+
+    async def _watch_staleness(self, stop: asyncio.Event) -> None:
+        """Withdraw a cluster's series from every sink once its data is older than the threshold."""
+        exporter = self.settings.exporter
+        period = max(0.1, min(exporter.poll_interval, exporter.staleness_threshold) / 4)
+        while not stop.is_set():
+            for pipeline in self.pipelines:
+                name = pipeline.settings.name
+                if pipeline.withdrawn or self.status.is_fresh(name):
+                    continue
+                if not self.status.has_data(name):
+                    continue
+                pipeline.withdrawn = True
+                log.warning(
+                    "cluster_stale",
+                    cluster=name,
+                    staleness_threshold=exporter.staleness_threshold,
+                    error=pipeline.last_error or None,
+                )
+                try:
+                    await self.snapshots.send(ClusterWithdrawn(name, "stale"))
+                except ChannelClosed:
+                    return
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            except TimeoutError:
+                pass
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def add_to(self, runner: Runner, stop: asyncio.Event) -> None:
+        for pipeline in self.pipelines:
+            name = pipeline.settings.name
+            ticks = pipeline.channels[0]
+            runner.add(f"{name}.ticker", _bind(pipeline.ticker.run, ticks))
+            runner.on_stop(pipeline.ticker.stop)
+            on_failure = self._on_failure(pipeline)
+            for index, stage in enumerate(pipeline.stages):
+                runner.add(
+                    f"{name}.{stage.name}",
+                    _stage_runner(
+                        stage,
+                        pipeline.channels[index],
+                        pipeline.channels[index + 1],
+                        self._deadline,
+                        on_failure,
+                    ),
+                )
+            runner.add(f"{name}.publish", _bind(self._publish, pipeline))
+        runner.add("staleness", _bind(self._watch_staleness, stop))
+        fanout = FanOut(self.inboxes)
+        runner.add("fanout", _bind(fanout.run, self.snapshots))
+        for sink in self.sinks:
+            runner.add(f"sink.{sink.name}", _bind(sink.run, self.inboxes[sink.name]))
+
+    async def close_clients(self) -> None:
+        for pipeline in self.pipelines:
+            try:
+                await pipeline.client.close()
+            except KlagError as exc:
+                log.warning("cluster_close_failed", cluster=pipeline.settings.name, error=str(exc))
+
+
+def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
+    def factory() -> Awaitable[None]:
+        return function(*args)
+
+    return factory
+
+
+def _stage_runner(
+    stage: Any,
+    inbox: Channel[Any],
+    outbox: Channel[Any],
+    deadline_of: Callable[[object], float],
+    on_failure: Callable[[str, int, str, KlagError], None],
+) -> Callable[[], Awaitable[None]]:
+    def factory() -> Awaitable[None]:
+        return run_stage(stage, inbox, outbox, deadline_of=deadline_of, on_failure=on_failure)
+
+    return factory
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the exporter until ``stop`` is set (SIGTERM/SIGINT set it when not given)."""
+    from klag_pipeline.http import build_app, start_server
+
+    exporter = Exporter(settings)
+    stop_event = stop or asyncio.Event()
+    if stop is None:
+        install_signal_handlers(asyncio.get_running_loop(), stop_event)
+    app = build_app(
+        exporter.prometheus,
+        exporter.status,
+        version=__version__,
+        settings_view=redact_settings(settings),
+    )
+    server = await start_server(app, settings.exporter.http_host, settings.exporter.http_port)
+    log.info(
+        "exporter_started",
+        version=__version__,
+        http=f"{settings.exporter.http_host}:{settings.exporter.http_port}",
+        clusters=[c.name for c in settings.clusters],
+        poll_interval=settings.exporter.poll_interval,
+    )
+    runner = Runner()
+    exporter.add_to(runner, stop_event)
+    try:
+        await runner.run(stop_event, SHUTDOWN_TIMEOUT_SECONDS)
+    finally:
+        await exporter.close_clients()
+        await server.cleanup()
+        log.info("exporter_stopped")
+
+
+def run(settings: Settings) -> int:
+    asyncio.run(serve(settings))
+    return 0
+
+
+# -- once -------------------------------------------------------------------------------------
+
+
+async def collect_once(
+    settings: Settings, *, client_factory: ClientFactory = default_client_factory
+) -> tuple[list[ClusterSnapshot], list[tuple[str, str]]]:
+    """One cycle for every cluster, concurrently. Returns snapshots and (cluster, error) pairs."""
+    self_metrics = SelfMetrics()
+    clock = SystemClock()
+    exporter = settings.exporter
+
+    async def one(cluster: ClusterSettings, cycle_id: int) -> ClusterSnapshot:
+        client = client_factory(cluster, exporter.performance, self_metrics)
+        stages: tuple[Any, ...] = (
+            DiscoveryStage(client, cluster),
+            CommittedOffsetsStage(client, cluster),
+            WatermarksStage(client),
+            TimestampStage(client, exporter.timestamp_sampling, clock=clock),
+            CalculationStage(cluster),
+        )
+        event: Any = CycleStarted(cluster.name, cycle_id, clock.time(), clock.monotonic())
+        try:
+            async with asyncio.timeout(exporter.poll_interval + exporter.performance.kafka_timeout):
+                for stage in stages:
+                    event = await stage.process(event)
+        except TimeoutError as exc:
+            raise KafkaError(f"cycle did not finish within {exporter.poll_interval:g}s") from exc
+        finally:
+            await client.close()
+        assert isinstance(event, ClusterSnapshot)
+        return event
+
+    results = await asyncio.gather(
+        *(one(cluster, 1) for cluster in settings.clusters), return_exceptions=True
+    )
+    snapshots: list[ClusterSnapshot] = []
+    errors: list[tuple[str, str]] = []
+    for cluster, result in zip(settings.clusters, results, strict=True):
+        if isinstance(result, ClusterSnapshot):
+            snapshots.append(result)
+        elif isinstance(result, KlagError):
+            errors.append((cluster.name, str(result)))
+        elif isinstance(result, BaseException):
+            raise result
+    return snapshots, errors
+
+
+def once(settings: Settings, fmt: str, *, out: TextIO | None = None) -> int:
+    """``klag-pipeline once``: one cycle, printed. Exit 1 when any cluster failed."""
+    from klag_pipeline.output import render_once
+
+    stream = out or sys.stdout
+    snapshots, errors = asyncio.run(collect_once(settings))
+    stream.write(render_once(snapshots, settings, fmt, tty=stream.isatty()))
+    stream.flush()
+    for cluster, error in errors:
+        log.error("cluster_cycle_failed", cluster=cluster, error=error)
+    return 1 if errors else 0
+
+
+# -- check --connect --------------------------------------------------------------------------
+
+
+async def _check_connect(settings: Settings, out: TextIO) -> int:
+    self_metrics = SelfMetrics()
+
+    async def one(cluster: ClusterSettings) -> tuple[bool, str]:
+        client = default_client_factory(cluster, settings.exporter.performance, self_metrics)
+        try:
+            async with asyncio.timeout(settings.exporter.performance.kafka_timeout * 2):
+                await client.connect()
+                overview = await client.overview()
+        except TimeoutError:
+            return False, f"cluster {cluster.name}: FAILED: no answer within the Kafka timeout"
+        except KafkaError as exc:
+            return False, f"cluster {cluster.name}: FAILED: {exc}"
+        finally:
+            await client.close()
+        brokers = ", ".join(f"{node}={host}:{port}" for node, host, port in overview.brokers)
+        return True, (
+            f"cluster {cluster.name}: OK\n"
+            f"  cluster id: {overview.cluster_id}  controller: {overview.controller_id}\n"
+            f"  brokers: {brokers}\n"
+            f"  topics: {overview.topic_count}  partitions: {overview.partition_count}"
+            f"  consumer groups: {overview.group_count}\n"
+            f"  api versions: {json.dumps(dict(overview.api_versions), sort_keys=True)}"
+        )
+
+    reports = await asyncio.gather(*(one(c) for c in settings.clusters))
+    for _, report in reports:
+        out.write(report + "\n")
+    return 0 if all(ok for ok, _ in reports) else 1
+
+
+def check_connect(settings: Settings, *, out: TextIO | None = None) -> int:
+    return asyncio.run(_check_connect(settings, out or sys.stdout))

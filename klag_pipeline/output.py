@@ -1,0 +1,138 @@
+"""What ``klag-pipeline once`` prints: a table (like ``kafka-consumer-groups --describe`` plus
+time lag, state, member and data-loss columns), JSON, JSON lines or the Prometheus exposition."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from klag_pipeline.records import cycle_record, group_record, partition_records
+from klag_pipeline.settings.schema import Settings
+from klag_pipeline.snapshot import ClusterSnapshot
+
+FORMATS = ("table", "json", "jsonl", "prometheus")
+
+_BOLD = "\x1b[1m"
+_RED = "\x1b[31m"
+_RESET = "\x1b[0m"
+
+_COLUMNS = (
+    "CLUSTER",
+    "GROUP",
+    "STATE",
+    "TOPIC",
+    "PARTITION",
+    "CURRENT-OFFSET",
+    "LOG-START-OFFSET",
+    "LOG-END-OFFSET",
+    "LAG",
+    "LAG-SECONDS",
+    "DATA-LOSS",
+    "CONSUMER-ID",
+    "HOST",
+    "CLIENT-ID",
+)
+
+
+def _seconds(value: float | None, sampling: bool) -> str:
+    if not sampling:
+        return "-"
+    if value is None:
+        return "?"
+    return f"{value:.1f}"
+
+
+def render_table(snapshots: Sequence[ClusterSnapshot], *, tty: bool) -> str:
+    rows: list[tuple[str, ...]] = []
+    alarms: list[bool] = []
+    for snapshot in snapshots:
+        states = {g.group: g.state.name for g in snapshot.groups}
+        committed_groups = set()
+        for row in snapshot.rows:
+            committed_groups.add(row.group)
+            loss = "-"
+            if row.data_loss_detected:
+                loss = f"LOST {row.messages_lost}"
+            elif row.compaction_detected:
+                loss = "compacted"
+            rows.append(
+                (
+                    snapshot.cluster,
+                    row.group,
+                    states.get(row.group, "UNKNOWN"),
+                    row.topic,
+                    str(row.partition),
+                    str(row.committed),
+                    "?" if row.low is None else str(row.low),
+                    str(row.high),
+                    str(row.lag),
+                    _seconds(row.lag_seconds, snapshot.timestamp_sampling),
+                    loss,
+                    row.consumer_id or "-",
+                    row.member_host or "-",
+                    row.client_id or "-",
+                )
+            )
+            alarms.append(row.data_loss_detected)
+        # Groups with no committed offset still deserve a line: they exist and have a state.
+        for group in snapshot.groups:
+            if group.group not in committed_groups:
+                rows.append(
+                    (snapshot.cluster, group.group, group.state.name)
+                    + ("-",) * (len(_COLUMNS) - 3)
+                )
+                alarms.append(False)
+    widths = [len(c) for c in _COLUMNS]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+
+    header = line(_COLUMNS)
+    out = [f"{_BOLD}{header}{_RESET}" if tty else header]
+    for row, alarm in zip(rows, alarms, strict=True):
+        text = line(row)
+        out.append(f"{_RED}{text}{_RESET}" if tty and alarm else text)
+    if not rows:
+        out.append("(no consumer groups matched the filters)")
+    return "\n".join(out) + "\n"
+
+
+def render_json(snapshots: Sequence[ClusterSnapshot]) -> str:
+    document = {
+        "clusters": [
+            {
+                "cycle": cycle_record(s),
+                "groups": [group_record(s, g) for g in s.groups],
+                "partitions": partition_records(s),
+            }
+            for s in snapshots
+        ]
+    }
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def render_jsonl(snapshots: Sequence[ClusterSnapshot]) -> str:
+    lines: list[str] = []
+    for snapshot in snapshots:
+        for record in partition_records(snapshot):
+            lines.append(json.dumps(record, separators=(",", ":")))
+        lines.append(json.dumps(cycle_record(snapshot), separators=(",", ":")))
+    return "".join(line + "\n" for line in lines)
+
+
+def render_once(
+    snapshots: Sequence[ClusterSnapshot], settings: Settings, fmt: str, *, tty: bool
+) -> str:
+    if fmt == "table":
+        return render_table(snapshots, tty=tty)
+    if fmt == "json":
+        return render_json(snapshots)
+    if fmt == "jsonl":
+        return render_jsonl(snapshots)
+    if fmt == "prometheus":
+        from klag_pipeline.sinks.prometheus import render_snapshots
+
+        return render_snapshots(snapshots, settings.exporter.granularity)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -1,0 +1,65 @@
+"""Committed offsets of every kept group, topic filter applied. Runs before watermarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from klag_pipeline.events import GroupsDiscovered, OffsetsFetched
+from klag_pipeline.kafka.port import ClusterClient
+from klag_pipeline.model import ListedGroup, TopicPartition
+from klag_pipeline.settings.schema import ClusterSettings
+
+
+class CommittedOffsetsStage:
+    name = "committed_offsets"
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        cluster: ClusterSettings,
+        *,
+        time_fn: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._time = time_fn
+        self._monotonic = monotonic
+
+    async def process(self, event: GroupsDiscovered) -> OffsetsFetched:
+        started = self._monotonic()
+        groups = [
+            ListedGroup(
+                group_id=d.group_id,
+                protocol_type=d.protocol_type,
+                state=d.state.name,
+                group_type=d.group_type,
+                coordinator=d.coordinator,
+            )
+            for d in event.groups.values()
+        ]
+        fetched = await self._client.fetch_committed_offsets(groups) if groups else None
+        committed: dict[str, Mapping[TopicPartition, int]] = {}
+        if fetched is not None:
+            keeps_topic = self._cluster.keeps_topic
+            topic_kept: dict[str, bool] = {}
+            for group_id, offsets in fetched.offsets.items():
+                if group_id not in event.groups:
+                    continue
+                kept = {}
+                for tp, offset in offsets.items():
+                    keep = topic_kept.get(tp.topic)
+                    if keep is None:
+                        keep = topic_kept[tp.topic] = keeps_topic(tp.topic)
+                    if keep and offset >= 0:
+                        kept[tp] = offset
+                committed[group_id] = MappingProxyType(kept)
+        return OffsetsFetched(
+            discovered=event,
+            committed=MappingProxyType(committed),
+            failures=fetched.failures if fetched is not None else (),
+            kafka_seconds=self._monotonic() - started,
+            observed_at=self._time(),
+        )

@@ -1,0 +1,74 @@
+"""Drive one stage between two channels, with the cycle deadline and failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from klag_pipeline.errors import KlagError
+from klag_pipeline.pipeline.channel import Channel
+
+In = TypeVar("In", contravariant=True)
+Out = TypeVar("Out", covariant=True)
+
+
+class Stage(Protocol[In, Out]):
+    name: str
+
+    async def process(self, event: In) -> Out: ...
+
+
+class CycleEvent(Protocol):
+    @property
+    def cluster(self) -> str: ...
+
+    @property
+    def cycle(self) -> int: ...
+
+
+StageFailed = Callable[[str, int, str, KlagError], None]
+"""(cluster, cycle, stage name, error) — the cycle is dropped; nothing more flows for it."""
+
+
+async def run_stage(
+    stage: Stage[Any, Any],
+    inbox: Channel[Any],
+    outbox: Channel[Any],
+    *,
+    deadline_of: Callable[[Any], float],
+    on_failure: StageFailed,
+    close_outbox: bool = True,
+) -> None:
+    """Process every event of ``inbox`` into ``outbox`` until the inbox is closed and drained.
+
+    ``deadline_of(event)`` is the event loop time by which the event's cycle must be done (a
+    cycle never exceeds ``poll_interval``). An expected failure (a :class:`KlagError`, including
+    the deadline passing) drops that cycle and is reported; any other exception is a bug and
+    propagates so the process crashes loudly.
+    """
+    try:
+        async for event in inbox:
+            try:
+                async with asyncio.timeout_at(deadline_of(event)):
+                    result = await stage.process(event)
+            except TimeoutError:
+                on_failure(
+                    event.cluster,
+                    event.cycle,
+                    stage.name,
+                    CycleDeadlineExceeded(f"cycle exceeded poll_interval during {stage.name}"),
+                )
+                continue
+            except KlagError as exc:
+                on_failure(event.cluster, event.cycle, stage.name, exc)
+                continue
+            await outbox.send(result)
+    finally:
+        if close_outbox:
+            outbox.close()
+
+
+class CycleDeadlineExceeded(KlagError):
+    """A cycle did not finish within poll_interval; it is abandoned, the next tick starts fresh."""
+
