@@ -7,6 +7,7 @@ reachability check. Nothing else wires components together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,7 +114,9 @@ class Exporter:
         self.self_metrics = SelfMetrics()
         self.prometheus = PrometheusSink(exporter.granularity, self.status, self.self_metrics)
         self.sinks: list[Sink] = [self.prometheus, *extra_sinks]
-        self.snapshots: Channel[SinkUpdate] = Channel(exporter.performance.queue_capacity, "snapshots")
+        self.snapshots: Channel[SinkUpdate] = Channel(
+            exporter.performance.queue_capacity, "snapshots"
+        )
         self.inboxes = {
             sink.name: DroppingChannel[SinkUpdate](
                 exporter.performance.queue_capacity,
@@ -252,10 +255,8 @@ class Exporter:
                     await self.snapshots.send(ClusterWithdrawn(name, "stale"))
                 except ChannelClosed:
                     return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period)
-            except TimeoutError:
-                pass
 
     # -- lifecycle ------------------------------------------------------------------------------
 

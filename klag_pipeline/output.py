@@ -78,8 +78,7 @@ def render_table(snapshots: Sequence[ClusterSnapshot], *, tty: bool) -> str:
         for group in snapshot.groups:
             if group.group not in committed_groups:
                 rows.append(
-                    (snapshot.cluster, group.group, group.state.name)
-                    + ("-",) * (len(_COLUMNS) - 3)
+                    (snapshot.cluster, group.group, group.state.name) + ("-",) * (len(_COLUMNS) - 3)
                 )
                 alarms.append(False)
     widths = [len(c) for c in _COLUMNS]

@@ -25,7 +25,9 @@ def _finite(value: float | None) -> float | str | None:
     return "+Inf" if value > 0 else "-Inf"
 
 
-def row_record(snapshot: ClusterSnapshot, row: PartitionRow, group: GroupSummary | None) -> dict[str, Any]:
+def row_record(
+    snapshot: ClusterSnapshot, row: PartitionRow, group: GroupSummary | None
+) -> dict[str, Any]:
     record: dict[str, Any] = {
         "type": "partition",
         "timestamp": rfc3339(snapshot.observed_at),
@@ -100,7 +102,9 @@ def cycle_record(snapshot: ClusterSnapshot) -> dict[str, Any]:
     return record
 
 
-def partition_records(snapshot: ClusterSnapshot, *, only_lagging: bool = False) -> list[dict[str, Any]]:
+def partition_records(
+    snapshot: ClusterSnapshot, *, only_lagging: bool = False
+) -> list[dict[str, Any]]:
     groups = {g.group: g for g in snapshot.groups}
     return [
         row_record(snapshot, row, groups.get(row.group))

@@ -71,4 +71,3 @@ async def run_stage(
 
 class CycleDeadlineExceeded(KlagError):
     """A cycle did not finish within poll_interval; it is abandoned, the next tick starts fresh."""
-

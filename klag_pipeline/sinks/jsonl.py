@@ -1,0 +1,157 @@
+"""The JSON-lines sink: one object per (group, topic, partition) per cycle plus one ``cycle``
+summary per cluster per cycle (schema in docs/jsonl.md), to stdout or an appended, rotated file.
+
+Each cycle's lines are written with one ``write`` of whole lines, never split across a rotation,
+from a worker thread so a slow disk or pipe never blocks the event loop. A broken pipe or a full
+disk is logged on transition and counted; the exporter keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterable, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from klag_pipeline.records import cycle_record, partition_records, rfc3339
+from klag_pipeline.settings.schema import JsonlSettings
+from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
+
+log = structlog.get_logger("klag_pipeline.sinks.jsonl")
+
+
+def snapshot_lines(snapshot: ClusterSnapshot, *, only_lagging: bool) -> bytes:
+    records = partition_records(snapshot, only_lagging=only_lagging)
+    records.append(cycle_record(snapshot))
+    return b"".join(
+        json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
+    )
+
+
+def withdrawn_line(update: ClusterWithdrawn, now: float) -> bytes:
+    record = {
+        "type": "withdrawn",
+        "timestamp": rfc3339(now),
+        "cluster_name": update.cluster,
+        "reason": update.reason,
+    }
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+class RotatingFile:
+    """Append-only file with size rotation: ``path`` → ``path.1`` → … → ``path.<keep_files>``."""
+
+    def __init__(self, path: Path, *, rotate_bytes: int, keep_files: int) -> None:
+        self._path = path
+        self._rotate_bytes = rotate_bytes
+        self._keep = keep_files
+        self._file: BinaryIO | None = None
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across cycles
+        return self._file
+
+    def _rotate(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._keep <= 0:
+            self._path.unlink(missing_ok=True)
+            return
+        for index in range(self._keep - 1, 0, -1):
+            older = self._path.with_name(f"{self._path.name}.{index}")
+            if older.exists():
+                os.replace(older, self._path.with_name(f"{self._path.name}.{index + 1}"))
+        if self._path.exists():
+            os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+
+    def write(self, data: bytes) -> None:
+        handle = self._open()
+        # Rotate before a write that would cross the limit, so no cycle's lines are split.
+        if (
+            self._rotate_bytes
+            and handle.tell() > 0
+            and handle.tell() + len(data) > self._rotate_bytes
+        ):
+            self._rotate()
+            handle = self._open()
+        handle.write(data)
+        handle.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StdoutWriter:
+    def __init__(self) -> None:
+        self._out = sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+        self._out.flush()
+
+    def close(self) -> None:
+        """stdout belongs to the process; flushing is all we do."""
+
+
+class JsonlSink:
+    name = "jsonl"
+
+    def __init__(
+        self,
+        settings: JsonlSettings,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        time_fn: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self._settings = settings
+        self._on_error = on_error
+        self._time = time_fn or time.time
+        self._writer: RotatingFile | StdoutWriter = (
+            StdoutWriter()
+            if settings.path == "-"
+            else RotatingFile(
+                Path(settings.path),
+                rotate_bytes=settings.rotate_bytes,
+                keep_files=settings.keep_files,
+            )
+        )
+        self._failing = False
+        self.lines_written = 0
+
+    async def run(self, inbox: AsyncIterable[SinkUpdate]) -> None:
+        try:
+            async for update in inbox:
+                if isinstance(update, ClusterSnapshot):
+                    data = snapshot_lines(update, only_lagging=self._settings.only_lagging)
+                else:
+                    data = withdrawn_line(update, self._time())
+                await self._write(data)
+        finally:
+            await asyncio.to_thread(self._writer.close)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._writer.write, data)
+        except OSError as exc:  # BrokenPipeError, ENOSPC, EACCES, ...
+            if self._on_error is not None:
+                self._on_error(self.name)
+            if not self._failing:
+                log.error("jsonl_write_failed", path=self._settings.path, error=str(exc))
+            self._failing = True
+            return
+        self.lines_written += data.count(b"\n")
+        if self._failing:
+            log.info("jsonl_write_recovered", path=self._settings.path)
+            self._failing = False
