@@ -176,7 +176,11 @@ class Exporter:
     # -- cycle outcome --------------------------------------------------------------------------
 
     def _deadline(self, event: object) -> float:
-        # The event loop's clock is time.monotonic, the same clock CycleStarted records.
+        # The event loop's clock is time.monotonic, the same clock CycleStarted records. A tick
+        # may have waited in the tick channel; its cycle starts when discovery takes it (and
+        # discovery re-stamps it), so the first stage's deadline counts from now.
+        if isinstance(event, CycleStarted):
+            return self.clock.monotonic() + self.settings.exporter.poll_interval
         return cycle_start(event).started_monotonic + self.settings.exporter.poll_interval
 
     def _on_failure(self, pipeline: ClusterPipeline) -> Callable[[str, int, str, KlagError], None]:

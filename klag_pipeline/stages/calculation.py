@@ -40,7 +40,6 @@ class CalculationStage:
             event,
             labels=self._labels,
             now=self._time(),
-            finished_at=self._time(),
             duration_seconds=self._monotonic() - discovered.start.started_monotonic,
             poll_time_ms=kafka_seconds * 1000.0,
         )

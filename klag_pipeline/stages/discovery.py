@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from types import MappingProxyType
 
@@ -83,6 +84,8 @@ class DiscoveryStage:
 
     async def process(self, event: CycleStarted) -> GroupsDiscovered:
         started = self._monotonic()
+        # A tick may have waited for a busy pipeline: the cycle starts now, not when it ticked.
+        event = replace(event, observed_at=self._time(), started_monotonic=started)
         await self._ensure_connected()
         try:
             listing = await self._client.list_groups()
