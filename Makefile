@@ -5,9 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest kafka install system-deps clean
+.PHONY: test demo lint typecheck pytest kafka tools install system-deps clean
 
-test: install kafka lint typecheck pytest
+test: install kafka tools lint typecheck pytest
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ system-deps:
 kafka: install system-deps
 	$(BIN)/python -m devtools.kafka_local fetch
 
+# Pinned helm, kubeconform, actionlint, promtool/prometheus, shellcheck for the deployment and
+# release verification tests.
+tools: install
+	$(BIN)/python -m devtools.tools install-all
+
 lint: install
 	$(BIN)/ruff check klag_pipeline tests devtools bench
 	$(BIN)/ruff format --check klag_pipeline tests devtools bench
@@ -36,7 +41,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install kafka
+pytest: install kafka tools
 	$(BIN)/python -m pytest
 
 demo: install kafka
