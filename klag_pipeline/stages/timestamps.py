@@ -1,0 +1,125 @@
+"""Timestamps of the records at lagging committed offsets: the input of time lag (SPEC §5).
+
+For every group × partition with lag > 0 the stage reads the record at the committed offset —
+or, when retention already removed it (committed < low), the earliest surviving record, which
+makes the time lag a lower bound. Many groups at one offset cost one read, and a read is cached
+for ``cache_ttl``: the record at an offset never changes. Partitions with lag 0 are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Protocol
+
+from cachetools import TTLCache
+
+from klag_pipeline.errors import KafkaError
+from klag_pipeline.events import TimestampsSampled, WatermarksListed
+from klag_pipeline.kafka.port import ClusterClient
+from klag_pipeline.model import Failure, TimestampSample, TopicPartition
+from klag_pipeline.pipeline.clock import SystemClock
+from klag_pipeline.settings.schema import TimestampSamplingSettings
+
+DEFAULT_CACHE_SIZE = 100_000
+"""(partition, offset) entries kept at most; beyond it the least recently used go first."""
+
+
+class StageClock(Protocol):
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+CacheLookup = Callable[[bool], None]
+"""Told ``True`` for a cache hit, ``False`` for a miss, once per distinct (partition, offset)."""
+
+
+class TimestampStage:
+    """``WatermarksListed`` → ``TimestampsSampled`` for one cluster (the cache is per cluster)."""
+
+    name = "timestamps"
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        settings: TimestampSamplingSettings,
+        *,
+        cache_lookup: CacheLookup | None = None,
+        clock: StageClock | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._cache_lookup = cache_lookup
+        self._clock: StageClock = clock or SystemClock()
+        self._cache: TTLCache[tuple[TopicPartition, int], TimestampSample] = TTLCache(
+            maxsize=cache_size, ttl=settings.cache_ttl, timer=self._clock.monotonic
+        )
+
+    async def process(self, event: WatermarksListed) -> TimestampsSampled:
+        started = self._clock.monotonic()
+        if not self._settings.enabled:
+            return TimestampsSampled(
+                watermarks=event,
+                samples=MappingProxyType({}),
+                enabled=False,
+                failures=(),
+                kafka_seconds=0.0,
+                observed_at=self._clock.time(),
+            )
+        reads = _offsets_to_read(event)
+        found: dict[tuple[TopicPartition, int], TimestampSample] = {}
+        misses: dict[TopicPartition, set[int]] = {}
+        for key in sorted(set(reads.values())):
+            cached = self._cache.get(key)
+            if self._cache_lookup is not None:
+                self._cache_lookup(cached is not None)
+            if cached is not None:
+                found[key] = cached
+            else:
+                misses.setdefault(key[0], set()).add(key[1])
+        failures: tuple[Failure, ...] = ()
+        if misses:
+            try:
+                listing = await self._client.sample_timestamps(misses)
+            except KafkaError as exc:
+                # Offset lag is still worth exporting: this cycle just has no time lag.
+                failures = (Failure(stage=self.name, target=event.cluster, error=str(exc)),)
+            else:
+                failures = listing.failures
+                for key, sample in listing.samples.items():
+                    self._cache[key] = sample
+                    found[key] = sample
+        kafka_seconds = self._clock.monotonic() - started
+        samples = {lagging: found[read] for lagging, read in reads.items() if read in found}
+        return TimestampsSampled(
+            watermarks=event,
+            samples=MappingProxyType(samples),
+            enabled=True,
+            failures=failures,
+            kafka_seconds=kafka_seconds,
+            observed_at=self._clock.time(),
+        )
+
+
+def _offsets_to_read(
+    event: WatermarksListed,
+) -> dict[tuple[TopicPartition, int], tuple[TopicPartition, int]]:
+    """(partition, committed) of every lagging commit → (partition, offset to read)."""
+    reads: dict[tuple[TopicPartition, int], tuple[TopicPartition, int]] = {}
+    for offsets in event.offsets.committed.values():
+        for tp, committed in offsets.items():
+            marks = event.watermarks.get(tp)
+            if marks is None or committed >= marks.high:
+                continue
+            # Below the log start the record is gone (retention): the earliest survivor is
+            # the best lower bound. An unknown low says nothing about loss: read as committed.
+            read = committed if marks.low is None or committed >= marks.low else marks.low
+            if read >= marks.high:
+                continue  # every record deleted: nothing to read
+            reads[(tp, committed)] = (tp, read)
+    return reads
+
+
+__all__ = ["DEFAULT_CACHE_SIZE", "CacheLookup", "StageClock", "TimestampStage"]
