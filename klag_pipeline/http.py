@@ -1,0 +1,196 @@
+"""The HTTP endpoints of SPEC §7, on aiohttp.
+
+Handlers only read state: ``/metrics`` is the Prometheus sink's cached body, the probes and the
+``/`` page read the :class:`~klag_pipeline.status.StatusBoard`. Nothing here waits on Kafka or on
+the pipeline, so probes and scrapes answer at once even while a cycle is stuck.
+
+Protection (TLS, basic auth) plugs in through ``middlewares`` and ``ssl_context``; the handlers
+stay unaware of it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ssl import SSLContext
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from klag_pipeline.sinks.prometheus import PrometheusSink
+from klag_pipeline.status import ClusterStatus, StatusBoard
+
+PROMETHEUS_KEY = web.AppKey("prometheus", PrometheusSink)
+STATUS_KEY = web.AppKey("status", StatusBoard)
+VERSION_KEY = web.AppKey("version", str)
+SETTINGS_VIEW_KEY = web.AppKey("settings_view", str)
+
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+"""How long ``cleanup`` lets in-flight requests finish; scrapes are cached lookups."""
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type, encoding = request.app[PROMETHEUS_KEY].render(
+        request.headers.get("Accept"), request.headers.get("Accept-Encoding")
+    )
+    headers = {
+        **_NO_STORE,
+        "Content-Type": content_type,
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    return web.Response(body=body, headers=headers)
+
+
+def _verdict(ok: bool, reason: str) -> web.Response:
+    return web.Response(
+        status=200 if ok else 503,
+        text=("ok" if ok else reason) + "\n",
+        content_type="text/plain",
+        headers=_NO_STORE,
+    )
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _verdict(*request.app[STATUS_KEY].healthy())
+
+
+async def _ready(request: web.Request) -> web.Response:
+    return _verdict(*request.app[STATUS_KEY].ready())
+
+
+async def _leader(request: web.Request) -> web.Response:
+    status = request.app[STATUS_KEY]
+    return web.json_response(
+        {"is_leader": status.is_leader, "identity": status.identity}, headers=_NO_STORE
+    )
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{seconds:.1f}s ago"
+
+
+def _when(unix: float | None) -> str:
+    if unix is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def _cluster_row(cluster: ClusterStatus) -> str:
+    error = cluster.dead_error or cluster.last_error or ""
+    duration = "-" if cluster.last_duration is None else f"{cluster.last_duration:.3f}s"
+    cells = (
+        cluster.name,
+        cluster.state,
+        _when(cluster.last_success_at),
+        _age(cluster.age_seconds),
+        duration,
+        str(cluster.cycles),
+        str(cluster.consecutive_failures),
+        error,
+    )
+    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
+
+
+async def _index(request: web.Request) -> web.Response:
+    status = request.app[STATUS_KEY]
+    version = html.escape(request.app[VERSION_KEY])
+    healthy, health_reason = status.healthy()
+    ready, ready_reason = status.ready()
+    role = "leader" if status.is_leader else "standby"
+    rows = "\n".join(_cluster_row(cluster) for cluster in status.snapshot())
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>klag-pipeline {version}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+th{{border-bottom:1px solid #999}}pre{{background:#f4f4f4;padding:1em}}</style></head>
+<body>
+<h1>klag-pipeline {version}</h1>
+<p>Kafka consumer-group lag exporter.
+<a href="/metrics">/metrics</a> · <a href="/health">/health</a> ·
+<a href="/ready">/ready</a> · <a href="/leader">/leader</a></p>
+<p>Role: {html.escape(role)} ({html.escape(status.identity or "-")}) ·
+health: {html.escape(health_reason if not healthy else "ok")} ·
+ready: {html.escape(ready_reason if not ready else "ok")} ·
+up: {1 if status.up() else 0}</p>
+<h2>Clusters</h2>
+<table>
+<tr><th>cluster</th><th>state</th><th>last success (UTC)</th><th>age</th>
+<th>last cycle duration</th><th>cycles</th><th>consecutive failures</th><th>last error</th></tr>
+{rows}
+</table>
+<h2>Settings (secrets redacted)</h2>
+<pre>{html.escape(request.app[SETTINGS_VIEW_KEY])}</pre>
+</body>
+</html>
+"""
+    return web.Response(text=page, content_type="text/html", headers=_NO_STORE)
+
+
+def build_app(
+    prometheus: PrometheusSink,
+    status: StatusBoard,
+    *,
+    version: str,
+    settings_view: Mapping[str, object],
+    middlewares: Sequence[Middleware] = (),
+) -> web.Application:
+    """The application serving ``/metrics``, ``/health``, ``/ready``, ``/leader`` and ``/``.
+
+    ``settings_view`` must already be redacted; it is shown on ``/``. ``middlewares`` run before
+    every handler (the place for authentication). GET routes answer HEAD too; any other method on
+    a known path is 405, an unknown path 404 (aiohttp's router does both).
+    """
+    app = web.Application(middlewares=tuple(middlewares))
+    app[PROMETHEUS_KEY] = prometheus
+    app[STATUS_KEY] = status
+    app[VERSION_KEY] = version
+    app[SETTINGS_VIEW_KEY] = json.dumps(settings_view, indent=2, default=str)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/leader", _leader)
+    app.router.add_get("/", _index)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServer:
+    """A listening server; ``cleanup`` stops listening and finishes in-flight requests."""
+
+    runner: web.AppRunner
+    site: web.TCPSite
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when asked for port 0)."""
+        address = self.runner.addresses[0]
+        return int(address[1])
+
+    async def cleanup(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(
+    app: web.Application, host: str, port: int, *, ssl_context: SSLContext | None = None
+) -> HttpServer:
+    """Bind and start serving ``app``; returns once the socket is listening."""
+    # One access-log line per scrape and probe would drown the lifecycle logs (DESIGN: INFO only
+    # for lifecycle and state changes).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, site)

@@ -1,0 +1,184 @@
+"""The exporter's own ``klag_pipeline_*`` metrics (SPEC §4, last paragraph).
+
+Kept in a private :class:`~prometheus_client.CollectorRegistry`, never the process-global one,
+so two instances (tests, ``once``) never share counters and nothing a library registers globally
+leaks into ``/metrics``. Every name is documented in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest as generate_text
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
+
+REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Broker round trips: sub-millisecond on loopback up to ``kafka_timeout`` (30 s default)."""
+
+
+class _QueueDepthCollector(Collector):
+    """Reads each registered queue's depth when scraped, so the gauge is never out of date."""
+
+    def __init__(self) -> None:
+        self._depths: dict[str, Callable[[], int]] = {}
+
+    def add(self, name: str, depth_fn: Callable[[], int]) -> None:
+        if name in self._depths:
+            raise ValueError(f"queue {name!r} is already registered")
+        self._depths[name] = depth_fn
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "klag_pipeline_queue_depth",
+            "Items currently buffered in an inter-stage channel or sink inbox.",
+            labels=["queue"],
+        )
+        for name, depth_fn in sorted(self._depths.items()):
+            family.add_metric([name], depth_fn())
+        yield family
+
+
+class SelfMetrics:
+    """Counters, histograms and gauges about the exporter itself.
+
+    Implements :class:`klag_pipeline.kafka.port.RequestObserver`; the stages, sinks and cluster
+    loops call the other methods. Every method is cheap and never raises for a valid call.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._stage_errors = Counter(
+            "klag_pipeline_stage_errors",
+            "Collection cycles that failed in a stage, by cluster and stage.",
+            ["cluster_name", "stage"],
+            registry=registry,
+        )
+        self._cycles = Counter(
+            "klag_pipeline_cycles",
+            "Finished collection cycles by cluster and outcome (ok, error).",
+            ["cluster_name", "outcome"],
+            registry=registry,
+        )
+        self._partial_failures = Counter(
+            "klag_pipeline_partial_failures",
+            "Groups, partitions or brokers skipped inside otherwise successful cycles.",
+            ["cluster_name", "stage"],
+            registry=registry,
+        )
+        self._ticks_skipped = Counter(
+            "klag_pipeline_ticks_skipped",
+            "Ticks skipped because the previous cycle was still running.",
+            ["cluster_name"],
+            registry=registry,
+        )
+        self._dropped = Counter(
+            "klag_pipeline_sink_dropped_snapshots",
+            "Snapshots dropped from a full sink inbox (the oldest one goes).",
+            ["sink"],
+            registry=registry,
+        )
+        self._sink_errors = Counter(
+            "klag_pipeline_sink_errors",
+            "Failed deliveries or writes in a sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self._cache_hits = Counter(
+            "klag_pipeline_timestamp_cache_hits",
+            "Timestamp lookups answered from the (cluster, partition, offset) cache.",
+            registry=registry,
+        )
+        self._cache_misses = Counter(
+            "klag_pipeline_timestamp_cache_misses",
+            "Timestamp lookups that had to fetch from a broker.",
+            registry=registry,
+        )
+        self._requests = Counter(
+            "klag_pipeline_kafka_requests",
+            "Kafka requests sent, by API, broker node id and outcome.",
+            ["api", "broker", "outcome"],
+            registry=registry,
+        )
+        self._request_seconds = Histogram(
+            "klag_pipeline_kafka_request_duration_seconds",
+            "Round-trip time of Kafka requests, by API.",
+            ["api"],
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._throttled = Counter(
+            "klag_pipeline_kafka_throttled_responses",
+            "Kafka responses that asked the client to back off (throttle_time_ms > 0).",
+            ["api", "broker"],
+            registry=registry,
+        )
+        self._throttle_seconds = Counter(
+            "klag_pipeline_kafka_throttle_seconds",
+            "Total back-off time requested by brokers through throttle_time_ms.",
+            ["api", "broker"],
+            registry=registry,
+        )
+        self._queues = _QueueDepthCollector()
+        registry.register(self._queues)
+
+    # RequestObserver -------------------------------------------------------------------------
+
+    def on_request(self, api: str, broker: str, outcome: str, seconds: float) -> None:
+        self._requests.labels(api, broker, outcome).inc()
+        self._request_seconds.labels(api).observe(seconds)
+
+    def on_throttle(self, api: str, broker: str, throttle_ms: int) -> None:
+        if throttle_ms <= 0:
+            return
+        self._throttled.labels(api, broker).inc()
+        self._throttle_seconds.labels(api, broker).inc(throttle_ms / 1000)
+
+    # Cycles and stages -----------------------------------------------------------------------
+
+    def stage_failed(self, cluster: str, stage: str) -> None:
+        """A whole cycle of ``cluster`` failed in ``stage`` (discovery, watermarks, …)."""
+        self._stage_errors.labels(cluster, stage).inc()
+
+    def cycle_finished(self, cluster: str, outcome: str) -> None:
+        """``outcome``: a short fixed word, "ok" or "error"."""
+        self._cycles.labels(cluster, outcome).inc()
+
+    def partial_failures(self, cluster: str, stage: str, n: int) -> None:
+        if n > 0:
+            self._partial_failures.labels(cluster, stage).inc(n)
+
+    def ticks_skipped(self, cluster: str, n: int) -> None:
+        if n > 0:
+            self._ticks_skipped.labels(cluster).inc(n)
+
+    # Sinks and queues ------------------------------------------------------------------------
+
+    def snapshot_dropped(self, sink: str) -> None:
+        self._dropped.labels(sink).inc()
+
+    def sink_error(self, sink: str) -> None:
+        self._sink_errors.labels(sink).inc()
+
+    def register_queue(self, name: str, depth_fn: Callable[[], int]) -> None:
+        """Expose ``depth_fn()`` as ``klag_pipeline_queue_depth{queue=name}``, read per scrape.
+
+        ``depth_fn`` runs on the scraping task, so it must be cheap and non-blocking.
+        """
+        self._queues.add(name, depth_fn)
+
+    def cache_lookup(self, hit: bool) -> None:
+        (self._cache_hits if hit else self._cache_misses).inc()
+
+    # Exposition ------------------------------------------------------------------------------
+
+    def render(self, openmetrics: bool) -> bytes:
+        """The whole registry as a complete document (OpenMetrics ends with ``# EOF``)."""
+        if openmetrics:
+            # prometheus_client leaves this function unannotated.
+            body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
+            return body
+        return generate_text(self.registry)

@@ -1,0 +1,113 @@
+"""SelfMetrics: every klag_pipeline_* series, a private registry, valid exposition."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from klag_pipeline.kafka.port import RequestObserver
+from klag_pipeline.telemetry.self_metrics import SelfMetrics
+
+
+def values(metrics: SelfMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) → value, parsed from the text exposition."""
+    out = {}
+    for family in parse_text(metrics.render(openmetrics=False).decode()):
+        assert family.name.startswith("klag_pipeline_"), family.name
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_counters_by_label() -> None:
+    metrics = SelfMetrics()
+    metrics.stage_failed("prod", "discovery")
+    metrics.stage_failed("prod", "discovery")
+    metrics.cycle_finished("prod", "ok")
+    metrics.partial_failures("prod", "watermarks", 3)
+    metrics.partial_failures("prod", "watermarks", 0)
+    metrics.ticks_skipped("prod", 2)
+    metrics.snapshot_dropped("otlp")
+    metrics.sink_error("jsonl")
+    metrics.cache_lookup(hit=True)
+    metrics.cache_lookup(hit=True)
+    metrics.cache_lookup(hit=False)
+    got = values(metrics)
+    assert (
+        got[
+            ("klag_pipeline_stage_errors_total", (("cluster_name", "prod"), ("stage", "discovery")))
+        ]
+        == 2
+    )
+    assert got[("klag_pipeline_cycles_total", (("cluster_name", "prod"), ("outcome", "ok")))] == 1
+    assert (
+        got[
+            (
+                "klag_pipeline_partial_failures_total",
+                (("cluster_name", "prod"), ("stage", "watermarks")),
+            )
+        ]
+        == 3
+    )
+    assert got[("klag_pipeline_ticks_skipped_total", (("cluster_name", "prod"),))] == 2
+    assert got[("klag_pipeline_sink_dropped_snapshots_total", (("sink", "otlp"),))] == 1
+    assert got[("klag_pipeline_sink_errors_total", (("sink", "jsonl"),))] == 1
+    assert got[("klag_pipeline_timestamp_cache_hits_total", ())] == 2
+    assert got[("klag_pipeline_timestamp_cache_misses_total", ())] == 1
+
+
+def test_request_observer() -> None:
+    metrics = SelfMetrics()
+    observer: RequestObserver = metrics
+    observer.on_request("ListGroups", "1", "ok", 0.003)
+    observer.on_request("ListGroups", "1", "ok", 0.2)
+    observer.on_request("OffsetFetch", "2", "timeout", 30.0)
+    observer.on_throttle("Fetch", "1", 250)
+    observer.on_throttle("Fetch", "1", 0)
+    got = values(metrics)
+    requests = "klag_pipeline_kafka_requests_total"
+    assert got[(requests, (("api", "ListGroups"), ("broker", "1"), ("outcome", "ok")))] == 2
+    assert got[(requests, (("api", "OffsetFetch"), ("broker", "2"), ("outcome", "timeout")))] == 1
+    duration = "klag_pipeline_kafka_request_duration_seconds"
+    assert got[(f"{duration}_count", (("api", "ListGroups"),))] == 2
+    assert got[(f"{duration}_sum", (("api", "ListGroups"),))] == pytest.approx(0.203)
+    assert got[(f"{duration}_bucket", (("api", "ListGroups"), ("le", "0.005")))] == 1
+    assert got[(f"{duration}_bucket", (("api", "OffsetFetch"), ("le", "30.0")))] == 1
+    throttle = (("api", "Fetch"), ("broker", "1"))
+    assert got[("klag_pipeline_kafka_throttled_responses_total", throttle)] == 1
+    assert got[("klag_pipeline_kafka_throttle_seconds_total", throttle)] == 0.25
+
+
+def test_queue_depth_is_read_at_scrape_time() -> None:
+    metrics = SelfMetrics()
+    depth = [3]
+    metrics.register_queue("sink.prometheus", lambda: depth[0])
+    key = ("klag_pipeline_queue_depth", (("queue", "sink.prometheus"),))
+    assert values(metrics)[key] == 3
+    depth[0] = 7
+    assert values(metrics)[key] == 7
+    with pytest.raises(ValueError, match="already registered"):
+        metrics.register_queue("sink.prometheus", lambda: 0)
+
+
+def test_private_registry() -> None:
+    first, second = SelfMetrics(), SelfMetrics()
+    first.snapshot_dropped("otlp")
+    assert ("klag_pipeline_sink_dropped_snapshots_total", (("sink", "otlp"),)) not in values(second)
+    assert not [m.name for m in REGISTRY.collect() if m.name.startswith("klag_pipeline")]
+
+
+def test_openmetrics_rendering_is_complete_and_valid() -> None:
+    metrics = SelfMetrics()
+    metrics.on_request("Metadata", "1", "ok", 0.01)
+    metrics.register_queue("snapshots", lambda: 1)
+    text = metrics.render(openmetrics=True).decode()
+    assert text.endswith("# EOF\n")
+    families = {family.name: family.type for family in parse_openmetrics(text)}
+    assert families["klag_pipeline_kafka_requests"] == "counter"
+    assert families["klag_pipeline_kafka_request_duration_seconds"] == "histogram"
+    assert families["klag_pipeline_queue_depth"] == "gauge"
