@@ -32,7 +32,7 @@ from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
 from klag_pipeline.pipeline.ticker import Ticker
 from klag_pipeline.settings.redaction import redact_settings
-from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings, Settings
+from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, Settings
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
@@ -50,15 +50,17 @@ log = structlog.get_logger("klag_pipeline")
 # Shutdown: time allowed for in-flight cycles to finish and sinks to flush after SIGTERM.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
-ClientFactory = Callable[[ClusterSettings, PerformanceSettings, RequestObserver], ClusterClient]
+ClientFactory = Callable[[ClusterSettings, ExporterSettings, RequestObserver], ClusterClient]
 
 
 def default_client_factory(
-    cluster: ClusterSettings, performance: PerformanceSettings, observer: RequestObserver
+    cluster: ClusterSettings, exporter: ExporterSettings, observer: RequestObserver
 ) -> ClusterClient:
     from klag_pipeline.kafka.adapter import AiokafkaClusterClient
 
-    return AiokafkaClusterClient(cluster, performance, observer)
+    return AiokafkaClusterClient(
+        cluster, exporter.performance, observer, sampling=exporter.timestamp_sampling
+    )
 
 
 def cycle_start(event: object) -> CycleStarted:
@@ -144,7 +146,7 @@ class Exporter:
     ) -> ClusterPipeline:
         exporter = self.settings.exporter
         capacity = exporter.performance.queue_capacity
-        client = client_factory(cluster, exporter.performance, self.self_metrics)
+        client = client_factory(cluster, exporter, self.self_metrics)
         clock = self.clock
         stages = (
             DiscoveryStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
@@ -366,7 +368,7 @@ async def collect_once(
     exporter = settings.exporter
 
     async def one(cluster: ClusterSettings, cycle_id: int) -> ClusterSnapshot:
-        client = client_factory(cluster, exporter.performance, self_metrics)
+        client = client_factory(cluster, exporter, self_metrics)
         stages: tuple[Any, ...] = (
             DiscoveryStage(client, cluster),
             CommittedOffsetsStage(client, cluster),
@@ -421,7 +423,7 @@ async def _check_connect(settings: Settings, out: TextIO) -> int:
     self_metrics = SelfMetrics()
 
     async def one(cluster: ClusterSettings) -> tuple[bool, str]:
-        client = default_client_factory(cluster, settings.exporter.performance, self_metrics)
+        client = default_client_factory(cluster, settings.exporter, self_metrics)
         try:
             async with asyncio.timeout(settings.exporter.performance.kafka_timeout * 2):
                 await client.connect()

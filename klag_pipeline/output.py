@@ -82,16 +82,16 @@ def render_table(snapshots: Sequence[ClusterSnapshot], *, tty: bool) -> str:
                 )
                 alarms.append(False)
     widths = [len(c) for c in _COLUMNS]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for cells in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, cells, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
 
     header = line(_COLUMNS)
     out = [f"{_BOLD}{header}{_RESET}" if tty else header]
-    for row, alarm in zip(rows, alarms, strict=True):
-        text = line(row)
+    for cells, alarm in zip(rows, alarms, strict=True):
+        text = line(cells)
         out.append(f"{_RED}{text}{_RESET}" if tty and alarm else text)
     if not rows:
         out.append("(no consumer groups matched the filters)")

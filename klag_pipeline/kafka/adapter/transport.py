@@ -1,0 +1,305 @@
+"""aiokafka as a transport: bootstrap, connections, and one bounded, observed request at a time.
+
+Everything above this module speaks in node ids, :class:`ApiSpec` versions and klag errors;
+aiokafka's exceptions never leave :meth:`Transport.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import CloseReason, create_conn
+
+from klag_pipeline.errors import (
+    KafkaAuthError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaProtocolError,
+    KafkaTimeoutError,
+)
+from klag_pipeline.kafka.client_config import (
+    client_kwargs,
+    isolation_level,
+    sasl_mechanism,
+    secret_values,
+)
+from klag_pipeline.kafka.errors import error_name, outcome, translate
+from klag_pipeline.kafka.port import RequestObserver
+from klag_pipeline.kafka.protocol import (
+    API_VERSIONS,
+    ApiSpec,
+    ProtocolDecodeError,
+    WireRequest,
+    choose_version,
+    decode_api_versions,
+    encode_api_versions,
+)
+from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
+
+# Bodies larger than this are decoded in a worker thread so one big OffsetFetch / ListOffsets /
+# Metadata answer does not stall scrapes served from the same event loop.
+_THREAD_DECODE_BYTES = 512 * 1024
+_API_VERSIONS_VERSION = 2
+# aiokafka's connection kwargs (create_conn) among the client kwargs.
+_CONN_KWARGS = (
+    "client_id",
+    "request_timeout_ms",
+    "ssl_context",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_kerberos_service_name",
+    "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+)
+
+
+class Decoded(Protocol):
+    """What the transport needs from every decoded response."""
+
+    @property
+    def throttle_ms(self) -> int: ...
+
+    @property
+    def error_code(self) -> int: ...
+
+
+R = TypeVar("R", bound=Decoded)
+T = TypeVar("T")
+
+
+class Transport:
+    """One cluster's connections, capability table and per-node throttle state."""
+
+    def __init__(
+        self,
+        cluster: ClusterSettings,
+        performance: PerformanceSettings,
+        observer: RequestObserver | None,
+        client_factory: Callable[..., Any] = AIOKafkaClient,
+    ) -> None:
+        """``client_factory`` builds the aiokafka client (tests pass a fake transport)."""
+        props = cluster.consumer_properties
+        kwargs, self.warnings = client_kwargs(props)
+        kwargs.setdefault("request_timeout_ms", max(1, int(performance.kafka_timeout * 1000)))
+        self._kwargs = kwargs
+        self._cluster = cluster
+        self.performance = performance
+        self._observer = observer
+        self.isolation_level = isolation_level(props)
+        self._mechanism = sasl_mechanism(props)
+        self._secrets = secret_values(props)
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._versions: dict[int, Mapping[int, tuple[int, int]]] = {}
+        self._not_before: dict[int, float] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def connect(self) -> None:
+        """Bootstrap and learn every broker's API versions.
+
+        Raises KafkaAuthError / KafkaConnectionError naming the broker(s) when nothing works.
+        """
+        await self.close()
+        client = self._client_factory(
+            bootstrap_servers=list(self._cluster.bootstrap_servers), **self._kwargs
+        )
+        hosts = max(1, len(self._cluster.bootstrap_servers))
+        try:
+            async with asyncio.timeout(self.performance.kafka_timeout * hosts):
+                await client.bootstrap()
+        except asyncio.CancelledError:
+            await client.close()
+            raise
+        except Exception as exc:  # aiokafka hides the cause; diagnose below
+            await client.close()
+            raise await self._diagnose(exc) from exc
+        self._client = client
+        nodes = self.nodes()
+        results = await asyncio.gather(
+            *(self.versions(node) for node in nodes), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if nodes and len(errors) == len(nodes):
+            await self.close()
+            first = errors[0]
+            raise first if isinstance(first, KafkaError) else KafkaProtocolError(str(first))
+
+    async def _diagnose(self, exc: BaseException) -> KafkaError:
+        """Why bootstrap failed: aiokafka logs the per-host cause and raises a generic error."""
+        assert self._cluster.bootstrap_servers
+        conn_kwargs = {k: v for k, v in self._kwargs.items() if k in _CONN_KWARGS}
+
+        async def probe(server: str) -> KafkaError | None:
+            host, _, port = server.rpartition(":")
+            host = host.strip("[]") or server
+            try:
+                async with asyncio.timeout(self.performance.kafka_timeout):
+                    conn = await create_conn(host, int(port or 9092), **conn_kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # every cause becomes a klag error
+                return translate(
+                    err,
+                    broker=server,
+                    what="connect",
+                    mechanism=self._mechanism,
+                    secrets=self._secrets,
+                )
+            conn.close()
+            return None
+
+        found = await asyncio.gather(*(probe(s) for s in self._cluster.bootstrap_servers))
+        errors = [e for e in found if e is not None]
+        for err in errors:
+            if isinstance(err, KafkaAuthError):
+                return err
+        servers = ", ".join(self._cluster.bootstrap_servers)
+        reasons = "; ".join(str(e) for e in errors) or str(exc) or type(exc).__name__
+        return KafkaConnectionError(
+            f"cluster {self._cluster.name}: cannot bootstrap from {servers}: {reasons}",
+            broker=servers,
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._versions.clear()
+        self._not_before.clear()
+        if client is not None:
+            await client.close()
+
+    # ---------------------------------------------------------------- cluster view
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise KafkaConnectionError(f"cluster {self._cluster.name}: not connected")
+        return self._client
+
+    @property
+    def client(self) -> Any:
+        """The connected aiokafka client (for the Fetch sampler, which speaks aiokafka's
+        FetchRequest directly)."""
+        return self._require_client()
+
+    def nodes(self) -> list[int]:
+        """Node ids of every broker aiokafka knows (its metadata, refreshed in the background)."""
+        client = self._require_client()
+        return sorted(int(b.nodeId) for b in client.cluster.brokers())
+
+    def broker_address(self, node: int) -> tuple[str, int] | None:
+        meta = self._require_client().cluster.broker_metadata(node)
+        return None if meta is None else (str(meta.host), int(meta.port))
+
+    def request_metadata_refresh(self) -> None:
+        """Ask aiokafka to refresh its broker list (a node we need is unknown or moved)."""
+        if self._client is not None:
+            self._client.force_metadata_update()
+
+    async def versions(self, node: int) -> Mapping[int, tuple[int, int]]:
+        """The node's supported API versions (ApiVersions once per node and connection)."""
+        known = self._versions.get(node)
+        if known is not None:
+            return known
+        response = await self.call(
+            node,
+            API_VERSIONS,
+            _API_VERSIONS_VERSION,
+            encode_api_versions(_API_VERSIONS_VERSION),
+            lambda raw: decode_api_versions(_API_VERSIONS_VERSION, raw),
+        )
+        if not response.versions:
+            raise KafkaProtocolError(
+                f"ApiVersions (broker {node}): {error_name(response.error_code)}",
+                broker=str(node),
+            )
+        self._versions[node] = response.versions
+        return response.versions
+
+    async def choose(self, node: int, spec: ApiSpec) -> int | None:
+        return choose_version(spec, await self.versions(node))
+
+    # ---------------------------------------------------------------- requests
+
+    async def call(
+        self,
+        node: int,
+        spec: ApiSpec,
+        version: int,
+        body: bytes,
+        decode: Callable[[bytes], R],
+        *,
+        seconds: float | None = None,
+    ) -> R:
+        """Send one request to ``node`` and decode its answer within ``seconds``.
+
+        ``seconds`` defaults to ``kafka_timeout``. Raises only klag ``KafkaError``s. Honours
+        the node's throttle ("not before") time and
+        reports the request to the observer.
+        """
+        broker = str(node)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(seconds or self.performance.kafka_timeout):
+                wait = self._not_before.get(node, 0.0) - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                raw: Any = await self._require_client().send(node, WireRequest(spec, version, body))
+                if not isinstance(raw, bytes):
+                    raise ProtocolDecodeError(f"unexpected response object {type(raw).__name__}")
+                if len(raw) > _THREAD_DECODE_BYTES:
+                    result = await asyncio.to_thread(decode, raw)
+                else:
+                    result = decode(raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one request's failure, whatever raised it
+            err = translate(
+                exc,
+                broker=broker,
+                what=f"{spec.name} v{version}",
+                mechanism=self._mechanism,
+                secrets=self._secrets,
+            )
+            if isinstance(err, KafkaConnectionError):
+                # The broker may come back upgraded (or be another broker with this id).
+                self._versions.pop(node, None)
+            elif isinstance(err, KafkaTimeoutError):
+                self._drop_connection(node)
+            self._observe(spec.name, broker, outcome(err), started)
+            raise err from exc
+        if result.throttle_ms > 0:
+            self._not_before[node] = time.monotonic() + result.throttle_ms / 1000
+            if self._observer is not None:
+                self._observer.on_throttle(spec.name, broker, result.throttle_ms)
+        code = result.error_code
+        self._observe(spec.name, broker, "ok" if code == 0 else error_name(code), started)
+        return result
+
+    def _drop_connection(self, node: int) -> None:
+        """Close ``node``'s connection after one of our deadlines expired.
+
+        Kafka answers a connection's requests in order, so later requests would queue behind
+        an answer that may never come; aiokafka only closes on its own timeout, not on ours.
+        There is no public API for this: reach into the client's connection table.
+        """
+        conns = getattr(self._client, "_conns", None)
+        if not isinstance(conns, dict):
+            return
+        for key, conn in list(conns.items()):
+            if isinstance(key, tuple) and key and key[0] == node:
+                conn.close(reason=CloseReason.CONNECTION_TIMEOUT)
+
+    def _observe(self, api: str, broker: str, result: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer.on_request(api, broker, result, time.monotonic() - started)
+
+
+def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]

@@ -1,0 +1,260 @@
+"""librdkafka-style ``consumer_properties`` (SPEC §2.2) → ``AIOKafkaClient`` keyword arguments.
+
+klag-exporter users already have these keys in their configs, so the names and values follow
+librdkafka. Every key is either mapped, consumed by the adapter itself (``isolation.level``), or
+named in a warning: nothing is dropped silently. Invalid values raise :class:`ConfigError`
+listing every problem, each with the offending key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from aiokafka.abc import AbstractTokenProvider
+from aiokafka.helpers import create_ssl_context
+
+from klag_pipeline.errors import ConfigError
+from klag_pipeline.kafka.protocol import READ_COMMITTED, READ_UNCOMMITTED
+
+_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+_INT_KEYS: Final = {
+    "request.timeout.ms": "request_timeout_ms",
+    "metadata.max.age.ms": "metadata_max_age_ms",
+    "retry.backoff.ms": "retry_backoff_ms",
+    "connections.max.idle.ms": "connections_max_idle_ms",
+}
+# Consumer-side knobs that mean nothing to a read-only exporter (it never joins a group).
+_NO_EFFECT: Final = frozenset(
+    {
+        "group.id",
+        "group.protocol",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "auto.commit.interval.ms",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "enable.partition.eof",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "partition.assignment.strategy",
+        "client.rack",
+        "socket.keepalive.enable",
+    }
+)
+_CONSUMED: Final = frozenset(
+    {
+        "client.id",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.endpoint.identification.algorithm",
+        "sasl.kerberos.service.name",
+        "sasl.kerberos.domain.name",
+        "sasl.oauthbearer.config",
+        "isolation.level",
+        *_INT_KEYS,
+    }
+)
+_SECRET_MARKERS: Final = ("password", "secret", "sasl.oauthbearer", "token")
+
+
+def isolation_level(properties: Mapping[str, str]) -> int:
+    """READ_COMMITTED (1) when ``isolation.level=read_committed``, else READ_UNCOMMITTED (0)."""
+    value = properties.get("isolation.level", "").strip().lower()
+    return READ_COMMITTED if value == "read_committed" else READ_UNCOMMITTED
+
+
+def secret_values(properties: Mapping[str, str]) -> tuple[str, ...]:
+    """Values that must never appear in a message (passwords, secrets, tokens)."""
+    return tuple(
+        value
+        for key, value in properties.items()
+        if value and any(marker in key.lower() for marker in _SECRET_MARKERS)
+    )
+
+
+def sasl_mechanism(properties: Mapping[str, str]) -> str:
+    """The configured SASL mechanism ("" unless a SASL security protocol is used)."""
+    protocol = properties.get("security.protocol", "PLAINTEXT").strip().upper()
+    if not protocol.startswith("SASL_"):
+        return ""
+    raw = properties.get("sasl.mechanism", properties.get("sasl.mechanisms", "PLAIN"))
+    return raw.strip().upper()
+
+
+class UnsecuredJwtTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+    """librdkafka's default OAUTHBEARER token: an unsigned JWS built from
+    ``sasl.oauthbearer.config`` (``principal=<name> [scope=<s>] [lifeSeconds=<n>]``).
+
+    Accepted by brokers using Kafka's unsecured validator (development and test clusters).
+    """
+
+    def __init__(self, principal: str, scope: str = "", life_seconds: int = 3600) -> None:
+        self._principal = principal
+        self._scope = scope
+        self._life = life_seconds
+
+    async def token(self) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": self._principal, "iat": now, "exp": now + self._life}
+        if self._scope:
+            claims["scope"] = self._scope
+        return f"{_b64(json.dumps({'alg': 'none'}))}.{_b64(json.dumps(claims))}."
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _parse_oauth_config(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw.split():
+        name, sep, value = item.partition("=")
+        if sep:
+            out[name] = value
+    return out
+
+
+def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Map ``properties`` to ``AIOKafkaClient`` kwargs; also return a warning per ignored key.
+
+    Raises ConfigError for values that cannot work (unknown protocol or mechanism, missing
+    credentials, unreadable certificate files), listing all of them.
+    """
+    kwargs: dict[str, Any] = {}
+    warnings: list[str] = []
+    problems: list[tuple[str, str]] = []
+
+    for key in sorted(properties):
+        if key in _CONSUMED:
+            continue
+        if key in _NO_EFFECT:
+            warnings.append(f"consumer_properties.{key}: has no effect on an exporter, ignored")
+        elif key.startswith("sasl.kerberos."):
+            warnings.append(
+                f"consumer_properties.{key}: not supported by the Kafka client; use kinit or "
+                "KRB5_CLIENT_KTNAME / KRB5CCNAME for GSSAPI credentials, ignored"
+            )
+        elif key.startswith("sasl.oauthbearer."):
+            warnings.append(
+                f"consumer_properties.{key}: not supported (only sasl.oauthbearer.config "
+                "unsecured tokens are), ignored"
+            )
+        else:
+            warnings.append(f"consumer_properties.{key}: not supported, ignored")
+
+    if "client.id" in properties:
+        kwargs["client_id"] = properties["client.id"]
+    for key, name in _INT_KEYS.items():
+        if key in properties:
+            try:
+                value = int(properties[key])
+                if value <= 0:
+                    raise ValueError
+            except ValueError:
+                problems.append((key, f"must be a positive integer, got {properties[key]!r}"))
+            else:
+                kwargs[name] = value
+
+    level = properties.get("isolation.level")
+    if level is not None and level.strip().lower() not in ("read_committed", "read_uncommitted"):
+        problems.append(("isolation.level", "must be read_committed or read_uncommitted"))
+
+    protocol = properties.get("security.protocol", "PLAINTEXT").strip().upper()
+    if protocol not in _PROTOCOLS:
+        problems.append(("security.protocol", f"must be one of {', '.join(_PROTOCOLS)}"))
+        protocol = "PLAINTEXT"
+    kwargs["security_protocol"] = protocol
+
+    if protocol.startswith("SASL_"):
+        _sasl(properties, kwargs, problems)
+    elif any(k.startswith("sasl.") for k in properties):
+        warnings.append(
+            f"consumer_properties.sasl.*: ignored because security.protocol is {protocol}"
+        )
+
+    if protocol in ("SSL", "SASL_SSL"):
+        context = _ssl_context(properties, problems)
+        if context is not None:
+            kwargs["ssl_context"] = context
+    elif any(k.startswith("ssl.") for k in properties):
+        warnings.append(
+            f"consumer_properties.ssl.*: ignored because security.protocol is {protocol}"
+        )
+
+    if problems:
+        raise ConfigError([(f"consumer_properties.{key}", msg) for key, msg in problems])
+    return kwargs, tuple(warnings)
+
+
+def _sasl(
+    properties: Mapping[str, str], kwargs: dict[str, Any], problems: list[tuple[str, str]]
+) -> None:
+    mechanism = sasl_mechanism(properties)
+    if mechanism not in _MECHANISMS:
+        problems.append(("sasl.mechanism", f"must be one of {', '.join(_MECHANISMS)}"))
+        return
+    kwargs["sasl_mechanism"] = mechanism
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        for key in ("sasl.username", "sasl.password"):
+            if not properties.get(key):
+                problems.append((key, f"required for SASL {mechanism}"))
+        kwargs["sasl_plain_username"] = properties.get("sasl.username")
+        kwargs["sasl_plain_password"] = properties.get("sasl.password")
+    elif mechanism == "GSSAPI":
+        kwargs["sasl_kerberos_service_name"] = properties.get("sasl.kerberos.service.name", "kafka")
+        if "sasl.kerberos.domain.name" in properties:
+            kwargs["sasl_kerberos_domain_name"] = properties["sasl.kerberos.domain.name"]
+    else:
+        config = _parse_oauth_config(properties.get("sasl.oauthbearer.config", ""))
+        principal = config.get("principal", "")
+        if not principal:
+            problems.append(
+                ("sasl.oauthbearer.config", "OAUTHBEARER needs principal=<name> (unsecured JWT)")
+            )
+            return
+        try:
+            life = int(config.get("lifeSeconds", "3600"))
+        except ValueError:
+            problems.append(("sasl.oauthbearer.config", "lifeSeconds must be an integer"))
+            return
+        kwargs["sasl_oauth_token_provider"] = UnsecuredJwtTokenProvider(
+            principal, config.get("scope", ""), life
+        )
+
+
+def _ssl_context(
+    properties: Mapping[str, str], problems: list[tuple[str, str]]
+) -> ssl.SSLContext | None:
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=properties.get("ssl.ca.location") or None,
+            certfile=properties.get("ssl.certificate.location") or None,
+            keyfile=properties.get("ssl.key.location") or None,
+            password=properties.get("ssl.key.password") or None,
+        )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # The message names files, never the key password.
+        problems.append(("ssl", f"cannot build the TLS context: {type(exc).__name__}: {exc}"))
+        return None
+    algorithm = properties.get("ssl.endpoint.identification.algorithm", "https").strip().lower()
+    if algorithm in ("", "none"):
+        context.check_hostname = False
+    elif algorithm != "https":
+        problems.append(("ssl.endpoint.identification.algorithm", "must be https or none"))
+    return context
