@@ -5,10 +5,10 @@ Everything here is immutable and imports nothing from asyncio, aiokafka or aioht
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
-from collections.abc import Mapping
 
 
 @dataclass(frozen=True, slots=True, order=True)
