@@ -1,0 +1,77 @@
+"""Settings file → frozen :class:`Settings` (SPEC §2.1), reporting every problem at once.
+
+Steps: read the text; substitute ``${NAME}`` (:mod:`.substitution`); parse TOML; apply
+``KLAG_``-prefixed environment overrides (:mod:`.overrides`, values parsed by dynaconf); convert
+and validate into the dataclasses of :mod:`klag_pipeline.settings.schema` (:mod:`.rules`).
+Problems are collected with their dotted path (``clusters[1].bootstrap_servers``) and raised
+together as one :class:`~klag_pipeline.errors.ConfigError`; secret values never appear in it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from klag_pipeline.errors import ConfigError
+from klag_pipeline.settings.loader.overrides import ENV_PREFIX, apply_env_overrides
+from klag_pipeline.settings.loader.rules import BUILTIN_LABELS, convert
+from klag_pipeline.settings.loader.sections import Context, SettingsWarning
+from klag_pipeline.settings.loader.substitution import substitute
+from klag_pipeline.settings.redaction import scrub, secret_values_in
+from klag_pipeline.settings.schema import Settings
+
+__all__ = [
+    "BUILTIN_LABELS",
+    "ENV_PREFIX",
+    "LoadedSettings",
+    "SettingsWarning",
+    "load_settings",
+    "parse_settings",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """The validated settings plus the warnings to log once logging is configured."""
+
+    settings: Settings
+    warnings: tuple[SettingsWarning, ...] = ()
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
+    """Load, override and validate the settings file at ``path``.
+
+    ``environ`` supplies both ``${NAME}`` values and ``KLAG_*`` overrides (default: the process
+    environment; tests pass their own mapping to stay hermetic). Raises ``ConfigError`` listing
+    every problem found.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([(source, f"cannot read the settings file: {reason}")]) from exc
+    return parse_settings(text, os.environ if environ is None else environ, source=source)
+
+
+def parse_settings(
+    text: str, environ: Mapping[str, str], *, source: str = "<settings>"
+) -> LoadedSettings:
+    """Like :func:`load_settings`, for settings already read into ``text``."""
+    text, problems = substitute(text, environ, source)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(source, f"not valid TOML: {exc}")]) from exc
+    ctx = Context()
+    apply_env_overrides(tree, environ, ctx)
+    settings = convert(tree, ctx, source)
+    if ctx.problems:
+        secrets = secret_values_in(tree)
+        raise ConfigError([(path, scrub(message, secrets)) for path, message in ctx.problems])
+    return LoadedSettings(settings, tuple(ctx.warnings))

@@ -1,0 +1,338 @@
+"""The schema of SPEC §2.2: every key, default and validation, table by table."""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any, Final, get_args
+
+from klag_pipeline.settings.durations import format_duration
+from klag_pipeline.settings.loader.sections import (
+    Context,
+    Invalid,
+    Missing,
+    Section,
+    boolean,
+    bootstrap_servers,
+    choice,
+    duration,
+    host,
+    integer,
+    join_path,
+    optional_string,
+    port,
+    string,
+    url,
+)
+from klag_pipeline.settings.schema import (
+    ClusterSettings,
+    ExporterSettings,
+    Granularity,
+    HttpSettings,
+    JsonlSettings,
+    LeadershipProvider,
+    LeadershipSettings,
+    OtelProtocol,
+    OtelSettings,
+    PerformanceSettings,
+    Settings,
+    TimestampSamplingSettings,
+)
+
+BUILTIN_LABELS: Final = frozenset(
+    {
+        "cluster_name",
+        "topic",
+        "partition",
+        "group",
+        "member_host",
+        "consumer_id",
+        "client_id",
+        "compaction_detected",
+        "data_loss_detected",
+    }
+)
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_BCRYPT = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}")
+_SHA256 = re.compile(r"(sha256:)?[0-9a-fA-F]{64}")
+_PROPERTY_CHOICES: Final = {
+    "security.protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl.mechanism": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"),
+    "sasl.mechanisms": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"),
+    "isolation.level": ("read_uncommitted", "read_committed"),
+}
+
+_IGNORED = "has no effect in klag-pipeline and is ignored"
+# klag-exporter keys without a meaning here: accepted (its config.toml must load unchanged) with
+# one warning each, so nothing configured is ignored silently.
+_SAMPLING_COMPAT: Final = {
+    "mode": f"klag-exporter's sampling mode {_IGNORED}: the record at the committed offset is "
+    "always read (exact time lag, no rate estimate)",
+    "rate_history_samples": f"klag-exporter rate-mode setting {_IGNORED}",
+    "rate_history_max_age": f"klag-exporter rate-mode setting {_IGNORED}",
+    "rate_min_msgs_per_sec": f"klag-exporter rate-mode setting {_IGNORED}",
+}
+_PERFORMANCE_COMPAT: Final = {
+    "client_recycle_interval": f"klag-exporter's librdkafka client recycling {_IGNORED}",
+    "max_blocking_threads": f"klag-exporter's Tokio blocking-pool size {_IGNORED}",
+    "compacted_topics_cache_ttl": f"klag-exporter cache setting {_IGNORED}",
+    "metadata_cache_ttl": f"klag-exporter cache setting {_IGNORED}",
+    "consumer_groups_cache_ttl": f"klag-exporter cache setting {_IGNORED}",
+}
+
+
+def convert(tree: dict[str, Any], ctx: Context, source: str) -> Settings:
+    """Build :class:`Settings` from the parsed tree; every problem goes to ``ctx``."""
+    root = Section(ctx, "", tree)
+    exporter = _exporter(root.table("exporter"))
+    clusters = _clusters(root, ctx)
+    root.finish()
+    leader_cluster = exporter.leadership.cluster
+    if leader_cluster is not None and leader_cluster not in {c.name for c in clusters}:
+        ctx.problem("exporter.leadership.cluster", f"no cluster is named {leader_cluster!r}")
+    return Settings(exporter=exporter, clusters=tuple(clusters), source=source)
+
+
+def _exporter(s: Section) -> ExporterSettings:
+    d = ExporterSettings()
+    poll_interval = s.get("poll_interval", d.poll_interval, duration())
+    staleness = s.get("staleness_threshold", 3 * poll_interval, duration())
+    if "staleness_threshold" in s.data and staleness < poll_interval:
+        s.problem(
+            "staleness_threshold",
+            f"must be at least poll_interval ({format_duration(poll_interval)}), or every "
+            "cluster goes stale between two cycles",
+        )
+    exporter = ExporterSettings(
+        poll_interval=poll_interval,
+        http_host=s.get("http_host", d.http_host, host),
+        http_port=s.get("http_port", d.http_port, port),
+        granularity=s.get("granularity", d.granularity, choice(get_args(Granularity))),
+        staleness_threshold=staleness,
+        timestamp_sampling=_sampling(s.table("timestamp_sampling", _SAMPLING_COMPAT)),
+        otel=_otel(s.table("otel")),
+        jsonl=_jsonl(s.table("jsonl")),
+        http=_http(s.table("http")),
+        performance=_performance(s.table("performance", _PERFORMANCE_COMPAT)),
+        leadership=_leadership(s.table("leadership")),
+    )
+    s.finish()
+    return exporter
+
+
+def _sampling(s: Section) -> TimestampSamplingSettings:
+    d = TimestampSamplingSettings()
+    result = TimestampSamplingSettings(
+        enabled=s.get("enabled", d.enabled, boolean),
+        cache_ttl=s.get("cache_ttl", d.cache_ttl, duration(inclusive=True)),
+        max_concurrent_fetches=s.get(
+            "max_concurrent_fetches", d.max_concurrent_fetches, integer(1)
+        ),
+        fetch_timeout=s.get("fetch_timeout", d.fetch_timeout, duration()),
+        max_bytes_per_partition=s.get(
+            "max_bytes_per_partition", d.max_bytes_per_partition, integer(1)
+        ),
+    )
+    s.finish()
+    return result
+
+
+def _otel(s: Section) -> OtelSettings:
+    d = OtelSettings()
+    insecure = s.get("insecure", None, boolean)
+    result = OtelSettings(
+        enabled=s.get("enabled", d.enabled, boolean),
+        endpoint=s.get("endpoint", d.endpoint, url),
+        protocol=s.get("protocol", d.protocol, choice(get_args(OtelProtocol))),
+        export_interval=s.get("export_interval", d.export_interval, duration()),
+        timeout=s.get("timeout", d.timeout, duration()),
+        headers=MappingProxyType(s.string_map("headers")),
+        resource_attributes=MappingProxyType(s.string_map("resource_attributes")),
+        insecure=insecure,
+        certificate_file=s.get("certificate_file", None, optional_string),
+        client_certificate_file=s.get("client_certificate_file", None, optional_string),
+        client_key_file=s.get("client_key_file", None, optional_string),
+    )
+    if (result.client_certificate_file is None) != (result.client_key_file is None):
+        s.problem("client_key_file", "client_certificate_file and client_key_file go together")
+    s.finish()
+    return result
+
+
+def _jsonl(s: Section) -> JsonlSettings:
+    d = JsonlSettings()
+    result = JsonlSettings(
+        enabled=s.get("enabled", d.enabled, boolean),
+        path=s.get("path", d.path, string),
+        only_lagging=s.get("only_lagging", d.only_lagging, boolean),
+        rotate_bytes=s.get("rotate_bytes", d.rotate_bytes, integer(0)),
+        keep_files=s.get("keep_files", d.keep_files, integer(0)),
+    )
+    s.finish()
+    return result
+
+
+def _http(s: Section) -> HttpSettings:
+    users = s.string_map("basic_auth_users")
+    for user, hashed in users.items():
+        if not (_BCRYPT.fullmatch(hashed) or _SHA256.fullmatch(hashed)):
+            # The value is deliberately not echoed: it may be a plaintext password by mistake.
+            s.ctx.problem(
+                join_path(s.at("basic_auth_users"), user),
+                "must be a bcrypt hash ($2b$…) or a hex SHA-256 hash, not a plaintext password",
+            )
+    result = HttpSettings(
+        tls_cert_file=s.get("tls_cert_file", None, optional_string),
+        tls_key_file=s.get("tls_key_file", None, optional_string),
+        basic_auth_users=MappingProxyType(users),
+    )
+    if (result.tls_cert_file is None) != (result.tls_key_file is None):
+        s.problem("tls_key_file", "tls_cert_file and tls_key_file go together")
+    s.finish()
+    return result
+
+
+def _performance(s: Section) -> PerformanceSettings:
+    d = PerformanceSettings()
+    result = PerformanceSettings(
+        kafka_timeout=s.get("kafka_timeout", d.kafka_timeout, duration()),
+        offset_fetch_timeout=s.get("offset_fetch_timeout", d.offset_fetch_timeout, duration()),
+        max_concurrent_groups=s.get("max_concurrent_groups", d.max_concurrent_groups, integer(1)),
+        max_concurrent_watermarks=s.get(
+            "max_concurrent_watermarks", d.max_concurrent_watermarks, integer(1)
+        ),
+        queue_capacity=s.get("queue_capacity", d.queue_capacity, integer(1)),
+    )
+    s.finish()
+    return result
+
+
+def _whole_seconds(value: object) -> float:
+    """klag-exporter's ``*_secs`` keys are integer seconds; a duration string is accepted too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise Invalid(f"must be greater than 0, got {value}")
+        return float(value)
+    return duration()(value)
+
+
+def _leadership(s: Section) -> LeadershipSettings:
+    d = LeadershipSettings()
+    lease_duration = _aliased(s, "lease_duration", "lease_duration_secs", d.lease_duration)
+    renew_deadline = s.get("renew_deadline", d.renew_deadline, duration())
+    # klag-exporter's grace period is the margin between the leader's last chance to renew and
+    # the lease running out, i.e. lease_duration − renew_deadline (15 s − 5 s = our 10 s default).
+    grace = s.get("grace_period_secs", None, _whole_seconds)
+    if grace is not None:
+        if "renew_deadline" in s.data:
+            s.problem("grace_period_secs", "set either renew_deadline or grace_period_secs")
+        elif grace >= lease_duration:
+            s.problem("grace_period_secs", "must be less than the lease duration")
+        else:
+            renew_deadline = lease_duration - grace
+    result = LeadershipSettings(
+        enabled=s.get("enabled", d.enabled, boolean),
+        provider=s.get("provider", d.provider, choice(get_args(LeadershipProvider))),
+        lease_name=s.get("lease_name", d.lease_name, string),
+        lease_namespace=s.get("lease_namespace", d.lease_namespace, optional_string),
+        identity=s.get("identity", d.identity, optional_string),
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=s.get("retry_period", d.retry_period, duration()),
+        cluster=s.get("cluster", d.cluster, optional_string),
+        kubeconfig=s.get("kubeconfig", d.kubeconfig, optional_string),
+    )
+    if not result.lease_duration > result.renew_deadline > result.retry_period:
+        s.problem(
+            "renew_deadline",
+            "must be less than lease_duration and greater than retry_period (got "
+            f"{format_duration(result.lease_duration)} > {format_duration(result.renew_deadline)}"
+            f" > {format_duration(result.retry_period)})",
+        )
+    s.finish()
+    return result
+
+
+def _aliased(s: Section, key: str, alias: str, default: float) -> float:
+    if alias not in s.data:
+        s.known.append(alias)
+        return s.get(key, default, duration())
+    if key in s.data:
+        s.raw(key)
+        s.problem(alias, f"set either {key} or {alias}, not both")
+    else:
+        s.known.append(key)
+    return s.get(alias, default, _whole_seconds)
+
+
+def _clusters(root: Section, ctx: Context) -> list[ClusterSettings]:
+    value = root.raw("clusters")
+    if isinstance(value, Missing):
+        root.problem("clusters", "required: add at least one [[clusters]] table")
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        root.problem("clusters", "must be an array of tables, written [[clusters]]")
+        return []
+    if not value:
+        root.problem("clusters", "must contain at least one cluster")
+    clusters: list[ClusterSettings] = []
+    first_index: dict[str, int] = {}
+    for index, data in enumerate(value):
+        cluster = _cluster(Section(ctx, f"clusters[{index}]", data))
+        if cluster is not None:
+            clusters.append(cluster)
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            continue
+        if name in first_index:
+            ctx.problem(
+                f"clusters[{index}].name",
+                f"duplicate cluster name {name!r} (also clusters[{first_index[name]}])",
+            )
+        first_index.setdefault(name, index)
+    return clusters
+
+
+def _cluster(s: Section) -> ClusterSettings | None:
+    d = ClusterSettings(name="", bootstrap_servers=())
+    name = s.require("name", string)
+    servers = s.require("bootstrap_servers", bootstrap_servers)
+    properties = s.string_map("consumer_properties")
+    for key, allowed in _PROPERTY_CHOICES.items():
+        if key in properties and properties[key].upper() not in {a.upper() for a in allowed}:
+            s.ctx.problem(
+                join_path(s.at("consumer_properties"), key),
+                f"must be one of {', '.join(allowed)}, got {properties[key]!r}",
+            )
+    labels = s.string_map("labels")
+    for label in labels:
+        where = join_path(s.at("labels"), label)
+        if label in BUILTIN_LABELS:
+            s.ctx.problem(where, "collides with a built-in label of the exported series")
+        elif not _LABEL_NAME.fullmatch(label):
+            s.ctx.problem(where, "not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        elif label.startswith("__"):
+            s.ctx.problem(where, "label names starting with '__' are reserved by Prometheus")
+    if "aws_msk_iam" in s.data:
+        s.raw("aws_msk_iam")
+        s.problem(
+            "aws_msk_iam",
+            "AWS MSK IAM authentication is not supported; use SASL/SCRAM or SASL/OAUTHBEARER "
+            "through consumer_properties",
+        )
+    filters = {}
+    for key in ("group_whitelist", "group_blacklist", "topic_whitelist", "topic_blacklist"):
+        filters[key] = s.regex_list(key, getattr(d, key))
+        if key.endswith("whitelist") and s.data.get(key) == []:
+            s.problem(key, 'is empty, so nothing would be kept; use [".*"] to keep everything')
+    result = None
+    if name is not None and servers is not None:
+        result = ClusterSettings(
+            name=name,
+            bootstrap_servers=servers,
+            consumer_properties=MappingProxyType(properties),
+            labels=MappingProxyType(labels),
+            **filters,
+        )
+    s.finish()
+    return result

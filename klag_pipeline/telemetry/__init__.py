@@ -1,0 +1,1 @@
+"""The exporter's own observability: logging setup (and self-metrics)."""
