@@ -1,0 +1,218 @@
+"""`make demo`: a local Kafka, a small workload and the exporter on an embedded settings file.
+
+Starts a single-node Kafka 4.x from the pinned jars, creates three topics and runs:
+- ``demo-orders-fast``: a consumer that keeps up (lag ≈ 0),
+- ``demo-orders-slow``: a consumer that reads one record per second (lag and time lag grow),
+- ``demo-payments-stopped``: a group that committed once and has no member (Empty, lag grows),
+- ``demo-payments-kip848``: a Java consumer with ``group.protocol=consumer`` (KIP-848),
+- ``demo-audit-idle``: a group halfway through records stamped an hour ago on a topic nobody
+  produces to any more (time lag ≈ 3600 s and growing: the idle-producer case),
+then the exporter, prints the URLs and a ``once`` table, and runs until Ctrl-C or
+``KLAG_DEMO_SECONDS`` (default 900) have passed. Everything stops cleanly on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
+
+from devtools import kafka_local
+from klag_pipeline import app
+from klag_pipeline.output import render_table
+from klag_pipeline.settings.loader import load_settings
+from klag_pipeline.settings.schema import Settings
+from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.telemetry.logging import configure_logging
+
+SETTINGS_FILE = Path(__file__).with_name("demo_settings.toml")
+PRODUCE_PER_SECOND = 10
+HOUR_MS = 3_600_000
+
+
+async def create_topics(bootstrap: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic("demo-orders", 3, 1),
+                NewTopic("demo-payments", 2, 1),
+                NewTopic("demo-audit", 1, 1),
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def seed(bootstrap: str) -> None:
+    """History for the idle-producer group and a first commit for the stopped group."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        hour_ago = int(time.time() * 1000) - HOUR_MS
+        for i in range(100):
+            await producer.send("demo-audit", b"audit", timestamp_ms=hour_ago + i * 1000)
+        for i in range(20):
+            await producer.send("demo-payments", b"payment", partition=i % 2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    for group, offsets in (
+        ("demo-audit-idle", {TopicPartition("demo-audit", 0): 50}),
+        (
+            "demo-payments-stopped",
+            {TopicPartition("demo-payments", 0): 5, TopicPartition("demo-payments", 1): 5},
+        ),
+    ):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(offsets))
+            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        finally:
+            await consumer.stop()
+
+
+async def produce_forever(bootstrap: str, stop: asyncio.Event) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        while not stop.is_set():
+            for _ in range(PRODUCE_PER_SECOND):
+                await producer.send("demo-orders", b"order")
+                await producer.send("demo-payments", b"payment")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await producer.stop()
+
+
+async def consume(bootstrap: str, group: str, stop: asyncio.Event, *, per_second: int) -> None:
+    consumer = AIOKafkaConsumer(
+        "demo-orders",
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        auto_commit_interval_ms=1000,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            await consumer.getmany(timeout_ms=500, max_records=per_second)
+            if per_second < 100:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await consumer.stop()
+
+
+async def wait_ready(port: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /ready HTTP/1.0\r\n\r\n")
+            await writer.drain()
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+EXPECTED_GROUPS = frozenset(
+    {
+        "demo-orders-fast",
+        "demo-orders-slow",
+        "demo-payments-stopped",
+        "demo-payments-kip848",
+        "demo-audit-idle",
+    }
+)
+
+
+async def first_full_table(
+    settings: Settings,
+) -> tuple[list[ClusterSnapshot], list[tuple[str, str]]]:
+    """One cycle, repeated (at most 30 s) until every demo group has joined and committed."""
+    deadline = time.monotonic() + 30
+    while True:
+        snapshots, errors = await app.collect_once(settings)
+        committed = {row.group for s in snapshots for row in s.rows}
+        if committed >= EXPECTED_GROUPS or time.monotonic() > deadline:
+            return snapshots, errors
+        await asyncio.sleep(1.0)
+
+
+async def demo(bootstrap: str, seconds: float) -> None:
+    environ = {**os.environ, "KLAG_DEMO_BOOTSTRAP": bootstrap}
+    settings = load_settings(SETTINGS_FILE, environ).settings
+    port = settings.exporter.http_port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    await create_topics(bootstrap)
+    await seed(bootstrap)
+    kip848 = kafka_local.start_console_consumer(
+        bootstrap,
+        "demo-payments",
+        "demo-payments-kip848",
+        group_protocol="consumer",
+        extra_props={"auto.commit.interval.ms": "1000"},
+    )
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(produce_forever(bootstrap, stop))
+            tasks.create_task(consume(bootstrap, "demo-orders-fast", stop, per_second=10_000))
+            tasks.create_task(consume(bootstrap, "demo-orders-slow", stop, per_second=1))
+            tasks.create_task(app.serve(settings, stop=stop))
+            if not await wait_ready(port, within=60):
+                print("the exporter did not become ready within 60 s", file=sys.stderr)
+                stop.set()
+                return
+            snapshots, errors = await first_full_table(settings)
+            print(
+                f"\nklag-pipeline demo is running (Kafka at {bootstrap})\n"
+                f"  metrics:  http://127.0.0.1:{port}/metrics\n"
+                f"  status:   http://127.0.0.1:{port}/\n"
+                f"  health:   http://127.0.0.1:{port}/health   ready: http://127.0.0.1:{port}/ready\n"
+                f"  stops by itself after {seconds:.0f} s; Ctrl-C stops it now.\n"
+            )
+            print(render_table(snapshots, tty=sys.stdout.isatty()))
+            for cluster, error in errors:
+                print(f"cluster {cluster} failed: {error}", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
+            stop.set()
+    finally:
+        await asyncio.to_thread(kip848.stop)
+
+
+def main() -> None:
+    configure_logging(os.environ.get("KLAG_DEMO_LOG_LEVEL", "warning"), None)
+    seconds = float(os.environ.get("KLAG_DEMO_SECONDS", "900"))
+    kafka_local.ensure_fetched()
+    cluster = kafka_local.KafkaCluster(1)
+    cluster.start()
+    try:
+        asyncio.run(demo(cluster.bootstrap, seconds))
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
