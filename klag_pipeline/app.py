@@ -91,6 +91,7 @@ class ClusterPipeline:
     failing: bool = False
     withdrawn: bool = False
     last_error: str = ""
+    ticks_reported: int = 0
 
 
 class Exporter:
@@ -146,7 +147,7 @@ class Exporter:
     ) -> ClusterPipeline:
         exporter = self.settings.exporter
         capacity = exporter.performance.queue_capacity
-        client = client_factory(cluster, exporter, self.self_metrics)
+        client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
         clock = self.clock
         stages = (
             DiscoveryStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
@@ -185,8 +186,14 @@ class Exporter:
             return self.clock.monotonic() + self.settings.exporter.poll_interval
         return cycle_start(event).started_monotonic + self.settings.exporter.poll_interval
 
+    def _report_skipped_ticks(self, pipeline: ClusterPipeline) -> None:
+        skipped = pipeline.ticker.skipped
+        self.self_metrics.ticks_skipped(pipeline.settings.name, skipped - pipeline.ticks_reported)
+        pipeline.ticks_reported = skipped
+
     def _on_failure(self, pipeline: ClusterPipeline) -> Callable[[str, int, str, KlagError], None]:
         def failed(cluster: str, cycle: int, stage: str, error: KlagError) -> None:
+            self._report_skipped_ticks(pipeline)
             message = f"{stage}: {error}"
             self.status.cycle_failed(cluster, message)
             self.self_metrics.stage_failed(cluster, stage)
@@ -213,6 +220,7 @@ class Exporter:
         name = pipeline.settings.name
         try:
             async for snapshot in inbox:
+                self._report_skipped_ticks(pipeline)
                 self.status.cycle_succeeded(name, snapshot.duration_seconds)
                 self.self_metrics.cycle_finished(name, "ok")
                 self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
@@ -368,7 +376,7 @@ async def collect_once(
     exporter = settings.exporter
 
     async def one(cluster: ClusterSettings, cycle_id: int) -> ClusterSnapshot:
-        client = client_factory(cluster, exporter, self_metrics)
+        client = client_factory(cluster, exporter, self_metrics.for_cluster(cluster.name))
         stages: tuple[Any, ...] = (
             DiscoveryStage(client, cluster),
             CommittedOffsetsStage(client, cluster),

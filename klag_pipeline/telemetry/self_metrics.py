@@ -99,8 +99,8 @@ class SelfMetrics:
         )
         self._requests = Counter(
             "klag_pipeline_kafka_requests",
-            "Kafka requests sent, by API, broker node id and outcome.",
-            ["api", "broker", "outcome"],
+            "Kafka requests sent, by cluster, API, broker node id and outcome.",
+            ["cluster_name", "api", "broker", "outcome"],
             registry=registry,
         )
         self._request_seconds = Histogram(
@@ -113,13 +113,13 @@ class SelfMetrics:
         self._throttled = Counter(
             "klag_pipeline_kafka_throttled_responses",
             "Kafka responses that asked the client to back off (throttle_time_ms > 0).",
-            ["api", "broker"],
+            ["cluster_name", "api", "broker"],
             registry=registry,
         )
         self._throttle_seconds = Counter(
             "klag_pipeline_kafka_throttle_seconds",
             "Total back-off time requested by brokers through throttle_time_ms.",
-            ["api", "broker"],
+            ["cluster_name", "api", "broker"],
             registry=registry,
         )
         self._queues = _QueueDepthCollector()
@@ -127,15 +127,28 @@ class SelfMetrics:
 
     # RequestObserver -------------------------------------------------------------------------
 
+    def for_cluster(self, cluster: str) -> ClusterRequestObserver:
+        """The :class:`~klag_pipeline.kafka.port.RequestObserver` of one cluster's client."""
+        return ClusterRequestObserver(self, cluster)
+
     def on_request(self, api: str, broker: str, outcome: str, seconds: float) -> None:
-        self._requests.labels(api, broker, outcome).inc()
-        self._request_seconds.labels(api).observe(seconds)
+        """A request of a client that has no cluster name (``check --connect``, tests)."""
+        self.request_done("", api, broker, outcome, seconds)
 
     def on_throttle(self, api: str, broker: str, throttle_ms: int) -> None:
+        self.throttled("", api, broker, throttle_ms)
+
+    def request_done(
+        self, cluster: str, api: str, broker: str, outcome: str, seconds: float
+    ) -> None:
+        self._requests.labels(cluster, api, broker, outcome).inc()
+        self._request_seconds.labels(api).observe(seconds)
+
+    def throttled(self, cluster: str, api: str, broker: str, throttle_ms: int) -> None:
         if throttle_ms <= 0:
             return
-        self._throttled.labels(api, broker).inc()
-        self._throttle_seconds.labels(api, broker).inc(throttle_ms / 1000)
+        self._throttled.labels(cluster, api, broker).inc()
+        self._throttle_seconds.labels(cluster, api, broker).inc(throttle_ms / 1000)
 
     # Cycles and stages -----------------------------------------------------------------------
 
@@ -182,3 +195,18 @@ class SelfMetrics:
             body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
             return body
         return generate_text(self.registry)
+
+
+class ClusterRequestObserver:
+    """Labels one cluster's requests with its ``cluster_name`` (broker ids repeat across
+    clusters)."""
+
+    def __init__(self, metrics: SelfMetrics, cluster: str) -> None:
+        self._metrics = metrics
+        self._cluster = cluster
+
+    def on_request(self, api: str, broker: str, outcome: str, seconds: float) -> None:
+        self._metrics.request_done(self._cluster, api, broker, outcome, seconds)
+
+    def on_throttle(self, api: str, broker: str, throttle_ms: int) -> None:
+        self._metrics.throttled(self._cluster, api, broker, throttle_ms)

@@ -60,24 +60,35 @@ def test_counters_by_label() -> None:
     assert got[("klag_pipeline_timestamp_cache_misses_total", ())] == 1
 
 
-def test_request_observer() -> None:
+def test_request_observer_labels_requests_with_their_cluster() -> None:
     metrics = SelfMetrics()
-    observer: RequestObserver = metrics
+    observer: RequestObserver = metrics.for_cluster("prod")
+    other: RequestObserver = metrics.for_cluster("staging")
     observer.on_request("ListGroups", "1", "ok", 0.003)
     observer.on_request("ListGroups", "1", "ok", 0.2)
+    other.on_request("ListGroups", "1", "ok", 0.01)
     observer.on_request("OffsetFetch", "2", "timeout", 30.0)
     observer.on_throttle("Fetch", "1", 250)
     observer.on_throttle("Fetch", "1", 0)
     got = values(metrics)
     requests = "klag_pipeline_kafka_requests_total"
-    assert got[(requests, (("api", "ListGroups"), ("broker", "1"), ("outcome", "ok")))] == 2
-    assert got[(requests, (("api", "OffsetFetch"), ("broker", "2"), ("outcome", "timeout")))] == 1
+    prod = ("cluster_name", "prod")
+    assert got[(requests, ((("api", "ListGroups"), ("broker", "1"), prod, ("outcome", "ok"))))] == 2
+    staging = (
+        ("api", "ListGroups"),
+        ("broker", "1"),
+        ("cluster_name", "staging"),
+        ("outcome", "ok"),
+    )
+    assert got[(requests, staging)] == 1
+    timeout = (("api", "OffsetFetch"), ("broker", "2"), prod, ("outcome", "timeout"))
+    assert got[(requests, timeout)] == 1
     duration = "klag_pipeline_kafka_request_duration_seconds"
-    assert got[(f"{duration}_count", (("api", "ListGroups"),))] == 2
-    assert got[(f"{duration}_sum", (("api", "ListGroups"),))] == pytest.approx(0.203)
+    assert got[(f"{duration}_count", (("api", "ListGroups"),))] == 3
+    assert got[(f"{duration}_sum", (("api", "ListGroups"),))] == pytest.approx(0.213)
     assert got[(f"{duration}_bucket", (("api", "ListGroups"), ("le", "0.005")))] == 1
     assert got[(f"{duration}_bucket", (("api", "OffsetFetch"), ("le", "30.0")))] == 1
-    throttle = (("api", "Fetch"), ("broker", "1"))
+    throttle = (("api", "Fetch"), ("broker", "1"), prod)
     assert got[("klag_pipeline_kafka_throttled_responses_total", throttle)] == 1
     assert got[("klag_pipeline_kafka_throttle_seconds_total", throttle)] == 0.25
 
