@@ -56,7 +56,8 @@ class ListedGroup:
     group_id: str
     protocol_type: str
     state: str
-    group_type: str  # "classic", "consumer", or "" when the broker predates KIP-848 (ListGroups < 5)
+    # "classic", "consumer", or "" when the broker predates KIP-848 (ListGroups < 5)
+    group_type: str
     coordinator: int
 
 
@@ -95,7 +96,8 @@ class TimestampSample:
     """What a Fetch at a committed offset found.
 
     ``offset`` is the offset of the first data record at or after the committed offset, and
-    ``timestamp_ms`` its timestamp. ``offset > committed`` means the record at ``committed`` is gone.
+    ``timestamp_ms`` its timestamp. ``offset > committed`` means the record at ``committed`` is
+    gone.
     """
 
     offset: int

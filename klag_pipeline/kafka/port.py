@@ -84,7 +84,8 @@ class ClusterClient(Protocol):
     async def close(self) -> None: ...
 
     async def list_groups(self) -> GroupListing:
-        """ListGroups on every broker (types classic + consumer); each group with its coordinator."""
+        """ListGroups on every broker (classic + consumer types), each group with its
+        coordinator."""
 
     async def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
         """DescribeGroups (classic) / ConsumerGroupDescribe (KIP-848), batched per coordinator."""

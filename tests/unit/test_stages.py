@@ -6,7 +6,6 @@ import asyncio
 import re
 
 import pytest
-from klag_pipeline.stages.timestamps import TimestampStage
 
 from klag_pipeline.errors import KafkaConnectionError, KlagError
 from klag_pipeline.events import CycleStarted
@@ -17,6 +16,7 @@ from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import ConnectionBackoff, DiscoveryStage
 from klag_pipeline.stages.loop import run_stage
+from klag_pipeline.stages.timestamps import TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 from tests.unit.fake_cluster import FakeCluster, FakeGroup
 
