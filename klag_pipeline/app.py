@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TextIO
 
 import structlog
@@ -150,7 +151,13 @@ class Exporter:
         client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
         clock = self.clock
         stages = (
-            DiscoveryStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
+            DiscoveryStage(
+                client,
+                cluster,
+                time_fn=clock.time,
+                monotonic=clock.monotonic,
+                on_cycle_start=partial(self.status.cycle_attempted, cluster.name),
+            ),
             CommittedOffsetsStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
             WatermarksStage(client, time_fn=clock.time, monotonic=clock.monotonic),
             TimestampStage(

@@ -60,7 +60,10 @@ class DiscoveryStage:
         time_fn: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         backoff: ConnectionBackoff | None = None,
+        on_cycle_start: Callable[[], None] | None = None,
     ) -> None:
+        """``on_cycle_start`` is told about every attempt (the liveness signal of ``/health``)."""
+        self._on_cycle_start = on_cycle_start
         self._client = client
         self._cluster = cluster
         self._time = time_fn
@@ -84,6 +87,8 @@ class DiscoveryStage:
 
     async def process(self, event: CycleStarted) -> GroupsDiscovered:
         started = self._monotonic()
+        if self._on_cycle_start is not None:
+            self._on_cycle_start()
         # A tick may have waited for a busy pipeline: the cycle starts now, not when it ticked.
         event = replace(event, observed_at=self._time(), started_monotonic=started)
         await self._ensure_connected()
