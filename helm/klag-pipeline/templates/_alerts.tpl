@@ -1,0 +1,126 @@
+{{/*
+The alert rules, as the `groups:` of a Prometheus rules file. Rendered into the PrometheusRule
+and, with default values, identical to deploy/prometheus/alerts.yaml (a test compares them).
+Expressions aggregate with max by (...) so that custom cluster labels, scrape labels and HA
+replicas (standbys export no cluster series) never split or duplicate an alert.
+*/}}
+{{- define "klag-pipeline.alertGroups" -}}
+{{- $a := .Values.alerts }}
+{{- $job := $a.jobSelector | default (printf "job=%q" (include "klag-pipeline.fullname" .)) -}}
+groups:
+  - name: klag-pipeline.consumer-groups
+    rules:
+      - alert: KafkaConsumerGroupDataLoss
+        expr: >-
+          max by (cluster_name, group, topic)
+          (kafka_consumergroup_group_messages_lost) > 0
+        for: {{ $a.dataLoss.for }}
+        labels:
+          severity: {{ $a.dataLoss.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} lost messages of topic
+            {{`{{ $labels.topic }}`}} to retention.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, retention deleted
+            {{`{{ $value }}`}} messages of {{`{{ $labels.topic }}`}} (largest partition) that
+            group {{`{{ $labels.group }}`}} had not consumed: its committed offset is below the
+            partition's earliest offset.
+      - alert: KafkaConsumerGroupNearDataLoss
+        expr: >-
+          (max by (cluster_name, group, topic)
+          (kafka_consumergroup_group_lag_retention_ratio) > {{ $a.nearDataLoss.retentionRatioPercent }})
+          unless on (cluster_name, group, topic)
+          (max by (cluster_name, group, topic) (kafka_consumergroup_group_messages_lost) > 0)
+        for: {{ $a.nearDataLoss.for }}
+        labels:
+          severity: {{ $a.nearDataLoss.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} is close to losing messages of topic
+            {{`{{ $labels.topic }}`}} to retention.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, the lag of group
+            {{`{{ $labels.group }}`}} covers {{`{{ $value | printf "%.0f" }}`}}% of the
+            retained messages of {{`{{ $labels.topic }}`}}; retention deletes the oldest
+            unconsumed ones next.
+      - alert: KafkaConsumerGroupTimeLagHigh
+        expr: >-
+          max by (cluster_name, group)
+          (kafka_consumergroup_group_max_lag_seconds) > {{ $a.timeLag.thresholdSeconds }}
+        for: {{ $a.timeLag.for }}
+        labels:
+          severity: {{ $a.timeLag.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} is {{`{{ $value | humanizeDuration }}`}}
+            behind.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, the oldest message group
+            {{`{{ $labels.group }}`}} has not consumed yet is {{`{{ $value | humanizeDuration }}`}}
+            old (threshold {{ $a.timeLag.thresholdSeconds }}s).
+      - alert: KafkaConsumerGroupNotStable
+        expr: >-
+          (max by (cluster_name, group) (kafka_consumergroup_group_state) != 3)
+          unless on (cluster_name, group)
+          (
+          (max by (cluster_name, group) (kafka_consumergroup_group_state) == 5)
+          and on (cluster_name, group)
+          (max by (cluster_name, group) (kafka_consumergroup_group_sum_lag) == 0)
+          )
+        for: {{ $a.notStable.for }}
+        labels:
+          severity: {{ $a.notStable.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} has not been Stable for a while.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, group {{`{{ $labels.group }}`}} is in
+            state {{`{{ $value }}`}} (0 Unknown, 1 PreparingRebalance, 2 CompletingRebalance,
+            4 Dead, 5 Empty with lag, 6 Assigning, 7 Reconciling): it is rebalancing
+            repeatedly or its consumers are gone while messages wait. An Empty group with no
+            lag does not alert.
+  - name: klag-pipeline.exporter
+    rules:
+      - alert: KlagPipelineExporterDown
+        expr: >-
+          up{ {{- $job -}} } == 0 or absent(up{ {{- $job -}} })
+        for: {{ $a.exporterDown.for }}
+        labels:
+          severity: {{ $a.exporterDown.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The klag-pipeline exporter cannot be scraped.
+          description: >-
+            Prometheus has not scraped {{`{{ $labels.instance }}`}} successfully (or has no
+            target at all); consumer lag is not being monitored.
+      - alert: KlagPipelineDataStale
+        expr: >-
+          max by (job, namespace) (kafka_lag_exporter_up{ {{- $job -}} }) == 0
+        for: {{ $a.staleData.for }}
+        labels:
+          severity: {{ $a.staleData.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: The klag-pipeline exporter has stale data for at least one Kafka cluster.
+          description: >-
+            The exporter is running but at least one cluster has had no successful collection
+            cycle within its staleness threshold (or no instance is leader); that cluster's
+            series are withdrawn. See klag_pipeline_stage_errors_total and the exporter's logs.
+{{- end }}

@@ -1,0 +1,296 @@
+"""The alert rules under the real Prometheus rule engine: ``promtool check rules`` and
+``promtool test rules`` with input series and the alerts they must (and must not) raise."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devtools import tools
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+
+GPM = 'cluster_name="prod",topic="orders",partition="0",member_host="",consumer_id="",client_id=""'
+JOB = 'job="klag-pipeline"'
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(tools.tool_path("promtool")), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def series(name: str, labels: str, values: str) -> dict[str, str]:
+    return {"series": f"{name}{{{labels}}}", "values": values}
+
+
+def fires(eval_time: str, alert: str, *expected: dict[str, Any]) -> dict[str, Any]:
+    return {"eval_time": eval_time, "alertname": alert, "exp_alerts": list(expected)}
+
+
+def alert(labels: dict[str, str], summary: str, description: str) -> dict[str, Any]:
+    return {
+        "exp_labels": labels,
+        "exp_annotations": {"summary": summary, "description": description},
+    }
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", str(ALERTS_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
+    data_loss = {
+        "interval": "1m",
+        "input_series": [
+            series("kafka_consumergroup_group_messages_lost", f'{GPM},group="lossy"', "0 5x10"),
+            series("kafka_consumergroup_group_messages_lost", f'{GPM},group="healthy"', "0x10"),
+        ],
+        "alert_rule_test": [
+            # Pending, not firing yet: `for: 1m`.
+            fires("1m", "KafkaConsumerGroupDataLoss"),
+            fires(
+                "3m",
+                "KafkaConsumerGroupDataLoss",
+                alert(
+                    {
+                        "severity": "critical",
+                        "cluster_name": "prod",
+                        "group": "lossy",
+                        "topic": "orders",
+                    },
+                    "Consumer group lossy lost messages of topic orders to retention.",
+                    "On cluster prod, retention deleted 5 messages of orders (largest "
+                    "partition) that group lossy had not consumed: its committed offset is "
+                    "below the partition's earliest offset.",
+                ),
+            ),
+        ],
+    }
+    ratio = "kafka_consumergroup_group_lag_retention_ratio"
+    lost = "kafka_consumergroup_group_messages_lost"
+    near_data_loss = {
+        "interval": "1m",
+        "input_series": [
+            series(ratio, f'{GPM},group="near"', "90x10"),
+            series(lost, f'{GPM},group="near"', "0x10"),
+            series(ratio, f'{GPM},group="fine"', "50x10"),
+            series(lost, f'{GPM},group="fine"', "0x10"),
+            # Already losing data: KafkaConsumerGroupDataLoss covers it, not this one.
+            series(ratio, f'{GPM},group="lossy"', " ".join(["+Inf"] * 11)),
+            series(lost, f'{GPM},group="lossy"', "3x10"),
+        ],
+        "alert_rule_test": [
+            fires("4m", "KafkaConsumerGroupNearDataLoss"),
+            fires(
+                "6m",
+                "KafkaConsumerGroupNearDataLoss",
+                alert(
+                    {
+                        "severity": "warning",
+                        "cluster_name": "prod",
+                        "group": "near",
+                        "topic": "orders",
+                    },
+                    "Consumer group near is close to losing messages of topic orders to retention.",
+                    "On cluster prod, the lag of group near covers 90% of the retained "
+                    "messages of orders; retention deletes the oldest unconsumed ones next.",
+                ),
+            ),
+        ],
+    }
+    time_lag = {
+        "interval": "1m",
+        "input_series": [
+            series(
+                "kafka_consumergroup_group_max_lag_seconds",
+                'cluster_name="prod",group="slow",environment="eu"',
+                "400x10",
+            ),
+            series(
+                "kafka_consumergroup_group_max_lag_seconds",
+                'cluster_name="prod",group="fast"',
+                "10x10",
+            ),
+        ],
+        "alert_rule_test": [
+            fires(
+                "6m",
+                "KafkaConsumerGroupTimeLagHigh",
+                alert(
+                    {"severity": "warning", "cluster_name": "prod", "group": "slow"},
+                    "Consumer group slow is 6m 40s behind.",
+                    "On cluster prod, the oldest message group slow has not consumed yet is "
+                    "6m 40s old (threshold 300s).",
+                ),
+            ),
+        ],
+    }
+    state = "kafka_consumergroup_group_state"
+    sum_lag = "kafka_consumergroup_group_sum_lag"
+    not_stable_description = (
+        "On cluster prod, group {group} is in state {state} (0 Unknown, 1 PreparingRebalance, "
+        "2 CompletingRebalance, 4 Dead, 5 Empty with lag, 6 Assigning, 7 Reconciling): it is "
+        "rebalancing repeatedly or its consumers are gone while messages wait. An Empty group "
+        "with no lag does not alert."
+    )
+    not_stable = {
+        "interval": "1m",
+        "input_series": [
+            series(state, 'cluster_name="prod",group="rebalancing"', "1x20"),
+            series(sum_lag, 'cluster_name="prod",group="rebalancing"', "0x20"),
+            series(state, 'cluster_name="prod",group="abandoned"', "5x20"),
+            series(sum_lag, 'cluster_name="prod",group="abandoned"', "10x20"),
+            series(state, 'cluster_name="prod",group="idle-batch"', "5x20"),
+            series(sum_lag, 'cluster_name="prod",group="idle-batch"', "0x20"),
+            series(state, 'cluster_name="prod",group="stable"', "3x20"),
+            series(sum_lag, 'cluster_name="prod",group="stable"', "100x20"),
+        ],
+        "alert_rule_test": [
+            fires("14m", "KafkaConsumerGroupNotStable"),
+            fires(
+                "16m",
+                "KafkaConsumerGroupNotStable",
+                *(
+                    alert(
+                        {"severity": "warning", "cluster_name": "prod", "group": group},
+                        f"Consumer group {group} has not been Stable for a while.",
+                        not_stable_description.format(group=group, state=value),
+                    )
+                    for group, value in (("abandoned", 5), ("rebalancing", 1))
+                ),
+            ),
+        ],
+    }
+    exporter_down = {
+        "interval": "1m",
+        "input_series": [
+            series("up", f'{JOB},instance="10.0.0.1:8000"', "1 1 0 0 0 0 0"),
+            series("up", f'{JOB},instance="10.0.0.2:8000"', "1x6"),
+            series("up", 'job="other",instance="10.0.0.3:8000"', "0x6"),
+        ],
+        "alert_rule_test": [
+            fires("3m", "KlagPipelineExporterDown"),
+            fires(
+                "5m",
+                "KlagPipelineExporterDown",
+                alert(
+                    {"severity": "critical", "job": "klag-pipeline", "instance": "10.0.0.1:8000"},
+                    "The klag-pipeline exporter cannot be scraped.",
+                    "Prometheus has not scraped 10.0.0.1:8000 successfully (or has no target "
+                    "at all); consumer lag is not being monitored.",
+                ),
+            ),
+        ],
+    }
+    exporter_absent = {
+        "interval": "1m",
+        "input_series": [series("up", 'job="other",instance="10.0.0.3:8000"', "1x6")],
+        "alert_rule_test": [
+            fires(
+                "3m",
+                "KlagPipelineExporterDown",
+                alert(
+                    {"severity": "critical", "job": "klag-pipeline"},
+                    "The klag-pipeline exporter cannot be scraped.",
+                    "Prometheus has not scraped  successfully (or has no target at all); "
+                    "consumer lag is not being monitored.",
+                ),
+            ),
+        ],
+    }
+    stale_summary = "The klag-pipeline exporter has stale data for at least one Kafka cluster."
+    stale_description = (
+        "The exporter is running but at least one cluster has had no successful collection "
+        "cycle within its staleness threshold (or no instance is leader); that cluster's series "
+        "are withdrawn. See klag_pipeline_stage_errors_total and the exporter's logs."
+    )
+    stale = {
+        "interval": "1m",
+        "input_series": [
+            series("kafka_lag_exporter_up", f'{JOB},instance="a:8000"', "1 1 0x10"),
+            series("kafka_lag_exporter_up", f'{JOB},instance="b:8000"', "0x12"),
+        ],
+        "alert_rule_test": [
+            fires("6m", "KlagPipelineDataStale"),
+            fires(
+                "8m",
+                "KlagPipelineDataStale",
+                alert(
+                    {"severity": "warning", "job": "klag-pipeline"},
+                    stale_summary,
+                    stale_description,
+                ),
+            ),
+        ],
+    }
+    standby_only_stale = {
+        # HA: the standby reports 0 (it collects nothing), the leader 1 — nothing is stale.
+        "interval": "1m",
+        "input_series": [
+            series("kafka_lag_exporter_up", f'{JOB},instance="leader:8000"', "1x12"),
+            series("kafka_lag_exporter_up", f'{JOB},instance="standby:8000"', "0x12"),
+        ],
+        "alert_rule_test": [fires("10m", "KlagPipelineDataStale")],
+    }
+    rules_test = {
+        "rule_files": [str(ALERTS_FILE)],
+        "evaluation_interval": "1m",
+        "tests": [
+            data_loss,
+            near_data_loss,
+            time_lag,
+            not_stable,
+            exporter_down,
+            exporter_absent,
+            stale,
+            standby_only_stale,
+        ],
+    }
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(rules_test, sort_keys=False), "utf-8")
+
+    result = promtool("test", "rules", str(test_file))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_test_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
+    # The harness can fail: a healthy group expected to alert is reported as a failure.
+    rules_test = {
+        "rule_files": [str(ALERTS_FILE)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series(
+                        "kafka_consumergroup_group_messages_lost", f'{GPM},group="healthy"', "0x5"
+                    )
+                ],
+                "alert_rule_test": [
+                    fires(
+                        "3m",
+                        "KafkaConsumerGroupDataLoss",
+                        {"exp_labels": {"severity": "critical", "group": "healthy"}},
+                    )
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(rules_test, sort_keys=False), "utf-8")
+    result = promtool("test", "rules", str(test_file))
+    assert result.returncode != 0
+    assert "KafkaConsumerGroupDataLoss" in result.stdout + result.stderr

@@ -1,0 +1,146 @@
+"""Static checks of the Grafana dashboard: structure, variables, and that every query names only
+metric families the exporter really exports (the live test runs the queries against Prometheus).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from klag_pipeline.sinks.prometheus import FAMILY_HELP
+from klag_pipeline.telemetry.self_metrics import SelfMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "klag-pipeline.json"
+
+# SPEC §4, spelled out here rather than taken from the code: the names are a compatibility
+# contract with existing klag-exporter dashboards.
+SPEC_FAMILIES = frozenset(
+    {
+        "kafka_partition_latest_offset",
+        "kafka_partition_earliest_offset",
+        "kafka_consumergroup_group_offset",
+        "kafka_consumergroup_group_lag",
+        "kafka_consumergroup_group_lag_seconds",
+        "kafka_consumergroup_group_messages_lost",
+        "kafka_consumergroup_group_retention_margin",
+        "kafka_consumergroup_group_lag_retention_ratio",
+        "kafka_consumergroup_group_max_lag",
+        "kafka_consumergroup_group_max_lag_seconds",
+        "kafka_consumergroup_group_sum_lag",
+        "kafka_consumergroup_group_topic_sum_lag",
+        "kafka_consumergroup_group_state",
+        "kafka_consumergroup_poll_time_ms",
+        "kafka_lag_exporter_scrape_duration_seconds",
+        "kafka_lag_exporter_last_update_timestamp_seconds",
+        "kafka_lag_exporter_up",
+        "kafka_lag_exporter_compaction_detected_total",
+        "kafka_lag_exporter_data_loss_partitions_total",
+    }
+)
+METRIC_NAME = re.compile(r"\b((?:kafka|klag_pipeline)_[a-z0-9_]+)\b")
+VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range"})
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text("utf-8"))
+    return dashboard
+
+
+def iter_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from iter_panels(panel.get("panels", []))
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(panel title, refId, expr)`` of every query target of every panel."""
+    return [
+        (panel["title"], target["refId"], target["expr"])
+        for panel in iter_panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+    ]
+
+
+def concrete_query(expr: str, rate_interval: str) -> str:
+    """The query Grafana would send with every variable at "All" (regex ``.*``)."""
+    expr = expr.replace("$__rate_interval", rate_interval)
+    return VARIABLE.sub(".*", expr)
+
+
+def self_metric_families() -> set[str]:
+    body = SelfMetrics().render(openmetrics=False).decode()
+    families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
+    histograms = {line.split()[2] for line in body.splitlines() if line.endswith(" histogram")}
+    exported = {f + "_total" for f in families if "_total" not in f}  # counters get _total
+    exported |= {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}
+    return families | exported
+
+
+def test_dashboard_structure() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "klag-pipeline"
+    panels = list(iter_panels(dashboard["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel.get("description"), f"{panel['title']}: no description"
+            assert panel["targets"], f"{panel['title']}: no query"
+    rows = {p["title"] for p in panels if p["type"] == "row"}
+    assert {
+        "Overview",
+        "Lag over time",
+        "Partition drill-down",
+        "Data-loss prevention",
+        "Group states",
+        "Message rates",
+        "Exporter health",
+    } <= rows
+
+
+def test_dashboard_variables_cover_every_reference() -> None:
+    dashboard = load_dashboard()
+    defined = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "cluster", "group", "topic"} <= defined
+    used: set[str] = set()
+    for _, _, expr in panel_queries(dashboard):
+        used |= {a or b for a, b in VARIABLE.findall(expr)}
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("definition", "")
+        used |= {a or b for a, b in VARIABLE.findall(query)}
+    assert used - GRAFANA_BUILTINS <= defined
+    for panel in iter_panels(dashboard["panels"]):
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+@pytest.mark.parametrize(
+    ("title", "ref", "expr"), panel_queries(load_dashboard()), ids=lambda v: str(v)[:40]
+)
+def test_queries_name_only_exported_families(title: str, ref: str, expr: str) -> None:
+    names = set(METRIC_NAME.findall(expr))
+    assert names, f"{title}/{ref}: no metric in {expr!r}"
+    known = SPEC_FAMILIES | self_metric_families()
+    assert names <= known, f"{title}/{ref}: unknown metric(s) {sorted(names - known)}"
+
+
+def test_spec_families_are_what_the_sink_exports() -> None:
+    # The dashboard and alerts are written against SPEC_FAMILIES; the sink must agree.
+    assert set(FAMILY_HELP) | {"kafka_lag_exporter_up"} == SPEC_FAMILIES
+
+
+def test_dashboard_shows_every_spec_family() -> None:
+    queries = panel_queries(load_dashboard())
+    used = {name for _, _, expr in queries for name in METRIC_NAME.findall(expr)}
+    missing = SPEC_FAMILIES - used
+    assert not missing, f"no panel shows {sorted(missing)}"
