@@ -35,8 +35,8 @@ tools: install
 	$(BIN)/python -m devtools.tools install-all
 
 lint: install
-	$(BIN)/ruff check klag_pipeline tests devtools bench
-	$(BIN)/ruff format --check klag_pipeline tests devtools bench
+	$(BIN)/ruff check klag_pipeline tests devtools bench deploy
+	$(BIN)/ruff format --check klag_pipeline tests devtools bench deploy
 
 typecheck: install
 	$(BIN)/mypy
