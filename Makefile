@@ -34,9 +34,11 @@ kafka: install system-deps
 tools: install
 	$(BIN)/python -m devtools.tools install-all
 
+LINT_PATHS := $(wildcard klag_pipeline tests devtools bench deploy)
+
 lint: install
-	$(BIN)/ruff check klag_pipeline tests devtools bench deploy
-	$(BIN)/ruff format --check klag_pipeline tests devtools bench deploy
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(BIN)/mypy
