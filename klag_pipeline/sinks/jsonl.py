@@ -9,12 +9,14 @@ disk is logged on transition and counted; the exporter keeps running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import io
 import json
 import os
 import sys
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
@@ -44,18 +46,22 @@ def withdrawn_line(update: ClusterWithdrawn, now: float) -> bytes:
 
 
 class RotatingFile:
-    """Append-only file with size rotation: ``path`` → ``path.1`` → … → ``path.<keep_files>``."""
+    """Append-only file with size rotation: ``path`` → ``path.1`` → … → ``path.<keep_files>``.
+
+    Unbuffered: a write either lands whole or, when the disk fills up half-way, is truncated
+    back, so the file always ends on a whole line and nothing is left in a buffer to fail later.
+    """
 
     def __init__(self, path: Path, *, rotate_bytes: int, keep_files: int) -> None:
         self._path = path
         self._rotate_bytes = rotate_bytes
         self._keep = keep_files
-        self._file: BinaryIO | None = None
+        self._file: io.FileIO | None = None
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> io.FileIO:
         if self._file is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across cycles
+            self._file = io.FileIO(self._path, "ab")
         return self._file
 
     def _rotate(self) -> None:
@@ -74,16 +80,27 @@ class RotatingFile:
 
     def write(self, data: bytes) -> None:
         handle = self._open()
+        # The size, not tell(): after a truncation the descriptor's offset can be past the end.
+        size = os.fstat(handle.fileno()).st_size
         # Rotate before a write that would cross the limit, so no cycle's lines are split.
-        if (
-            self._rotate_bytes
-            and handle.tell() > 0
-            and handle.tell() + len(data) > self._rotate_bytes
-        ):
+        if self._rotate_bytes and size > 0 and size + len(data) > self._rotate_bytes:
             self._rotate()
             handle = self._open()
-        handle.write(data)
-        handle.flush()
+            size = 0
+        start = size
+        view = memoryview(data)
+        try:
+            # A regular file takes a short write only when it is about to fail (ENOSPC, EFBIG):
+            # the next call raises. Every pass consumes at least one byte, so the loop ends.
+            while view:
+                written = handle.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the file accepted no bytes")
+                view = view[written:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.truncate(start)
+            raise
 
     def close(self) -> None:
         if self._file is not None:
@@ -139,7 +156,10 @@ class JsonlSink:
                     data = withdrawn_line(update, self._time())
                 await self._write(data)
         finally:
-            await asyncio.to_thread(self._writer.close)
+            try:
+                await asyncio.to_thread(self._writer.close)
+            except OSError as exc:
+                log.error("jsonl_close_failed", path=self._settings.path, error=str(exc))
 
     async def _write(self, data: bytes) -> None:
         try:

@@ -1,0 +1,1 @@
+"""Real peers for the sinks' protocols, started by the tests (never mocks)."""
