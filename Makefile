@@ -11,11 +11,12 @@ test: install kafka tools lint typecheck pytest
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The kerberos extra (gssapi) compiles against libkrb5-dev, which system-deps installs.
+$(STAMP): pyproject.toml | system-deps
 	@command -v $(PYTHON) >/dev/null || { echo "python3 >= 3.11 is required"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,kerberos]'
 	touch $(STAMP)
 
 # Java 17+ and Maven come with the machine image; install them from Debian if they do not.
@@ -23,6 +24,11 @@ system-deps:
 	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
 	  echo "installing Java and Maven from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven; \
+	fi
+	@# A throwaway MIT KDC for the GSSAPI tests, and the headers the gssapi package builds against.
+	@if ! command -v krb5kdc >/dev/null || ! command -v kadmin.local >/dev/null || ! command -v krb5-config >/dev/null; then \
+	  echo "installing MIT Kerberos (KDC, admin tools, libkrb5-dev) from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq krb5-kdc krb5-admin-server libkrb5-dev; \
 	fi
 
 # Download the pinned Apache Kafka jars from Maven Central into the user cache (once).

@@ -733,9 +733,16 @@ class TlsFiles:
 
 
 def generate_tls_files(
-    directory: Path, hosts: Sequence[str] = (_LOOPBACK, "localhost")
+    directory: Path,
+    hosts: Sequence[str] = (_LOOPBACK, "localhost"),
+    *,
+    server_validity: tuple[datetime.datetime, datetime.datetime] | None = None,
 ) -> TlsFiles:
-    """A throwaway CA plus a server certificate for ``hosts`` and a client certificate."""
+    """A throwaway CA plus a server certificate for ``hosts`` and a client certificate.
+
+    ``server_validity`` (not before, not after) overrides the server certificate's validity,
+    e.g. to serve an expired certificate.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -783,7 +790,10 @@ def generate_tls_files(
     )
 
     def leaf(
-        common_name: str, usage: x509.ObjectIdentifier, sans: Sequence[x509.GeneralName]
+        common_name: str,
+        usage: x509.ObjectIdentifier,
+        sans: Sequence[x509.GeneralName],
+        validity: tuple[datetime.datetime, datetime.datetime] = (not_before, not_after),
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -792,8 +802,8 @@ def generate_tls_files(
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
+            .not_valid_before(validity[0])
+            .not_valid_after(validity[1])
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
@@ -807,7 +817,12 @@ def generate_tls_files(
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
-    server_key, server_cert = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    server_key, server_cert = leaf(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        sans,
+        server_validity or (not_before, not_after),
+    )
     client_key, client_cert = leaf("klag-test-client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
     def cert_pem(cert: x509.Certificate) -> bytes:
@@ -835,6 +850,174 @@ def generate_tls_files(
 
 
 # ----------------------------------------------------------------------------------------------
+# Kerberos
+
+
+@dataclass(frozen=True, slots=True)
+class KerberosService:
+    """A broker's GSSAPI identity: ``<service_name>/<host>@<realm>`` and its keytab."""
+
+    krb5_conf: Path
+    keytab: Path
+    principal: str
+    service_name: str = "kafka"
+
+
+class KerberosKdc:
+    """A throwaway MIT Kerberos KDC (Debian ``krb5-kdc``) for one realm on a loopback port.
+
+    Everything lives under one directory: ``krb5.conf`` (point ``KRB5_CONFIG`` at it for
+    clients), the KDC database and the keytabs of the principals :meth:`add_principal` creates.
+    The host name is never canonicalised (``rdns = false``), so a service principal is exactly
+    ``kafka/127.0.0.1@REALM`` for a broker clients reach at 127.0.0.1.
+    """
+
+    def __init__(self, directory: Path, realm: str = "KLAG.TEST") -> None:
+        self.directory = directory
+        self.realm = realm
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def program(name: str) -> str | None:
+        """Where ``name`` is; the KDC tools live in sbin, which a non-login PATH may lack."""
+        return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the MIT KDC programs are installed (``make system-deps`` installs them)."""
+        return all(cls.program(p) for p in ("krb5kdc", "kdb5_util", "kadmin.local"))
+
+    @property
+    def krb5_conf(self) -> Path:
+        return self.directory / "krb5.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "kdc.log"
+
+    def _environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KRB5_CONFIG": str(self.krb5_conf),
+            "KRB5_KDC_PROFILE": str(self.directory / "kdc.conf"),
+        }
+
+    def _run(self, *command: str) -> None:
+        result = subprocess.run(
+            [self.program(command[0]) or command[0], *command[1:]],
+            env=self._environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise HarnessError(
+                f"{' '.join(command[:2])} failed ({result.returncode}): {result.stderr[-2000:]}"
+            )
+
+    def start(self) -> Self:
+        """Create the realm's database and run ``krb5kdc`` until :meth:`stop`."""
+        for program in ("krb5kdc", "kdb5_util", "kadmin.local"):
+            if self.program(program) is None:
+                raise ToolchainMissingError(
+                    f"`{program}` not found: run `make system-deps` (installs krb5-kdc, "
+                    "krb5-admin-server and libkrb5-dev)"
+                )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = _free_ports(1)[0]
+        database = self.directory / "principal"
+        (self.directory / "kdc.conf").write_text(
+            "[kdcdefaults]\n"
+            f" kdc_listen = {_LOOPBACK}:{self.port}\n"
+            f" kdc_tcp_listen = {_LOOPBACK}:{self.port}\n"
+            "[realms]\n"
+            f" {self.realm} = {{\n"
+            f"  database_name = {database}\n"
+            f"  key_stash_file = {self.directory / 'stash'}\n"
+            f"  acl_file = {self.directory / 'kadm5.acl'}\n"
+            "  max_life = 1h\n"
+            "  max_renewable_life = 1h\n"
+            " }\n"
+            "[logging]\n"
+            f" kdc = FILE:{self.log_path}\n"
+        )
+        self.krb5_conf.write_text(
+            "[libdefaults]\n"
+            f" default_realm = {self.realm}\n"
+            " dns_lookup_kdc = false\n"
+            " dns_lookup_realm = false\n"
+            " dns_canonicalize_hostname = false\n"
+            " rdns = false\n"
+            " udp_preference_limit = 1\n"
+            "[realms]\n"
+            f" {self.realm} = {{\n"
+            f"  kdc = {_LOOPBACK}:{self.port}\n"
+            " }\n"
+            "[domain_realm]\n"
+            f" {_LOOPBACK} = {self.realm}\n"
+            f" localhost = {self.realm}\n"
+        )
+        # The master password protects a database that is deleted with the directory.
+        self._run("kdb5_util", "create", "-s", "-r", self.realm, "-P", uuid.uuid4().hex)
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.program("krb5kdc") or "krb5kdc", "-n", "-r", self.realm],
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),  # only a prctl call: safe between fork and exec
+            )
+        deadline = time.monotonic() + 30.0
+        while not _accepts((_LOOPBACK, self.port)):
+            if self._process.poll() is not None or time.monotonic() >= deadline:
+                self.stop()
+                raise HarnessError(f"krb5kdc did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def add_principal(self, principal: str) -> Path:
+        """Create ``principal`` (random key) and return a keytab holding it."""
+        if self._process is None:
+            raise HarnessError("KDC not started")
+        keytab = self.directory / (re.sub(r"[^A-Za-z0-9.-]+", "_", principal) + ".keytab")
+        self._run("kadmin.local", "-r", self.realm, "-q", f"addprinc -randkey {principal}")
+        self._run("kadmin.local", "-r", self.realm, "-q", f"ktadd -k {keytab} {principal}")
+        return keytab
+
+    def service(self, host: str = _LOOPBACK, service_name: str = "kafka") -> KerberosService:
+        """Create the service principal ``<service_name>/<host>`` for a broker's GSSAPI listener."""
+        principal = f"{service_name}/{host}@{self.realm}"
+        keytab = self.add_principal(principal)
+        return KerberosService(self.krb5_conf, keytab, principal, service_name)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------------------------
 # Clusters
 
 ScramMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -858,6 +1041,10 @@ class SaslListener:
     plain_users: Mapping[str, str] = field(default_factory=dict)
     scram_users: tuple[ScramUser, ...] = ()
     tls: bool = False
+    oauthbearer: bool = False
+    """Enable OAUTHBEARER with Kafka's unsecured JWT validator (unsigned tokens, ``sub`` claim)."""
+    kerberos: KerberosService | None = None
+    """Enable GSSAPI with this service principal (see :class:`KerberosKdc`)."""
 
     @property
     def security_protocol(self) -> str:
@@ -867,7 +1054,9 @@ class SaslListener:
     def mechanisms(self) -> tuple[str, ...]:
         plain = ("PLAIN",) if self.plain_users else ()
         scram = tuple(sorted({user.mechanism for user in self.scram_users}))
-        return plain + scram
+        oauth = ("OAUTHBEARER",) if self.oauthbearer else ()
+        gssapi = ("GSSAPI",) if self.kerberos is not None else ()
+        return plain + scram + oauth + gssapi
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,13 +1065,32 @@ class SslListener:
 
     name: str = "SSL"
     client_auth: Literal["none", "requested", "required"] = "none"
+    server_keystore: Path | None = None
+    """A PEM key + chain to serve instead of the cluster's generated one (e.g. an expired one)."""
 
     @property
     def security_protocol(self) -> str:
         return "SSL"
 
 
-Listener = SaslListener | SslListener
+@dataclass(frozen=True, slots=True)
+class PlaintextListener:
+    """An extra PLAINTEXT listener, optionally advertising another port than it listens on.
+
+    ``advertised_port`` lets a TCP proxy sit between clients and the broker (the benchmarks'
+    request-counting proxy): Metadata answers on this listener name the proxy, so every
+    connection a client opens after bootstrapping goes through it too.
+    """
+
+    name: str = "PROXIED"
+    advertised_port: int | None = None
+
+    @property
+    def security_protocol(self) -> str:
+        return "PLAINTEXT"
+
+
+Listener = SaslListener | SslListener | PlaintextListener
 
 
 @dataclass(frozen=True, slots=True)
@@ -950,7 +1158,7 @@ class KafkaCluster:
         for listener in listeners:
             if isinstance(listener, SaslListener):
                 if not listener.mechanisms:
-                    raise ValueError(f"listener {listener.name} has no PLAIN or SCRAM users")
+                    raise ValueError(f"listener {listener.name} has no SASL mechanism enabled")
                 credentials = [*listener.plain_users.items()]
                 credentials += [(u.name, u.password) for u in listener.scram_users]
                 for user, password in credentials:
@@ -1070,7 +1278,7 @@ class KafkaCluster:
             )
             for i in range(self.brokers)
         ]
-        self.cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        self.cluster_id = _cluster_id()
         began = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.brokers) as pool:
             list(pool.map(self._format, self._nodes))
@@ -1082,7 +1290,7 @@ class KafkaCluster:
                 [str(node.directory / "server.properties")],
                 name=f"kafka-broker-{node.node_id}",
                 log_path=node.directory / "broker.log",
-                jvm_options=self.jvm_options,
+                jvm_options=self._jvm_options(),
                 cleanup_dir=self._data_dir,
             )
         self._wait_ready()
@@ -1114,6 +1322,11 @@ class KafkaCluster:
         protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
         protocol_map += [f"{spec.name}:{spec.security_protocol}" for spec in self.listener_specs]
         replication = str(self.brokers)
+        advertised_ports = {
+            spec.name: spec.advertised_port
+            for spec in self.listener_specs
+            if isinstance(spec, PlaintextListener) and spec.advertised_port is not None
+        }
         properties = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
@@ -1124,7 +1337,8 @@ class KafkaCluster:
                 f"{name}://{_LOOPBACK}:{node.ports[name]}" for name in ["CONTROLLER", *advertised]
             ),
             "advertised.listeners": ",".join(
-                f"{name}://{_LOOPBACK}:{node.ports[name]}" for name in advertised
+                f"{name}://{_LOOPBACK}:{advertised_ports.get(name, node.ports[name])}"
+                for name in advertised
             ),
             "listener.security.protocol.map": ",".join(protocol_map),
             "log.dirs": str(node.directory / "data"),
@@ -1147,7 +1361,10 @@ class KafkaCluster:
             assert self._tls is not None
             properties |= {
                 f"{prefix}ssl.keystore.type": "PEM",
-                f"{prefix}ssl.keystore.location": str(self._tls.server_keystore),
+                f"{prefix}ssl.keystore.location": str(
+                    (spec.server_keystore if isinstance(spec, SslListener) else None)
+                    or self._tls.server_keystore
+                ),
                 f"{prefix}ssl.truststore.type": "PEM",
                 f"{prefix}ssl.truststore.location": str(self._tls.ca_cert),
                 f"{prefix}ssl.client.auth": (
@@ -1165,7 +1382,39 @@ class KafkaCluster:
                 properties[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = (
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;"
                 )
+            if spec.oauthbearer:
+                # Without a server callback handler the broker validates with
+                # OAuthBearerUnsecuredValidatorCallbackHandler: unsigned JWTs, `sub` = principal.
+                properties[f"{prefix}oauthbearer.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule "
+                    'required unsecuredLoginStringClaim_sub="broker";'
+                )
+            if spec.kerberos is not None:
+                service = spec.kerberos
+                properties[f"{prefix}gssapi.sasl.jaas.config"] = (
+                    "com.sun.security.auth.module.Krb5LoginModule required useKeyTab=true "
+                    f'storeKey=true keyTab="{service.keytab}" principal="{service.principal}" '
+                    f'serviceName="{service.service_name}";'
+                )
+                # With GSSAPI enabled a listener defaults every mechanism's login to
+                # KerberosLogin, which fails for the PLAIN/SCRAM/OAUTHBEARER JAAS entries.
+                for mechanism in spec.mechanisms:
+                    if mechanism != "GSSAPI":
+                        properties[f"{prefix}{mechanism.lower()}.sasl.login.class"] = (
+                            "org.apache.kafka.common.security.authenticator.DefaultLogin"
+                        )
         return properties
+
+    def _jvm_options(self) -> tuple[str, ...]:
+        """The broker JVM options, plus the Kerberos configuration when a listener uses GSSAPI."""
+        configs = {
+            spec.kerberos.krb5_conf
+            for spec in self.listener_specs
+            if isinstance(spec, SaslListener) and spec.kerberos is not None
+        }
+        if len(configs) > 1:
+            raise HarnessError("all GSSAPI listeners of a cluster must use the same KDC")
+        return self.jvm_options + tuple(f"-Djava.security.krb5.conf={c}" for c in configs)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -1201,8 +1450,18 @@ class KafkaCluster:
             node.process = None
 
 
+def _cluster_id() -> str:
+    """16 random bytes, URL-safe base64 without padding, never starting with ``-`` (the storage
+    tool would read such an id as an option; Kafka's own ``Uuid.randomUuid`` avoids it too)."""
+    for _ in range(1000):
+        candidate = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+    raise HarnessError("no usable random cluster id")
+
+
 def _uses_tls(spec: Listener) -> bool:
-    return isinstance(spec, SslListener) or spec.tls
+    return isinstance(spec, SslListener) or (isinstance(spec, SaslListener) and spec.tls)
 
 
 def _free_ports(count: int) -> list[int]:

@@ -23,6 +23,7 @@ import structlog
 
 from klag_pipeline import __version__
 from klag_pipeline.errors import ConfigError, KlagError
+from klag_pipeline.kafka.client_config import check_clusters
 from klag_pipeline.settings.durations import format_duration
 from klag_pipeline.settings.loader import LoadedSettings, load_settings
 from klag_pipeline.settings.redaction import redact_settings, secret_values
@@ -150,6 +151,10 @@ def _load(path: str) -> LoadedSettings:
     redact_in_logs(secret_values(loaded.settings))
     for warning in loaded.warnings:
         log.warning("setting_ignored", path=warning.path, reason=warning.message)
+    # Reported here, once per process, for run, once and check alike (SPEC §2.2: never dropped
+    # silently); invalid values (unreadable certificate files, …) are configuration errors.
+    for where, reason in check_clusters(loaded.settings.clusters):
+        log.warning("consumer_property_ignored", path=where, reason=reason)
     return loaded
 
 

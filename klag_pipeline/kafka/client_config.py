@@ -1,25 +1,38 @@
 """librdkafka-style ``consumer_properties`` (SPEC §2.2) → ``AIOKafkaClient`` keyword arguments.
 
 klag-exporter users already have these keys in their configs, so the names and values follow
-librdkafka. Every key is either mapped, consumed by the adapter itself (``isolation.level``), or
-named in a warning: nothing is dropped silently. Invalid values raise :class:`ConfigError`
-listing every problem, each with the offending key.
+librdkafka. Every key is either mapped, consumed by the adapter itself (``isolation.level``,
+the Kerberos keytab), or named in a warning: nothing is dropped silently. Invalid values raise
+:class:`ConfigError` listing every problem, each with the offending key.
+
+OAUTHBEARER tokens come from (first match): ``sasl.oauthbearer.token.endpoint.url`` — an
+``http(s)://`` token endpoint with the client-credentials grant, or a ``file://`` token file —
+else librdkafka's unsecured development token built from ``sasl.oauthbearer.config``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
 
 from klag_pipeline.errors import ConfigError
+from klag_pipeline.kafka.kerberos import KerberosIdentity
+from klag_pipeline.kafka.oauth import (
+    ClientCredentialsTokenProvider,
+    FileTokenProvider,
+    parse_extensions,
+)
 from klag_pipeline.kafka.protocol import READ_COMMITTED, READ_UNCOMMITTED
+from klag_pipeline.settings.schema import ClusterSettings
 
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
@@ -65,7 +78,16 @@ _CONSUMED: Final = frozenset(
         "ssl.endpoint.identification.algorithm",
         "sasl.kerberos.service.name",
         "sasl.kerberos.domain.name",
+        "sasl.kerberos.keytab",
+        "sasl.kerberos.principal",
         "sasl.oauthbearer.config",
+        "sasl.oauthbearer.method",
+        "sasl.oauthbearer.grant.type",
+        "sasl.oauthbearer.token.endpoint.url",
+        "sasl.oauthbearer.client.id",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.scope",
+        "sasl.oauthbearer.extensions",
         "isolation.level",
         *_INT_KEYS,
     }
@@ -104,10 +126,21 @@ class UnsecuredJwtTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
     Accepted by brokers using Kafka's unsecured validator (development and test clusters).
     """
 
-    def __init__(self, principal: str, scope: str = "", life_seconds: int = 3600) -> None:
+    def __init__(
+        self,
+        principal: str,
+        scope: str = "",
+        life_seconds: int = 3600,
+        extensions: Mapping[str, str] | None = None,
+    ) -> None:
         self._principal = principal
         self._scope = scope
         self._life = life_seconds
+        self._extensions = dict(extensions or {})
+
+    def extensions(self) -> dict[str, str]:
+        """SASL extensions sent with the token (``sasl.oauthbearer.extensions``)."""
+        return dict(self._extensions)
 
     async def token(self) -> str:
         now = int(time.time())
@@ -147,13 +180,13 @@ def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[
             warnings.append(f"consumer_properties.{key}: has no effect on an exporter, ignored")
         elif key.startswith("sasl.kerberos."):
             warnings.append(
-                f"consumer_properties.{key}: not supported by the Kafka client; use kinit or "
-                "KRB5_CLIENT_KTNAME / KRB5CCNAME for GSSAPI credentials, ignored"
+                f"consumer_properties.{key}: not supported (credentials come from "
+                "sasl.kerberos.keytab / sasl.kerberos.principal or the ticket cache), ignored"
             )
         elif key.startswith("sasl.oauthbearer."):
             warnings.append(
-                f"consumer_properties.{key}: not supported (only sasl.oauthbearer.config "
-                "unsecured tokens are), ignored"
+                f"consumer_properties.{key}: not supported (tokens come from "
+                "sasl.oauthbearer.token.endpoint.url or sasl.oauthbearer.config), ignored"
             )
         else:
             warnings.append(f"consumer_properties.{key}: not supported, ignored")
@@ -202,6 +235,17 @@ def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[
     return kwargs, tuple(warnings)
 
 
+def kerberos_identity(properties: Mapping[str, str]) -> KerberosIdentity | None:
+    """The keytab login GSSAPI needs, or None (not GSSAPI, or the ticket cache is used)."""
+    if sasl_mechanism(properties) != "GSSAPI":
+        return None
+    keytab = properties.get("sasl.kerberos.keytab", "").strip()
+    if not keytab:
+        return None
+    principal = properties.get("sasl.kerberos.principal", "").strip() or None
+    return KerberosIdentity(keytab=keytab, principal=principal)
+
+
 def _sasl(
     properties: Mapping[str, str], kwargs: dict[str, Any], problems: list[tuple[str, str]]
 ) -> None:
@@ -220,22 +264,94 @@ def _sasl(
         kwargs["sasl_kerberos_service_name"] = properties.get("sasl.kerberos.service.name", "kafka")
         if "sasl.kerberos.domain.name" in properties:
             kwargs["sasl_kerberos_domain_name"] = properties["sasl.kerberos.domain.name"]
-    else:
-        config = _parse_oauth_config(properties.get("sasl.oauthbearer.config", ""))
-        principal = config.get("principal", "")
-        if not principal:
+        keytab = properties.get("sasl.kerberos.keytab", "").strip()
+        if keytab and not os.access(keytab, os.R_OK):
+            problems.append(("sasl.kerberos.keytab", f"cannot read {keytab}"))
+        elif properties.get("sasl.kerberos.principal") and not keytab:
             problems.append(
-                ("sasl.oauthbearer.config", "OAUTHBEARER needs principal=<name> (unsecured JWT)")
+                ("sasl.kerberos.principal", "needs sasl.kerberos.keytab (or omit it and kinit)")
             )
-            return
+    else:
+        _oauthbearer(properties, kwargs, problems)
+
+
+def _oauthbearer(
+    properties: Mapping[str, str], kwargs: dict[str, Any], problems: list[tuple[str, str]]
+) -> None:
+    extensions: dict[str, str] = {}
+    if properties.get("sasl.oauthbearer.extensions"):
         try:
-            life = int(config.get("lifeSeconds", "3600"))
-        except ValueError:
-            problems.append(("sasl.oauthbearer.config", "lifeSeconds must be an integer"))
-            return
-        kwargs["sasl_oauth_token_provider"] = UnsecuredJwtTokenProvider(
-            principal, config.get("scope", ""), life
+            extensions = parse_extensions(properties["sasl.oauthbearer.extensions"])
+        except ValueError as exc:
+            problems.append(("sasl.oauthbearer.extensions", str(exc)))
+    method = properties.get("sasl.oauthbearer.method", "").strip().lower()
+    if method not in ("", "default", "oidc"):
+        problems.append(("sasl.oauthbearer.method", "must be default or oidc"))
+    grant = properties.get("sasl.oauthbearer.grant.type", "client_credentials").strip()
+    if grant != "client_credentials":
+        problems.append(("sasl.oauthbearer.grant.type", "only client_credentials is supported"))
+    url = properties.get("sasl.oauthbearer.token.endpoint.url", "").strip()
+    if url:
+        _token_endpoint(properties, url, extensions, kwargs, problems)
+        return
+    if method == "oidc":
+        problems.append(("sasl.oauthbearer.token.endpoint.url", "required for method oidc"))
+        return
+    config = _parse_oauth_config(properties.get("sasl.oauthbearer.config", ""))
+    principal = config.get("principal", "")
+    if not principal:
+        problems.append(
+            (
+                "sasl.oauthbearer.config",
+                "OAUTHBEARER needs sasl.oauthbearer.token.endpoint.url, or principal=<name> "
+                "here for an unsecured development token",
+            )
         )
+        return
+    try:
+        life = int(config.get("lifeSeconds", "3600"))
+    except ValueError:
+        problems.append(("sasl.oauthbearer.config", "lifeSeconds must be an integer"))
+        return
+    provider = UnsecuredJwtTokenProvider(principal, config.get("scope", ""), life, extensions)
+    kwargs["sasl_oauth_token_provider"] = provider
+
+
+def _token_endpoint(
+    properties: Mapping[str, str],
+    url: str,
+    extensions: Mapping[str, str],
+    kwargs: dict[str, Any],
+    problems: list[tuple[str, str]],
+) -> None:
+    key = "sasl.oauthbearer.token.endpoint.url"
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path:
+            problems.append((key, "a token file is file:///absolute/path"))
+        elif not os.access(path, os.R_OK):
+            problems.append((key, f"cannot read token file {path}"))
+        else:
+            kwargs["sasl_oauth_token_provider"] = FileTokenProvider(path)
+        return
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append((key, "must be an http(s):// token endpoint or a file:// token file"))
+        return
+    missing = False
+    for name in ("sasl.oauthbearer.client.id", "sasl.oauthbearer.client.secret"):
+        if not properties.get(name):
+            problems.append((name, "required with a token endpoint (client-credentials grant)"))
+            missing = True
+    if missing:
+        return
+    kwargs["sasl_oauth_token_provider"] = ClientCredentialsTokenProvider(
+        url,
+        properties["sasl.oauthbearer.client.id"],
+        properties["sasl.oauthbearer.client.secret"],
+        scope=properties.get("sasl.oauthbearer.scope", ""),
+        extensions=extensions,
+    )
 
 
 def _ssl_context(
@@ -258,3 +374,26 @@ def _ssl_context(
     elif algorithm != "https":
         problems.append(("ssl.endpoint.identification.algorithm", "must be https or none"))
     return context
+
+
+def check_clusters(clusters: Sequence[ClusterSettings]) -> tuple[tuple[str, str], ...]:
+    """Validate every cluster's ``consumer_properties`` at start-up, without any network I/O.
+
+    Returns (dotted path, message) for each ignored property, to be logged once. Raises one
+    ConfigError listing the invalid values of all clusters (``clusters[i].consumer_properties.…``).
+    """
+    warnings: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
+    for index, cluster in enumerate(clusters):
+        prefix = f"clusters[{index}]."
+        try:
+            _, found = client_kwargs(cluster.consumer_properties)
+        except ConfigError as exc:
+            problems.extend((prefix + path, message) for path, message in exc.problems)
+            continue
+        for warning in found:
+            path, _, message = warning.partition(": ")
+            warnings.append((prefix + path, message))
+    if problems:
+        raise ConfigError(problems)
+    return tuple(warnings)

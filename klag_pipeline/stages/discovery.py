@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
 
-from klag_pipeline.errors import KafkaError
+from klag_pipeline.errors import KafkaError, KafkaTimeoutError
 from klag_pipeline.events import CycleStarted, GroupsDiscovered
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.settings.schema import ClusterSettings
@@ -81,6 +82,11 @@ class DiscoveryStage:
             await self._client.connect()
         except KafkaError as exc:
             self._backoff.failed(exc)
+            raise
+        except (asyncio.CancelledError, TimeoutError):
+            # The cycle deadline cut the attempt short (a slow handshake, a silent broker): that
+            # is a failure too, or such a cluster would be re-dialled every cycle.
+            self._backoff.failed(KafkaTimeoutError("connect did not finish within the cycle"))
             raise
         self._backoff.succeeded()
         self._connected = True

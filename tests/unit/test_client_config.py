@@ -15,9 +15,11 @@ from klag_pipeline.kafka.client_config import (
     UnsecuredJwtTokenProvider,
     client_kwargs,
     isolation_level,
+    kerberos_identity,
     sasl_mechanism,
     secret_values,
 )
+from klag_pipeline.kafka.kerberos import KerberosIdentity
 
 
 def test_defaults_are_plaintext_with_no_warnings() -> None:
@@ -70,24 +72,23 @@ def test_sasl_user_password_mechanisms(key: str, mechanism: str) -> None:
     assert warnings == ()
 
 
-def test_gssapi_maps_service_name_and_warns_about_keytab() -> None:
-    kwargs, warnings = client_kwargs(
-        {
-            "security.protocol": "SASL_PLAINTEXT",
-            "sasl.mechanism": "GSSAPI",
-            "sasl.kerberos.service.name": "kafka-svc",
-            "sasl.kerberos.keytab": "/etc/klag.keytab",
-            "sasl.kerberos.principal": "klag@EXAMPLE.COM",
-        }
-    )
+def test_gssapi_maps_service_name_keytab_and_principal(tmp_path: Path) -> None:
+    keytab = tmp_path / "klag.keytab"
+    keytab.write_bytes(b"\x05\x02")
+    props = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "GSSAPI",
+        "sasl.kerberos.service.name": "kafka-svc",
+        "sasl.kerberos.keytab": str(keytab),
+        "sasl.kerberos.principal": "klag@EXAMPLE.COM",
+    }
+    kwargs, warnings = client_kwargs(props)
     assert kwargs["sasl_mechanism"] == "GSSAPI"
     assert kwargs["sasl_kerberos_service_name"] == "kafka-svc"
-    assert len(warnings) == 2
-    assert all("KRB5" in w for w in warnings)
-    assert {w.split(":")[0] for w in warnings} == {
-        "consumer_properties.sasl.kerberos.keytab",
-        "consumer_properties.sasl.kerberos.principal",
-    }
+    assert warnings == ()
+    assert kerberos_identity(props) == KerberosIdentity(str(keytab), "klag@EXAMPLE.COM")
+    with pytest.raises(ConfigError, match=r"sasl\.kerberos\.keytab: cannot read"):
+        client_kwargs({**props, "sasl.kerberos.keytab": str(tmp_path / "missing")})
 
 
 async def test_oauthbearer_unsecured_token() -> None:
@@ -96,7 +97,7 @@ async def test_oauthbearer_unsecured_token() -> None:
             "security.protocol": "SASL_PLAINTEXT",
             "sasl.mechanism": "OAUTHBEARER",
             "sasl.oauthbearer.config": "principal=klag scope=read lifeSeconds=60",
-            "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.assertion.file": "/jwt",
         }
     )
     provider = kwargs["sasl_oauth_token_provider"]
@@ -110,7 +111,9 @@ async def test_oauthbearer_unsecured_token() -> None:
     assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))) == {
         "alg": "none"
     }
-    assert [w.split(":")[0] for w in warnings] == ["consumer_properties.sasl.oauthbearer.method"]
+    assert [w.split(":")[0] for w in warnings] == [
+        "consumer_properties.sasl.oauthbearer.assertion.file"
+    ]
 
 
 def test_every_unsupported_key_is_warned_never_dropped() -> None:
@@ -207,3 +210,60 @@ def test_unreadable_ssl_files_are_config_errors(tmp_path: Path) -> None:
         client_kwargs(
             {"security.protocol": "SSL", "ssl.ca.location": str(tmp_path / "missing.pem")}
         )
+
+
+def test_check_clusters_reports_ignored_keys_and_every_invalid_value(tmp_path: Path) -> None:
+    from klag_pipeline.kafka.client_config import check_clusters
+    from klag_pipeline.settings.schema import ClusterSettings
+
+    ok = ClusterSettings("a", ("h:1",), consumer_properties={"group.id": "x", "linger.ms": "5"})
+    assert check_clusters([ok]) == (
+        ("clusters[0].consumer_properties.group.id", "has no effect on an exporter, ignored"),
+        ("clusters[0].consumer_properties.linger.ms", "not supported, ignored"),
+    )
+    bad = ClusterSettings(
+        "b",
+        ("h:1",),
+        consumer_properties={
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "OAUTHBEARER",
+            "sasl.oauthbearer.token.endpoint.url": "https://idp/token",
+            "sasl.oauthbearer.client.secret": "s3cret-value",
+            "ssl.ca.location": str(tmp_path / "missing.pem"),
+        },
+    )
+    with pytest.raises(ConfigError) as info:
+        check_clusters([ok, bad])
+    assert [path for path, _ in info.value.problems] == [
+        "clusters[1].consumer_properties.sasl.oauthbearer.client.id",
+        "clusters[1].consumer_properties.ssl",
+    ]
+    assert "s3cret-value" not in str(info.value)
+
+
+def test_cli_logs_ignored_consumer_properties_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    import structlog
+
+    from klag_pipeline.cli import run_command
+
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '[[clusters]]\nname = "a"\nbootstrap_servers = "h:1"\n'
+        '[clusters.consumer_properties]\n"fetch.max.bytes" = "1"\n'
+    )
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert run_command(["check", str(path), "--log-format", "json"]) == 0
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["event"], e["path"]) for e in events] == [
+        ("consumer_property_ignored", "clusters[0].consumer_properties.fetch.max.bytes")
+    ]

@@ -24,10 +24,12 @@ from klag_pipeline.errors import (
 from klag_pipeline.kafka.client_config import (
     client_kwargs,
     isolation_level,
+    kerberos_identity,
     sasl_mechanism,
     secret_values,
 )
 from klag_pipeline.kafka.errors import error_name, outcome, translate
+from klag_pipeline.kafka.kerberos import ensure_login
 from klag_pipeline.kafka.port import RequestObserver
 from klag_pipeline.kafka.protocol import (
     API_VERSIONS,
@@ -93,6 +95,12 @@ class Transport:
         self._observer = observer
         self.isolation_level = isolation_level(props)
         self._mechanism = sasl_mechanism(props)
+        self._kerberos = kerberos_identity(props)
+        protocol = str(kwargs.get("security_protocol", "PLAINTEXT"))
+        # How this cluster authenticates, for bootstrap failure messages (SPEC §9).
+        self._security = f"security.protocol {protocol}" + (
+            f", SASL mechanism {self._mechanism}" if self._mechanism else ""
+        )
         self._secrets = secret_values(props)
         self._client_factory = client_factory
         self._client: Any = None
@@ -107,6 +115,13 @@ class Transport:
         Raises KafkaAuthError / KafkaConnectionError naming the broker(s) when nothing works.
         """
         await self.close()
+        if self._kerberos is not None:
+            try:
+                await ensure_login(self._kerberos)
+            except KafkaError as exc:
+                raise KafkaAuthError(
+                    f"cluster {self._cluster.name}: {exc}", mechanism=self._mechanism
+                ) from exc
         client = self._client_factory(
             bootstrap_servers=list(self._cluster.bootstrap_servers), **self._kwargs
         )
@@ -157,13 +172,18 @@ class Transport:
 
         found = await asyncio.gather(*(probe(s) for s in self._cluster.bootstrap_servers))
         errors = [e for e in found if e is not None]
+        servers = ", ".join(self._cluster.bootstrap_servers)
         for err in errors:
             if isinstance(err, KafkaAuthError):
-                return err
-        servers = ", ".join(self._cluster.bootstrap_servers)
+                return KafkaAuthError(
+                    f"cluster {self._cluster.name} ({self._security}): {err}",
+                    broker=err.broker or servers,
+                    mechanism=self._mechanism,
+                )
         reasons = "; ".join(str(e) for e in errors) or str(exc) or type(exc).__name__
         return KafkaConnectionError(
-            f"cluster {self._cluster.name}: cannot bootstrap from {servers}: {reasons}",
+            f"cluster {self._cluster.name} ({self._security}): cannot bootstrap from "
+            f"{servers}: {reasons}",
             broker=servers,
         )
 
