@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any, TextIO
 import structlog
 
 from klag_pipeline import __version__
-from klag_pipeline.errors import KafkaError, KlagError
+from klag_pipeline.errors import ConfigError, KafkaError, KlagError
 from klag_pipeline.events import (
     CycleStarted,
     GroupsDiscovered,
@@ -27,6 +29,15 @@ from klag_pipeline.events import (
     WatermarksListed,
 )
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.leadership import (
+    LeaderElector,
+    LeadershipMetrics,
+    LeadershipProvider,
+    NotLeader,
+    StandbyGate,
+    build_provider,
+    resolve_identity,
+)
 from klag_pipeline.pipeline.channel import Channel, ChannelClosed, DroppingChannel
 from klag_pipeline.pipeline.clock import Clock, SystemClock
 from klag_pipeline.pipeline.fanout import FanOut
@@ -39,7 +50,7 @@ from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
 from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
-from klag_pipeline.stages.discovery import DiscoveryStage
+from klag_pipeline.stages.discovery import BackingOff, DiscoveryStage
 from klag_pipeline.stages.loop import run_stage
 from klag_pipeline.stages.timestamps import TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
@@ -105,7 +116,10 @@ class Exporter:
         clock: Clock | None = None,
         client_factory: ClientFactory = default_client_factory,
         extra_sinks: Sequence[Sink] = (),
+        leadership_provider: LeadershipProvider | None = None,
     ) -> None:
+        """``leadership_provider`` replaces the one ``[exporter.leadership]`` would build (tests);
+        it is used only when leadership is enabled."""
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         exporter = settings.exporter
@@ -116,8 +130,12 @@ class Exporter:
             clock=self.clock,
         )
         self.self_metrics = SelfMetrics()
+        self.elector = self._build_elector(leadership_provider)
+        # Held while a snapshot is handed to the sinks and while a demotion withdraws: a snapshot
+        # that passed the leader check can never land after the withdrawals.
+        self._leadership_lock = asyncio.Lock()
         self.prometheus = PrometheusSink(exporter.granularity, self.status, self.self_metrics)
-        self.sinks: list[Sink] = [self.prometheus, *extra_sinks]
+        self.sinks: list[Sink] = [self.prometheus, *self._configured_sinks(), *extra_sinks]
         self.snapshots: Channel[SinkUpdate] = Channel(
             exporter.performance.queue_capacity, "snapshots"
         )
@@ -137,6 +155,64 @@ class Exporter:
         for name, inbox in self.inboxes.items():
             self.self_metrics.register_queue(f"sink.{name}", inbox.qsize)
 
+    def _configured_sinks(self) -> list[Sink]:
+        """The optional sinks the settings enable (SPEC §6). The OTLP sink is imported only when
+        enabled: the OpenTelemetry SDK is a heavy import nobody else needs."""
+        exporter = self.settings.exporter
+        sinks: list[Sink] = []
+        if exporter.otel.enabled:
+            from klag_pipeline.sinks.otlp import OtlpSink
+
+            sinks.append(
+                OtlpSink(
+                    exporter.otel,
+                    granularity=exporter.granularity,
+                    version=__version__,
+                    instance_id=exporter.leadership.identity or socket.gethostname(),
+                    on_error=self.self_metrics.sink_error,
+                    up=self.status.up,
+                )
+            )
+        if exporter.jsonl.enabled:
+            from klag_pipeline.sinks.jsonl import JsonlSink
+
+            sinks.append(JsonlSink(exporter.jsonl, on_error=self.self_metrics.sink_error))
+        return sinks
+
+    def _build_elector(self, provider: LeadershipProvider | None) -> LeaderElector | None:
+        """Active-passive HA (SPEC §8): start as a standby and collect only while leading."""
+        leadership = self.settings.exporter.leadership
+        if not leadership.enabled:
+            return None
+        if provider is None:
+            provider = build_provider(self.settings, resolve_identity(leadership))
+        self.status.identity = provider.identity
+        self.status.set_leader(False)
+        return LeaderElector(
+            provider,
+            leadership,
+            clock=self.clock,
+            on_elected=self._elected,
+            on_demoted=self._demoted,
+            metrics=LeadershipMetrics(self.self_metrics.registry, provider.kind),
+        )
+
+    async def _elected(self) -> None:
+        self.status.set_leader(True)
+        # Collect now rather than at the next tick: the standby's data is a lease old already.
+        for pipeline in self.pipelines:
+            pipeline.ticker.kick()
+
+    async def _demoted(self) -> None:
+        self.status.set_leader(False)
+        async with self._leadership_lock:
+            for pipeline in self.pipelines:
+                pipeline.withdrawn = True
+                try:
+                    await self.snapshots.send(ClusterWithdrawn(pipeline.settings.name, "standby"))
+                except ChannelClosed:
+                    return  # shutting down: the sinks are finishing anyway
+
     def _dropper(self, sink: str) -> Callable[[SinkUpdate], None]:
         def dropped(_: SinkUpdate) -> None:
             self.self_metrics.snapshot_dropped(sink)
@@ -150,7 +226,7 @@ class Exporter:
         capacity = exporter.performance.queue_capacity
         client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
         clock = self.clock
-        stages = (
+        stages: tuple[Any, ...] = (
             DiscoveryStage(
                 client,
                 cluster,
@@ -168,6 +244,15 @@ class Exporter:
             ),
             CalculationStage(cluster, time_fn=clock.time, monotonic=clock.monotonic),
         )
+        if self.elector is not None:
+            # A standby's ticks stop at the gate (no Kafka traffic), yet still prove the loop
+            # alive to /health; the election kicks the ticker so collection starts at once.
+            gate = StandbyGate(
+                stages[0],
+                lambda: self.status.is_leader,
+                partial(self.status.cycle_attempted, cluster.name),
+            )
+            stages = (gate, *stages[1:])
         # The tick channel holds one tick: a busy pipeline makes the ticker skip ticks, never
         # queue a burst of them.
         channels: list[Channel[Any]] = [Channel(1, f"{cluster.name}.ticks")]
@@ -200,12 +285,18 @@ class Exporter:
 
     def _on_failure(self, pipeline: ClusterPipeline) -> Callable[[str, int, str, KlagError], None]:
         def failed(cluster: str, cycle: int, stage: str, error: KlagError) -> None:
+            if isinstance(error, NotLeader):
+                return
             self._report_skipped_ticks(pipeline)
             message = f"{stage}: {error}"
             self.status.cycle_failed(cluster, message)
             self.self_metrics.stage_failed(cluster, stage)
             self.self_metrics.cycle_finished(cluster, "error")
-            if not pipeline.failing or message != pipeline.last_error:
+            # A back-off restates the failure that started it, which was logged then; keeping
+            # that failure as the last error also makes the next attempt failing the same way
+            # no news (logged once when a cluster starts failing, not once per retry).
+            restated = isinstance(error, BackingOff) and pipeline.failing
+            if not restated and (not pipeline.failing or message != pipeline.last_error):
                 log.warning(
                     "cluster_cycle_failed",
                     cluster=cluster,
@@ -217,7 +308,8 @@ class Exporter:
             else:
                 log.debug("cluster_cycle_failed", cluster=cluster, cycle=cycle, stage=stage)
             pipeline.failing = True
-            pipeline.last_error = message
+            if not restated:
+                pipeline.last_error = message
 
         return failed
 
@@ -247,8 +339,9 @@ class Exporter:
                     rows=len(snapshot.rows),
                     errors=snapshot.error_count,
                 )
-                if self.status.is_leader:
-                    await self.snapshots.send(snapshot)
+                async with self._leadership_lock:
+                    if self.status.is_leader:
+                        await self.snapshots.send(snapshot)
         finally:
             self._publishers_left -= 1
             if self._publishers_left == 0:
@@ -301,6 +394,8 @@ class Exporter:
                 )
             runner.add(f"{name}.publish", _bind(self._publish, pipeline))
         runner.add("staleness", _bind(self._watch_staleness, stop))
+        if self.elector is not None:
+            runner.add("leadership", _bind(self.elector.run, stop))
         fanout = FanOut(self.inboxes)
         runner.add("fanout", _bind(fanout.run, self.snapshots))
         for sink in self.sinks:
@@ -342,17 +437,31 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop_event = stop or asyncio.Event()
     if stop is None:
         install_signal_handlers(asyncio.get_running_loop(), stop_event)
+    from klag_pipeline.http_auth import middlewares, server_ssl_context
+
+    http = settings.exporter.http
+    try:
+        ssl_context = server_ssl_context(http)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [("exporter.http.tls_cert_file", f"cannot load the certificate and key: {exc}")]
+        ) from exc
     app = build_app(
         exporter.prometheus,
         exporter.status,
         version=__version__,
         settings_view=redact_settings(settings),
+        middlewares=middlewares(http),
     )
-    server = await start_server(app, settings.exporter.http_host, settings.exporter.http_port)
+    server = await start_server(
+        app, settings.exporter.http_host, settings.exporter.http_port, ssl_context=ssl_context
+    )
     log.info(
         "exporter_started",
         version=__version__,
         http=f"{settings.exporter.http_host}:{settings.exporter.http_port}",
+        tls=ssl_context is not None,
+        basic_auth=bool(http.basic_auth_users),
         clusters=[c.name for c in settings.clusters],
         poll_interval=settings.exporter.poll_interval,
     )

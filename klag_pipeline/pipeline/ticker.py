@@ -32,6 +32,7 @@ class Ticker:
         self._skipped = 0
         self._emitted = 0
         self._stopped = False
+        self._kicked = False
         self._out: Channel[CycleStarted] | None = None
         self._wake: asyncio.Future[None] | None = None
 
@@ -58,6 +59,15 @@ class Ticker:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
+    def kick(self) -> None:
+        """Start a cycle now instead of at the next tick; later ticks follow on a grid that
+        starts at the kicked cycle. Used when this instance becomes the leader, so collection
+        starts at once. A kick while a cycle is being handed downstream starts the next one as
+        soon as that hand-off is done."""
+        self._kicked = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
     async def run(self, out: Channel[CycleStarted]) -> None:
         """Emit cycles into ``out`` until stopped or cancelled; ``out`` is closed on the way out."""
         self._out = out
@@ -67,6 +77,8 @@ class Ticker:
             start = self._clock.monotonic()
             tick = 0
             while not self._stopped:
+                # This cycle answers any kick made before it (including one before run()).
+                self._kicked = False
                 self._emitted += 1
                 event = CycleStarted(
                     cluster=self._cluster,
@@ -83,12 +95,15 @@ class Ticker:
                 self._skipped += due - (tick + 1)
                 tick = due
                 await self._sleep_until(start + tick * self._interval)
+                if self._kicked:
+                    start = self._clock.monotonic()
+                    tick = 0
         finally:
             out.close()
 
     async def _sleep_until(self, deadline: float) -> None:
-        """Sleep on the clock, but wake at once when :meth:`stop` is called."""
-        if self._stopped:
+        """Sleep on the clock, but wake at once when :meth:`stop` or :meth:`kick` is called."""
+        if self._stopped or self._kicked:
             return
         self._wake = asyncio.get_running_loop().create_future()
         sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))

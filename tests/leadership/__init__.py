@@ -1,0 +1,1 @@
+"""High-availability tests: the elector, both leadership providers, and exporter processes."""
