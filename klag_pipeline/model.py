@@ -49,6 +49,11 @@ _STATE_NAMES: Mapping[str, GroupState] = MappingProxyType(
 )
 
 
+LEADERSHIP_PROTOCOL_TYPE = "klag-pipeline-leader"
+"""Protocol type of the group klag-pipeline replicas join to elect a leader (leadership/kafka.py).
+Discovery leaves such groups out: they are ours, not consumers, and never commit offsets."""
+
+
 @dataclass(frozen=True, slots=True)
 class ListedGroup:
     """One group as ListGroups reported it. ``coordinator`` is the node id that listed it."""
@@ -122,6 +127,7 @@ EMPTY_FAILURES: tuple[Failure, ...] = ()
 
 __all__ = [
     "EMPTY_FAILURES",
+    "LEADERSHIP_PROTOCOL_TYPE",
     "Failure",
     "GroupDescription",
     "GroupMember",

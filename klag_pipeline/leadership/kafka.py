@@ -44,11 +44,12 @@ from klag_pipeline.kafka.protocol import (
     encode_find_coordinator,
 )
 from klag_pipeline.leadership import LeadershipError
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings
 
 log = structlog.get_logger("klag_pipeline.leadership")
 
-PROTOCOL_TYPE: Final = "klag-pipeline-leader"
+PROTOCOL_TYPE: Final = LEADERSHIP_PROTOCOL_TYPE
 PROTOCOL_NAME: Final = "klag-pipeline-leader-v1"
 
 # Version ranges implemented below (Kafka 2.3+; 4.x removed JoinGroup v0-v1 only).

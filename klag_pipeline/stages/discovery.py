@@ -11,6 +11,7 @@ from types import MappingProxyType
 from klag_pipeline.errors import KafkaError, KafkaTimeoutError
 from klag_pipeline.events import CycleStarted, GroupsDiscovered
 from klag_pipeline.kafka.port import ClusterClient
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
 from klag_pipeline.settings.schema import ClusterSettings
 
 
@@ -105,7 +106,11 @@ class DiscoveryStage:
             self._backoff.failed(exc)
             self._connected = False
             raise
-        kept = [g for g in listing.groups if self._cluster.keeps_group(g.group_id)]
+        kept = [
+            g
+            for g in listing.groups
+            if g.protocol_type != LEADERSHIP_PROTOCOL_TYPE and self._cluster.keeps_group(g.group_id)
+        ]
         described = await self._client.describe_groups(kept)
         return GroupsDiscovered(
             start=event,

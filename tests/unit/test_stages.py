@@ -9,7 +9,7 @@ import pytest
 
 from klag_pipeline.errors import KafkaConnectionError, KlagError
 from klag_pipeline.events import CycleStarted
-from klag_pipeline.model import GroupState, TopicPartition, Watermarks
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, GroupState, TopicPartition, Watermarks
 from klag_pipeline.pipeline.channel import Channel
 from klag_pipeline.settings.schema import ClusterSettings, TimestampSamplingSettings
 from klag_pipeline.stages.calculation import CalculationStage
@@ -177,3 +177,11 @@ async def test_run_stage_abandons_a_cycle_past_its_deadline() -> None:
     )
     assert failures == ["cycle exceeded poll_interval during stuck"]
     assert outbox.closed
+
+
+async def test_the_leadership_group_of_our_own_replicas_is_never_exported() -> None:
+    fake = populated()
+    fake.groups["klag-pipeline"] = FakeGroup(protocol_type=LEADERSHIP_PROTOCOL_TYPE)
+    snapshot = await run_chain(fake, cluster_settings())
+    groups = {g.group for g in snapshot.groups}  # type: ignore[attr-defined]
+    assert groups == {"app", "batch-job", "ignored"}
