@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools import tools
+from devtools import kafka_local, tools
 from klag_pipeline.settings.loader import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,8 +202,14 @@ def test_secret_references_and_dotted_keys_reach_the_settings(tmp_path: Path) ->
 
 def test_klag_pipeline_check_accepts_the_rendered_settings(tmp_path: Path) -> None:
     documents = helm_template(CHART / "ci" / "secrets-values.yaml")
+    rendered = one(documents, "ConfigMap")["data"]["settings.toml"]
+    # `check` builds the TLS context, so the CA the pod gets from its mounted Secret must exist:
+    # stand a real CA in for it at a path under tmp_path.
+    mounted_ca = "/etc/kafka-tls/ca.crt"
+    assert mounted_ca in rendered
+    ca = kafka_local.generate_tls_files(tmp_path / "tls").ca_cert
     settings_file = tmp_path / "settings.toml"
-    settings_file.write_text(one(documents, "ConfigMap")["data"]["settings.toml"], "utf-8")
+    settings_file.write_text(rendered.replace(mounted_ca, str(ca)), "utf-8")
     environ = container_environ(one(documents, "Deployment"))
     result = subprocess.run(
         [sys.executable, "-m", "klag_pipeline", "check", str(settings_file)],
