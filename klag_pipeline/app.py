@@ -31,7 +31,6 @@ from klag_pipeline.events import (
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
 from klag_pipeline.leadership import (
     LeaderElector,
-    LeadershipMetrics,
     LeadershipProvider,
     NotLeader,
     StandbyGate,
@@ -194,7 +193,7 @@ class Exporter:
             clock=self.clock,
             on_elected=self._elected,
             on_demoted=self._demoted,
-            metrics=LeadershipMetrics(self.self_metrics.registry, provider.kind),
+            metrics=self.self_metrics.leadership(provider.kind),
         )
 
     async def _elected(self) -> None:

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from klag_pipeline.errors import KlagError
 from klag_pipeline.pipeline.clock import Clock
@@ -80,39 +79,12 @@ class LeadershipProvider(Protocol):
         ...
 
 
-class LeadershipMetrics:
-    """``klag_pipeline_leader``, ``klag_pipeline_leadership_transitions`` and
-    ``klag_pipeline_leadership_errors``, registered in the exporter's self-metrics registry."""
+class LeadershipObserver(Protocol):
+    """Where the election loop reports its role and failed rounds (the self-metrics)."""
 
-    def __init__(self, registry: CollectorRegistry, provider: str) -> None:
-        self._provider = provider
-        self._leader = Gauge(
-            "klag_pipeline_leader",
-            "1 while this instance leads (collects and exports cluster series), else 0.",
-            ["provider"],
-            registry=registry,
-        )
-        self._transitions = Counter(
-            "klag_pipeline_leadership_transitions",
-            "Leadership changes of this instance, by the role it moved to (leader, standby).",
-            ["provider", "role"],
-            registry=registry,
-        )
-        self._errors = Counter(
-            "klag_pipeline_leadership_errors",
-            "Election rounds that failed to reach the coordination backend.",
-            ["provider"],
-            registry=registry,
-        )
-        self._leader.labels(provider).set(0)
-        self._errors.labels(provider)
+    def role(self, leader: bool) -> None: ...
 
-    def role(self, leader: bool) -> None:
-        self._leader.labels(self._provider).set(1 if leader else 0)
-        self._transitions.labels(self._provider, "leader" if leader else "standby").inc()
-
-    def error(self) -> None:
-        self._errors.labels(self._provider).inc()
+    def error(self) -> None: ...
 
 
 class LeaderElector:
@@ -131,7 +103,7 @@ class LeaderElector:
         clock: Clock,
         on_elected: Transition,
         on_demoted: Transition,
-        metrics: LeadershipMetrics | None = None,
+        metrics: LeadershipObserver | None = None,
         release_timeout: float = 5.0,
         round_timeout: float | None = None,
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from types import MappingProxyType
@@ -36,7 +37,10 @@ class CalculationStage:
             + watermarks.kafka_seconds
             + event.kafka_seconds
         )
-        return lag.calculate(
+        # Pure Python over every row (~0.25 s for 20,000): a worker thread keeps the event loop
+        # (scrapes, health probes, other clusters' requests) responsive meanwhile.
+        return await asyncio.to_thread(
+            lag.calculate,
             event,
             labels=self._labels,
             now=self._time(),

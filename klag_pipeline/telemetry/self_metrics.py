@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -46,10 +46,19 @@ class SelfMetrics:
 
     Implements :class:`klag_pipeline.kafka.port.RequestObserver`; the stages, sinks and cluster
     loops call the other methods. Every method is cheap and never raises for a valid call.
+
+    Rendering the counters and histograms with prometheus_client costs milliseconds, which would
+    dominate every scrape (and make 20 concurrent scrapers queue behind each other), so their
+    exposition is cached until the next change: every mutation goes through a method here and
+    bumps ``_generation``. Queue depths are read at scrape time and never cached.
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        """Counters and histograms (changed only through this class's methods)."""
+        self._queue_registry = CollectorRegistry(auto_describe=True)
+        self._generation = 0
+        self._rendered: dict[bool, tuple[int, bytes]] = {}
         registry = self.registry
         self._stage_errors = Counter(
             "klag_pipeline_stage_errors",
@@ -123,7 +132,8 @@ class SelfMetrics:
             registry=registry,
         )
         self._queues = _QueueDepthCollector()
-        registry.register(self._queues)
+        self._queue_registry.register(self._queues)
+        self._leadership: LeadershipMetrics | None = None
 
     # RequestObserver -------------------------------------------------------------------------
 
@@ -141,12 +151,14 @@ class SelfMetrics:
     def request_done(
         self, cluster: str, api: str, broker: str, outcome: str, seconds: float
     ) -> None:
+        self._generation += 1
         self._requests.labels(cluster, api, broker, outcome).inc()
         self._request_seconds.labels(api).observe(seconds)
 
     def throttled(self, cluster: str, api: str, broker: str, throttle_ms: int) -> None:
         if throttle_ms <= 0:
             return
+        self._generation += 1
         self._throttled.labels(cluster, api, broker).inc()
         self._throttle_seconds.labels(cluster, api, broker).inc(throttle_ms / 1000)
 
@@ -154,26 +166,32 @@ class SelfMetrics:
 
     def stage_failed(self, cluster: str, stage: str) -> None:
         """A whole cycle of ``cluster`` failed in ``stage`` (discovery, watermarks, …)."""
+        self._generation += 1
         self._stage_errors.labels(cluster, stage).inc()
 
     def cycle_finished(self, cluster: str, outcome: str) -> None:
         """``outcome``: a short fixed word, "ok" or "error"."""
+        self._generation += 1
         self._cycles.labels(cluster, outcome).inc()
 
     def partial_failures(self, cluster: str, stage: str, n: int) -> None:
         if n > 0:
+            self._generation += 1
             self._partial_failures.labels(cluster, stage).inc(n)
 
     def ticks_skipped(self, cluster: str, n: int) -> None:
         if n > 0:
+            self._generation += 1
             self._ticks_skipped.labels(cluster).inc(n)
 
     # Sinks and queues ------------------------------------------------------------------------
 
     def snapshot_dropped(self, sink: str) -> None:
+        self._generation += 1
         self._dropped.labels(sink).inc()
 
     def sink_error(self, sink: str) -> None:
+        self._generation += 1
         self._sink_errors.labels(sink).inc()
 
     def register_queue(self, name: str, depth_fn: Callable[[], int]) -> None:
@@ -184,17 +202,78 @@ class SelfMetrics:
         self._queues.add(name, depth_fn)
 
     def cache_lookup(self, hit: bool) -> None:
+        self._generation += 1
         (self._cache_hits if hit else self._cache_misses).inc()
+
+    # High availability -----------------------------------------------------------------------
+
+    def leadership(self, provider: str) -> LeadershipMetrics:
+        """The election loop's metrics for ``provider`` (registered on first use, so an exporter
+        without leader election exposes none of them)."""
+        if self._leadership is None:
+            self._leadership = LeadershipMetrics(self, provider)
+        return self._leadership
 
     # Exposition ------------------------------------------------------------------------------
 
     def render(self, openmetrics: bool) -> bytes:
-        """The whole registry as a complete document (OpenMetrics ends with ``# EOF``)."""
+        """Every self-metric as a complete document (OpenMetrics ends with ``# EOF``)."""
+        cached = self._rendered.get(openmetrics)
+        if cached is None or cached[0] != self._generation:
+            cached = (self._generation, _render(self.registry, openmetrics))
+            self._rendered[openmetrics] = cached
+        queues = _render(self._queue_registry, openmetrics)
         if openmetrics:
-            # prometheus_client leaves this function unannotated.
-            body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
-            return body
-        return generate_text(self.registry)
+            return cached[1].removesuffix(b"# EOF\n") + queues
+        return cached[1] + queues
+
+
+def _render(registry: CollectorRegistry, openmetrics: bool) -> bytes:
+    if openmetrics:
+        # prometheus_client leaves this function unannotated.
+        body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+        return body
+    return generate_text(registry)
+
+
+class LeadershipMetrics:
+    """``klag_pipeline_leader``, ``klag_pipeline_leadership_transitions`` and
+    ``klag_pipeline_leadership_errors`` for one provider; the election loop's observer."""
+
+    def __init__(self, metrics: SelfMetrics, provider: str) -> None:
+        self._metrics = metrics
+        self._provider = provider
+        registry = metrics.registry
+        self._leader = Gauge(
+            "klag_pipeline_leader",
+            "1 while this instance leads (collects and exports cluster series), else 0.",
+            ["provider"],
+            registry=registry,
+        )
+        self._transitions = Counter(
+            "klag_pipeline_leadership_transitions",
+            "Leadership changes of this instance, by the role it moved to (leader, standby).",
+            ["provider", "role"],
+            registry=registry,
+        )
+        self._errors = Counter(
+            "klag_pipeline_leadership_errors",
+            "Election rounds that failed to reach the coordination backend.",
+            ["provider"],
+            registry=registry,
+        )
+        self._leader.labels(provider).set(0)
+        self._errors.labels(provider)
+        metrics._generation += 1
+
+    def role(self, leader: bool) -> None:
+        self._metrics._generation += 1
+        self._leader.labels(self._provider).set(1 if leader else 0)
+        self._transitions.labels(self._provider, "leader" if leader else "standby").inc()
+
+    def error(self) -> None:
+        self._metrics._generation += 1
+        self._errors.labels(self._provider).inc()
 
 
 class ClusterRequestObserver:

@@ -14,7 +14,6 @@ from klag_pipeline.events import CycleStarted
 from klag_pipeline.leadership import (
     LeaderElector,
     LeadershipError,
-    LeadershipMetrics,
     NotLeader,
     StandbyGate,
     resolve_identity,
@@ -23,6 +22,7 @@ from klag_pipeline.pipeline.channel import Channel
 from klag_pipeline.pipeline.clock import FakeClock
 from klag_pipeline.pipeline.ticker import Ticker
 from klag_pipeline.settings.schema import LeadershipSettings
+from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 SETTINGS = LeadershipSettings(
     enabled=True, provider="kafka", lease_duration=15.0, renew_deadline=10.0, retry_period=2.0
@@ -122,7 +122,8 @@ class Harness:
 async def harness() -> AsyncIterator[Harness]:
     clock = FakeClock()
     provider = FakeProvider(clock=clock)
-    registry = CollectorRegistry()
+    self_metrics = SelfMetrics()
+    registry = self_metrics.registry
 
     async def elected() -> None:
         provider.log.append(f"elected@{clock.monotonic():g}")
@@ -136,7 +137,7 @@ async def harness() -> AsyncIterator[Harness]:
         clock=clock,
         on_elected=elected,
         on_demoted=demoted,
-        metrics=LeadershipMetrics(registry, "fake"),
+        metrics=self_metrics.leadership("fake"),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(elector.run(stop))

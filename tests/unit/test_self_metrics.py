@@ -122,3 +122,55 @@ def test_openmetrics_rendering_is_complete_and_valid() -> None:
     assert families["klag_pipeline_kafka_requests"] == "counter"
     assert families["klag_pipeline_kafka_request_duration_seconds"] == "histogram"
     assert families["klag_pipeline_queue_depth"] == "gauge"
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_cached_rendering_follows_every_change(openmetrics: bool) -> None:
+    # The counters' exposition is cached between changes (scrape cost); no change may be missed.
+    metrics = SelfMetrics()
+    depth = [1]
+    metrics.register_queue("snapshots", lambda: depth[0])
+    first = metrics.render(openmetrics)
+    assert metrics.render(openmetrics) == first
+    changes = [
+        lambda: metrics.on_request("Fetch", "1", "ok", 0.01),
+        lambda: metrics.on_throttle("Fetch", "1", 5),
+        lambda: metrics.stage_failed("c", "discovery"),
+        lambda: metrics.cycle_finished("c", "ok"),
+        lambda: metrics.partial_failures("c", "watermarks", 1),
+        lambda: metrics.ticks_skipped("c", 1),
+        lambda: metrics.snapshot_dropped("otlp"),
+        lambda: metrics.sink_error("jsonl"),
+        lambda: metrics.cache_lookup(hit=False),
+        lambda: depth.__setitem__(0, depth[0] + 1),
+    ]
+    previous = first
+    for change in changes:
+        change()
+        body = metrics.render(openmetrics)
+        assert body != previous
+        assert body.count(b"# EOF") == (1 if openmetrics else 0)
+        previous = body
+
+
+def test_leadership_metrics_only_with_election_and_each_change_reaches_the_exposition() -> None:
+    metrics = SelfMetrics()
+    assert not any(name.startswith("klag_pipeline_leader") for name, _ in values(metrics))
+    observer = metrics.leadership("kafka")
+    assert metrics.leadership("kafka") is observer
+    provider = (("provider", "kafka"),)
+    # Rendered (and cached) before every change: each change must show in the next render.
+    assert values(metrics)[("klag_pipeline_leader", provider)] == 0
+    observer.role(True)
+    got = values(metrics)
+    assert got[("klag_pipeline_leader", provider)] == 1
+    transitions = "klag_pipeline_leadership_transitions_total"
+    assert got[(transitions, (*provider, ("role", "leader")))] == 1
+    observer.error()
+    observer.role(False)
+    got = values(metrics)
+    assert got[("klag_pipeline_leader", provider)] == 0
+    assert got[("klag_pipeline_leadership_errors_total", provider)] == 1
+    assert (
+        got[("klag_pipeline_leadership_transitions_total", (*provider, ("role", "standby")))] == 1
+    )

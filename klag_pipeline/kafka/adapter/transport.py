@@ -43,8 +43,10 @@ from klag_pipeline.kafka.protocol import (
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 
 # Bodies larger than this are decoded in a worker thread so one big OffsetFetch / ListOffsets /
-# Metadata answer does not stall scrapes served from the same event loop.
-_THREAD_DECODE_BYTES = 512 * 1024
+# Metadata answer does not stall scrapes served from the same event loop. 64 KiB decodes in
+# ~10 ms; several such answers arriving together were decoded back to back on the loop
+# (100+ ms event-loop stalls at 2,000 groups, bench/results/large.json).
+_THREAD_DECODE_BYTES = 64 * 1024
 _API_VERSIONS_VERSION = 2
 # aiokafka's connection kwargs (create_conn) among the client kwargs.
 _CONN_KWARGS = (
