@@ -28,6 +28,7 @@ from typing import TextIO
 from klag_pipeline.app import serve
 from klag_pipeline.errors import ConfigError
 from klag_pipeline.settings.loader import load_settings
+from klag_pipeline.telemetry import runtime
 from klag_pipeline.telemetry.logging import configure_logging
 
 INTERVAL = 0.01
@@ -99,7 +100,7 @@ async def _main(settings_path: str, lag_path: Path) -> None:
     with lag_path.open("a", encoding="utf-8") as out:
         async with asyncio.TaskGroup() as group:
             group.create_task(monitor_loop_lag(stop, out))
-            group.create_task(serve(settings, stop=stop))
+            group.create_task(serve(settings, stop=stop, settle=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("debug", "json")
     try:
+        runtime.tune_process()  # what `klag-pipeline run` does before its event loop
         asyncio.run(_main(args.settings, args.loop_lag_out))
     except ConfigError as exc:
         for path, message in exc.problems:

@@ -54,6 +54,7 @@ from klag_pipeline.stages.loop import run_stage
 from klag_pipeline.stages.timestamps import TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 from klag_pipeline.status import StatusBoard
+from klag_pipeline.telemetry import runtime
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 log = structlog.get_logger("klag_pipeline")
@@ -428,8 +429,13 @@ def _stage_runner(
     return factory
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the exporter until ``stop`` is set (SIGTERM/SIGINT set it when not given)."""
+async def serve(
+    settings: Settings, *, stop: asyncio.Event | None = None, settle: bool = False
+) -> None:
+    """Run the exporter until ``stop`` is set (SIGTERM/SIGINT set it when not given).
+
+    ``settle``: freeze the start-up heap out of the cyclic GC once set up (the process entry
+    points do; see :mod:`klag_pipeline.telemetry.runtime`)."""
     from klag_pipeline.http import build_app, start_server
 
     exporter = Exporter(settings)
@@ -466,6 +472,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     )
     runner = Runner()
     exporter.add_to(runner, stop_event)
+    if settle:
+        runtime.settle_heap()
     try:
         await runner.run(stop_event, SHUTDOWN_TIMEOUT_SECONDS)
     finally:
@@ -475,7 +483,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
 
 def run(settings: Settings) -> int:
-    asyncio.run(serve(settings))
+    runtime.tune_process()
+    asyncio.run(serve(settings, settle=True))
     return 0
 
 

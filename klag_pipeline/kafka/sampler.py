@@ -1,11 +1,14 @@
 """Read the timestamp of the record at each committed offset with batched Fetch requests.
 
-Reads run in passes. A pass plans every outstanding read (:mod:`fetch_plan`), sends the
-requests concurrently (at most ``max_concurrent_fetches`` in flight, each bounded by
-``fetch_timeout``) and scans each partition's bytes (:mod:`records`). A read that needs more
-bytes, or that found only transaction markers, goes to the next pass; after
-:data:`MAX_PASSES` passes whatever is left is a failure. A slow or failing request costs its
-own partitions their sample for this cycle and nothing else.
+Reads run in passes. A pass reads each partition once, from the lowest offset still wanted
+there (:mod:`fetch_plan` batches the reads per leader), sends the requests concurrently (at most
+``max_concurrent_fetches`` in flight, each bounded by ``fetch_timeout``) and scans each
+partition's bytes (:mod:`records`) for *every* offset wanted on it: groups of one partition
+usually sit close together, so the bytes read for the lowest offset often hold the records of
+the others too, and those cost no request of their own. Offsets the bytes did not reach, reads
+that need more bytes and reads that found only transaction markers go to the next pass; an
+offset read :data:`MAX_PASSES` times without a timestamp is a failure. A slow or failing request
+costs its own partitions their sample for this cycle and nothing else.
 
 Payload bytes stay inside this module's local variables: they are scanned for a timestamp and
 dropped. (aiokafka's ``aiokafka.conn`` logger prints whole responses at DEBUG level; logging
@@ -27,7 +30,7 @@ from aiokafka.errors import NodeNotReadyError, RequestTimedOutError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 from cachetools import LRUCache, TTLCache
 
-from klag_pipeline.kafka.fetch_plan import FetchRequestPlan, plan_fetches
+from klag_pipeline.kafka.fetch_plan import DEFAULT_REQUEST_BYTES, FetchRequestPlan, plan_fetches
 from klag_pipeline.kafka.port import RequestObserver
 from klag_pipeline.kafka.records import (
     Found,
@@ -40,7 +43,8 @@ from klag_pipeline.model import Failure, TimestampSample, TopicPartition
 
 MAX_PASSES = 4
 """Reads per committed offset per call: the first read, a re-read with the learned batch size
-(or at the head of a request), and continuations past transaction markers."""
+(or at the head of a request), and continuations past transaction markers. Passes in which an
+offset only waits for a lower one of its partition do not count."""
 
 STAGE = "timestamps"
 
@@ -80,6 +84,8 @@ class _Job:
     # aborted records: then whatever is found is not the record at `asked`.
     gap_explained: bool = True
     head: bool = False
+    reads: int = 0
+    """Reads that started at ``read_from`` or before it for this job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +113,13 @@ class TimestampSampler:
         isolation_level: IsolationLevel = "read_uncommitted",
         observer: RequestObserver | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        max_request_bytes: int = DEFAULT_REQUEST_BYTES,
     ) -> None:
         if max_bytes_per_partition <= 0 or max_concurrent_fetches <= 0 or fetch_timeout <= 0:
             raise ValueError("sampler limits must be positive")
         self._client = client
         self._cap = max_bytes_per_partition
+        self._request_bytes = max_request_bytes
         self._concurrency = max_concurrent_fetches
         self._timeout = fetch_timeout
         self._isolation = _ISOLATION_CODES[isolation_level]
@@ -139,26 +147,32 @@ class TimestampSampler:
         samples: dict[tuple[TopicPartition, int], TimestampSample] = {}
         failures: list[Failure] = []
         sent = 0
-        for _ in range(MAX_PASSES):
+        while jobs:
             runnable: list[_Job] = []
             for job in jobs:
                 size = self._oversized.get((job.tp, job.read_from))
                 if size is not None:
                     failures.append(_oversized(job, size, self._cap))
+                elif job.reads >= MAX_PASSES:
+                    failures.append(_failure(job, f"no timestamp after {MAX_PASSES} reads"))
                 else:
                     runnable.append(job)
             if not runnable:
-                jobs = []
                 break
-            reads: dict[TopicPartition, set[int]] = {}
+            # One read per partition per pass, from its lowest outstanding offset.
+            lowest: dict[TopicPartition, int] = {}
             for job in runnable:
-                reads.setdefault(job.tp, set()).add(job.read_from)
+                if job.read_from < lowest.get(job.tp, job.read_from + 1):
+                    lowest[job.tp] = job.read_from
             plan = plan_fetches(
-                reads,
+                {tp: (offset,) for tp, offset in lowest.items()},
                 leaders,
                 max_bytes_per_partition=self._cap,
                 learned_sizes=self._learned,
-                head_first={job.tp for job in runnable if job.head},
+                max_request_bytes=self._request_bytes,
+                head_first={
+                    job.tp for job in runnable if job.head and job.read_from == lowest[job.tp]
+                },
             )
             outcomes = await self._send_all(plan.requests)
             sent += len(plan.requests)
@@ -168,15 +182,33 @@ class TimestampSampler:
                 if job.tp in leaderless:
                     failures.append(_failure(job, "no leader known for the partition"))
                     continue
-                verdict = self._judge(job, outcomes[(job.tp, job.read_from)])
+                read_from = lowest[job.tp]
+                outcome = outcomes[(job.tp, read_from)]
+                verdict: TimestampSample | Failure | _Job
+                if job.read_from == read_from:
+                    verdict = self._judge(job, outcome)
+                    if isinstance(verdict, _Job):
+                        verdict = replace(verdict, reads=job.reads + 1)
+                else:
+                    verdict = self._covered(job, outcome)
                 if isinstance(verdict, TimestampSample):
                     samples[(job.tp, job.asked)] = verdict
                 elif isinstance(verdict, Failure):
                     failures.append(verdict)
                 else:
                     jobs.append(verdict)
-        failures.extend(_failure(job, f"no timestamp after {MAX_PASSES} reads") for job in jobs)
         return SampleResult(MappingProxyType(samples), tuple(failures), sent)
+
+    def _covered(self, job: _Job, outcome: _Outcome) -> TimestampSample | _Job:
+        """A job above the offset its partition was read from: the sample if the bytes hold its
+        record in a complete batch, else the job unchanged for a later pass."""
+        if isinstance(outcome, str) or outcome.error_code or len(outcome.records) > self._cap:
+            return job
+        aborted = outcome.aborted if self._isolation else None
+        scan = find_timestamp(outcome.records, job.read_from, aborted=aborted)
+        if not isinstance(scan, Found):
+            return job
+        return scan.sample if job.gap_explained else replace(scan.sample, record_missing=True)
 
     def _judge(self, job: _Job, outcome: _Outcome) -> TimestampSample | Failure | _Job:
         if isinstance(outcome, str):

@@ -22,8 +22,9 @@ from types import MappingProxyType
 from typing import Final
 
 from klag_pipeline.settings.schema import Granularity
-from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
+from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, PartitionRow, SinkUpdate
 from klag_pipeline.status import StatusBoard
+from klag_pipeline.telemetry import runtime
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -79,12 +80,16 @@ FAMILY_HELP: Final[Mapping[str, str]] = MappingProxyType(
 )
 UP_HELP: Final = "1 when every cluster has fresh data (within staleness_threshold), else 0."
 
-_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
-    {name: f"# HELP {name} {text}\n# TYPE {name} gauge\n" for name, text in FAMILY_HELP.items()}
+_HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
+    {
+        name: f"# HELP {name} {text}\n# TYPE {name} gauge\n".encode()
+        for name, text in FAMILY_HELP.items()
+    }
 )
 
-ClusterChunks = Mapping[str, str]
-"""One cluster's rendered sample lines per family name; families without samples are absent."""
+ClusterChunks = Mapping[str, bytes]
+"""One cluster's rendered sample lines (UTF-8) per family name; families without samples are
+absent."""
 
 
 def escape_label_value(value: str) -> str:
@@ -132,9 +137,14 @@ _FLAG = {True: "true", False: "false"}
 
 
 def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> ClusterChunks:
-    """Render one cluster's samples, family by family (pure; safe to run in a worker thread)."""
+    """Render one cluster's samples, family by family (pure; safe to run in a worker thread).
+
+    Each family's lines are joined and encoded before the next family is built, so at most one
+    family's line strings (a few MB at 20,000 rows) exist at a time next to the finished chunks.
+    """
     constant = {**snapshot.labels, "cluster_name": snapshot.cluster}
     memo: dict[str, str] = {}
+    chunks: dict[str, bytes] = {}
 
     def esc(value: str) -> str:
         escaped = memo.get(value)
@@ -142,31 +152,37 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             escaped = memo[value] = escape_label_value(value)
         return escaped
 
-    lines: dict[str, list[str]] = {name: [] for name in FAMILY_HELP}
+    def emit(name: str, lines: Iterable[str]) -> None:
+        chunk = "".join(lines).encode()
+        if chunk:
+            chunks[name] = chunk
 
+    partitions = snapshot.partitions
     p_tmpl = _label_template(constant, _P)
-    latest, earliest = (
-        lines["kafka_partition_latest_offset"],
-        lines["kafka_partition_earliest_offset"],
+    p_labels = [p_tmpl.format(topic=esc(po.topic), partition=po.partition) for po in partitions]
+    emit(
+        "kafka_partition_latest_offset",
+        (
+            f"kafka_partition_latest_offset{{{labels}}} {po.high}\n"
+            for labels, po in zip(p_labels, partitions, strict=True)
+        ),
     )
-    for po in snapshot.partitions:
-        labels = p_tmpl.format(topic=esc(po.topic), partition=po.partition)
-        latest.append(f"kafka_partition_latest_offset{{{labels}}} {po.high}\n")
-        if po.low is not None:
-            earliest.append(f"kafka_partition_earliest_offset{{{labels}}} {po.low}\n")
+    emit(
+        "kafka_partition_earliest_offset",
+        (
+            f"kafka_partition_earliest_offset{{{labels}}} {po.low}\n"
+            for labels, po in zip(p_labels, partitions, strict=True)
+            if po.low is not None
+        ),
+    )
+    del p_labels
 
     sampling = snapshot.timestamp_sampling
     if granularity == "partition":
+        rows = snapshot.rows
         gpm_tmpl = _label_template(constant, _GPM)
-        flags_tmpl = _label_template(constant, _GPM_FLAGS)
-        offset = lines["kafka_consumergroup_group_offset"]
-        lag = lines["kafka_consumergroup_group_lag"]
-        lag_seconds = lines["kafka_consumergroup_group_lag_seconds"]
-        lost = lines["kafka_consumergroup_group_messages_lost"]
-        margin = lines["kafka_consumergroup_group_retention_margin"]
-        ratio = lines["kafka_consumergroup_group_lag_retention_ratio"]
-        for row in snapshot.rows:
-            fields = {
+        fields = [
+            {
                 "group": esc(row.group),
                 "topic": esc(row.topic),
                 "partition": row.partition,
@@ -174,55 +190,114 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 "consumer_id": esc(row.consumer_id),
                 "client_id": esc(row.client_id),
             }
-            labels = gpm_tmpl.format_map(fields)
-            offset.append(f"kafka_consumergroup_group_offset{{{labels}}} {row.committed}\n")
-            lag.append(f"kafka_consumergroup_group_lag{{{labels}}} {row.lag}\n")
-            if sampling and row.lag_seconds is not None:
-                fields["compaction_detected"] = _FLAG[row.compaction_detected]
-                fields["data_loss_detected"] = _FLAG[row.data_loss_detected]
-                lag_seconds.append(
-                    f"kafka_consumergroup_group_lag_seconds{{{flags_tmpl.format_map(fields)}}} "
-                    f"{format_value(row.lag_seconds)}\n"
-                )
-            if row.messages_lost is not None:
-                lost.append(
-                    f"kafka_consumergroup_group_messages_lost{{{labels}}} {row.messages_lost}\n"
-                )
-            if row.retention_margin is not None:
-                margin.append(
-                    f"kafka_consumergroup_group_retention_margin{{{labels}}} "
-                    f"{row.retention_margin}\n"
-                )
-            if row.lag_retention_ratio is not None:
-                ratio.append(
-                    f"kafka_consumergroup_group_lag_retention_ratio{{{labels}}} "
-                    f"{format_value(row.lag_retention_ratio)}\n"
+            for row in rows
+        ]
+        labelled = list(zip([gpm_tmpl.format_map(f) for f in fields], rows, strict=True))
+        emit(
+            "kafka_consumergroup_group_offset",
+            (
+                f"kafka_consumergroup_group_offset{{{labels}}} {row.committed}\n"
+                for labels, row in labelled
+            ),
+        )
+        emit(
+            "kafka_consumergroup_group_lag",
+            (f"kafka_consumergroup_group_lag{{{labels}}} {row.lag}\n" for labels, row in labelled),
+        )
+        if sampling:
+            flags_tmpl = _label_template(constant, _GPM_FLAGS)
+
+            def flagged(f: Mapping[str, object], row: PartitionRow) -> str:
+                return flags_tmpl.format(
+                    **f,
+                    compaction_detected=_FLAG[row.compaction_detected],
+                    data_loss_detected=_FLAG[row.data_loss_detected],
                 )
 
+            emit(
+                "kafka_consumergroup_group_lag_seconds",
+                (
+                    f"kafka_consumergroup_group_lag_seconds{{{flagged(f, row)}}} "
+                    f"{format_value(row.lag_seconds)}\n"
+                    for f, row in zip(fields, rows, strict=True)
+                    if row.lag_seconds is not None
+                ),
+            )
+        del fields
+        emit(
+            "kafka_consumergroup_group_messages_lost",
+            (
+                f"kafka_consumergroup_group_messages_lost{{{labels}}} {row.messages_lost}\n"
+                for labels, row in labelled
+                if row.messages_lost is not None
+            ),
+        )
+        emit(
+            "kafka_consumergroup_group_retention_margin",
+            (
+                f"kafka_consumergroup_group_retention_margin{{{labels}}} {row.retention_margin}\n"
+                for labels, row in labelled
+                if row.retention_margin is not None
+            ),
+        )
+        emit(
+            "kafka_consumergroup_group_lag_retention_ratio",
+            (
+                f"kafka_consumergroup_group_lag_retention_ratio{{{labels}}} "
+                f"{format_value(row.lag_retention_ratio)}\n"
+                for labels, row in labelled
+                if row.lag_retention_ratio is not None
+            ),
+        )
+        del labelled
+
+    groups = snapshot.groups
     g_tmpl = _label_template(constant, _G)
     gt_tmpl = _label_template(constant, _GT)
-    max_lag = lines["kafka_consumergroup_group_max_lag"]
-    max_lag_seconds = lines["kafka_consumergroup_group_max_lag_seconds"]
-    sum_lag = lines["kafka_consumergroup_group_sum_lag"]
-    topic_sum_lag = lines["kafka_consumergroup_group_topic_sum_lag"]
-    state = lines["kafka_consumergroup_group_state"]
-    for summary in snapshot.groups:
-        group = esc(summary.group)
-        labels = g_tmpl.format(group=group)
-        max_lag.append(f"kafka_consumergroup_group_max_lag{{{labels}}} {summary.max_lag}\n")
-        if sampling and summary.max_lag_seconds is not None:
-            max_lag_seconds.append(
+    g_labels = [g_tmpl.format(group=esc(summary.group)) for summary in groups]
+    by_group = list(zip(g_labels, groups, strict=True))
+    emit(
+        "kafka_consumergroup_group_max_lag",
+        (
+            f"kafka_consumergroup_group_max_lag{{{labels}}} {summary.max_lag}\n"
+            for labels, summary in by_group
+        ),
+    )
+    if sampling:
+        emit(
+            "kafka_consumergroup_group_max_lag_seconds",
+            (
                 f"kafka_consumergroup_group_max_lag_seconds{{{labels}}} "
                 f"{format_value(summary.max_lag_seconds)}\n"
-            )
-        sum_lag.append(f"kafka_consumergroup_group_sum_lag{{{labels}}} {summary.sum_lag}\n")
-        for topic in sorted(summary.topic_sum_lag):
-            topic_sum_lag.append(
-                f"kafka_consumergroup_group_topic_sum_lag"
-                f"{{{gt_tmpl.format(group=group, topic=esc(topic))}}} "
-                f"{summary.topic_sum_lag[topic]}\n"
-            )
-        state.append(f"kafka_consumergroup_group_state{{{labels}}} {int(summary.state)}\n")
+                for labels, summary in by_group
+                if summary.max_lag_seconds is not None
+            ),
+        )
+    emit(
+        "kafka_consumergroup_group_sum_lag",
+        (
+            f"kafka_consumergroup_group_sum_lag{{{labels}}} {summary.sum_lag}\n"
+            for labels, summary in by_group
+        ),
+    )
+    emit(
+        "kafka_consumergroup_group_topic_sum_lag",
+        (
+            f"kafka_consumergroup_group_topic_sum_lag"
+            f"{{{gt_tmpl.format(group=esc(summary.group), topic=esc(topic))}}} "
+            f"{summary.topic_sum_lag[topic]}\n"
+            for summary in groups
+            for topic in sorted(summary.topic_sum_lag)
+        ),
+    )
+    emit(
+        "kafka_consumergroup_group_state",
+        (
+            f"kafka_consumergroup_group_state{{{labels}}} {int(summary.state)}\n"
+            for labels, summary in by_group
+        ),
+    )
+    del by_group, g_labels
 
     c_labels = "{" + _label_template(constant, ()) + "}"
     cluster_values: dict[str, float] = {
@@ -233,26 +308,28 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         "kafka_lag_exporter_data_loss_partitions_total": snapshot.data_loss_partition_count,
     }
     for name, value in cluster_values.items():
-        lines[name].append(f"{name}{c_labels} {format_value(value)}\n")
+        emit(name, (f"{name}{c_labels} {format_value(value)}\n",))
 
-    return MappingProxyType({name: "".join(rows) for name, rows in lines.items() if rows})
+    return MappingProxyType(chunks)
 
 
-def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> str:
-    """Join clusters family by family: each HELP/TYPE once, clusters in name order."""
+def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[bytes, ...]:
+    """The body's parts in order: each family's HELP/TYPE once, then its chunk of every cluster
+    (in cluster-name order). The parts are the chunks themselves, never copies."""
     clusters = [chunks_by_cluster[name] for name in sorted(chunks_by_cluster)]
-    out: list[str] = []
+    out: list[bytes] = []
     for family, header in _HEADERS.items():
         parts = [chunks[family] for chunks in clusters if family in chunks]
         if parts:
             out.append(header)
             out.extend(parts)
-    return "".join(out)
+    return tuple(out)
 
 
 def render_snapshots(snapshots: Sequence[ClusterSnapshot], granularity: Granularity) -> str:
     """The compatibility families of ``snapshots`` in text format (for ``once``)."""
-    return assemble({s.cluster: render_cluster(s, granularity) for s in snapshots})
+    parts = assemble({s.cluster: render_cluster(s, granularity) for s in snapshots})
+    return b"".join(parts).decode()
 
 
 def _weighted(header: str) -> Iterator[tuple[str, float]]:
@@ -298,21 +375,23 @@ def wants_gzip(accept_encoding: str | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Exposition:
-    """The cached cluster body and a gzip stream of it that is left open for the scrape-time
+    """The cached cluster body as ``parts`` (HELP/TYPE headers and references to the clusters'
+    chunks, never a joined copy) and a gzip stream of it that is left open for the scrape-time
     tail: a copy of ``compressor`` finishes the stream, so a gzipped scrape compresses only the
     few kilobytes rendered per scrape and the response is one ordinary gzip member."""
 
     chunks: Mapping[str, ClusterChunks]
-    body: bytes
+    parts: tuple[bytes, ...]
     gzip_prefix: bytes
     compressor: zlib._Compress
 
 
 def _prepare(chunks: Mapping[str, ClusterChunks]) -> _Exposition:
-    body = assemble(chunks).encode()
+    parts = assemble(chunks)
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    prefix = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return _Exposition(MappingProxyType(dict(chunks)), body, prefix, compressor)
+    compressed = [compressor.compress(part) for part in parts]
+    compressed.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return _Exposition(MappingProxyType(dict(chunks)), parts, b"".join(compressed), compressor)
 
 
 class PrometheusSink:
@@ -355,6 +434,9 @@ class PrometheusSink:
             # loop (and so every scrape and health probe) responsive meanwhile.
             exposition = await asyncio.to_thread(self._next, self._exposition.chunks, update)
             self._commit(exposition)
+            if exposition is not None:
+                del exposition  # the previous body is garbage now: give its pages back
+                await asyncio.to_thread(runtime.release_free_memory)
 
     def apply(self, update: SinkUpdate) -> None:
         """Apply one update synchronously (for callers without an inbox); not mixed with ``run``."""
@@ -381,6 +463,14 @@ class PrometheusSink:
         self, accept: str | None, accept_encoding: str | None
     ) -> tuple[bytes, str, str | None]:
         """``(body, content type, content encoding or None)`` for one scrape."""
+        parts, content_type, encoding = self.render_parts(accept, accept_encoding)
+        return b"".join(parts), content_type, encoding
+
+    def render_parts(
+        self, accept: str | None, accept_encoding: str | None
+    ) -> tuple[Sequence[bytes], str, str | None]:
+        """Like :meth:`render`, with the body as parts to write in order, so an uncompressed
+        scrape never copies the (tens of MB) cached body."""
         openmetrics = wants_openmetrics(accept)
         up = 1 if self._status.up() else 0
         tail = [
@@ -400,5 +490,5 @@ class PrometheusSink:
         if wants_gzip(accept_encoding):
             compressor = exposition.compressor.copy()
             gz_tail = compressor.compress(scrape_part) + compressor.flush()
-            return exposition.gzip_prefix + gz_tail, content_type, "gzip"
-        return exposition.body + scrape_part, content_type, None
+            return (exposition.gzip_prefix + gz_tail,), content_type, "gzip"
+        return (*exposition.parts, scrape_part), content_type, None

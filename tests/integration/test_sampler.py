@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 
+from klag_pipeline.kafka.fetch_plan import DEFAULT_REQUEST_BYTES
 from klag_pipeline.kafka.sampler import IsolationLevel, SampleResult, TimestampSampler
 from klag_pipeline.model import TimestampSample, TopicPartition
 from tests.support.kafka import KafkaTestClient, Rec
@@ -56,6 +57,7 @@ def sampler(
     concurrency: int = 4,
     timeout: float = 5.0,
     isolation: IsolationLevel = "read_uncommitted",
+    max_request_bytes: int = DEFAULT_REQUEST_BYTES,
 ) -> TimestampSampler:
     return TimestampSampler(
         client,
@@ -63,6 +65,7 @@ def sampler(
         max_concurrent_fetches=concurrency,
         fetch_timeout=timeout,
         isolation_level=isolation,
+        max_request_bytes=max_request_bytes,
     )
 
 
@@ -98,7 +101,31 @@ async def test_create_time_at_several_offsets_of_a_compressed_batch(
         (tp, 3): TimestampSample(3, stamps[3], False),
         (tp, 6): TimestampSample(6, stamps[6], False),
     }
-    assert result.requests_sent == 3  # one partition appears at most once per request
+    # One read from offset 0 returns the whole batch, which holds the records at 3 and 6 too.
+    assert result.requests_sent == 1
+
+
+async def test_offsets_beyond_the_bytes_read_for_a_lower_one_get_a_read_of_their_own(
+    kafka: KafkaTestClient, transport: AIOKafkaClient, unique: Callable[[str], str]
+) -> None:
+    topic = unique("spread")
+    await kafka.create_topic(topic)
+    # Three batches of ~15 KB (incompressible): a 16 KiB read from offset 5 returns the first
+    # batch and at most a cut-off start of the second.
+    stamps = [_past_ms(1 + i / 100) for i in range(45)]
+    for first in (0, 15, 30):
+        batch = [Rec(os.urandom(1000), timestamp_ms=stamps[i]) for i in range(first, first + 15)]
+        await kafka.produce(topic, batch, one_batch=True)
+    tp = TopicPartition(topic, 0)
+
+    result = await sample(sampler(transport), transport, {tp: [5, 10, 25, 40]})
+
+    assert result.failures == ()
+    assert dict(result.samples) == {
+        (tp, offset): TimestampSample(offset, stamps[offset], False) for offset in (5, 10, 25, 40)
+    }
+    # 5 and 10 from the first read; 25 and 40 each from a read of their own.
+    assert result.requests_sent == 3
 
 
 async def test_one_request_for_many_partitions_of_one_leader(
@@ -311,13 +338,17 @@ async def test_in_flight_requests_are_bounded(
     kafka: KafkaTestClient, transport: AIOKafkaClient, unique: Callable[[str], str]
 ) -> None:
     topic = unique("bounded")
-    await kafka.create_topic(topic)
-    await kafka.produce(topic, [Rec(b"v%d" % i, timestamp_ms=_past_ms(i)) for i in range(6)])
-    tp = TopicPartition(topic, 0)
+    await kafka.create_topic(topic, partitions=6)
+    await kafka.produce(
+        topic, [Rec(b"v%d" % p, partition=p, timestamp_ms=_past_ms(p)) for p in range(6)]
+    )
+    tps = [TopicPartition(topic, p) for p in range(6)]
     counter = InFlightCounter(transport)
     leaders = await leaders_of(transport, topic)
+    # A response budget below one partition's: one request per partition, six in all.
+    subject = sampler(counter, concurrency=2, max_request_bytes=1)
 
-    result = await sampler(counter, concurrency=2).sample({tp: range(6)}, leaders)
+    result = await subject.sample({tp: [0] for tp in tps}, leaders)
 
     assert len(result.samples) == 6
     assert result.requests_sent == 6
@@ -358,9 +389,9 @@ async def test_broker_throttle_is_honoured_before_the_next_request(
     kafka: KafkaTestClient, transport: AIOKafkaClient, unique: Callable[[str], str]
 ) -> None:
     topic = unique("throttle")
-    await kafka.create_topic(topic)
-    await kafka.produce(topic, [Rec(b"v", timestamp_ms=_past_ms(1))] * 2)
-    tp = TopicPartition(topic, 0)
+    await kafka.create_topic(topic, partitions=2)
+    await kafka.produce(topic, [Rec(b"v", partition=p, timestamp_ms=_past_ms(1)) for p in (0, 1)])
+    tp, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
     throttling = ThrottlingFirstResponse(transport, pause_ms=300)
     observed = Observed()
     leaders = await leaders_of(transport, topic)
@@ -370,9 +401,10 @@ async def test_broker_throttle_is_honoured_before_the_next_request(
         max_concurrent_fetches=1,
         fetch_timeout=5.0,
         observer=observed,
+        max_request_bytes=1,  # one partition per request: two requests
     )
 
-    result = await subject.sample({tp: [0, 1]}, leaders)
+    result = await subject.sample({tp: [0], tp1: [0]}, leaders)
 
     assert len(result.samples) == 2
     assert throttling.sent_at[1] - throttling.answered_at[0] >= 0.3

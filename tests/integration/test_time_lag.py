@@ -231,8 +231,9 @@ async def test_groups_at_different_offsets_of_one_partition(
 
     for group, offset in groups.items():
         cycle.assert_age(cycle.row(group, topic).lag_seconds, stamps[offset], group)
-    # A partition appears at most once per Fetch: one request per distinct offset.
-    assert cycle.fetches == 3, cycle.requests
+    # A partition appears at most once per Fetch, but the read from the lowest offset (1)
+    # returns the small batches after it too, which hold the records at 4 and 8: one request.
+    assert cycle.fetches == 1, cycle.requests
 
 
 async def test_groups_at_the_same_offset_cost_one_read(

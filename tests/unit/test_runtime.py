@@ -1,0 +1,45 @@
+"""Process tuning: the allocator calls reach glibc, the GC freeze and the switch interval."""
+
+from __future__ import annotations
+
+import gc
+import platform
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from klag_pipeline.telemetry import runtime
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.fixture
+def restore_interval() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("restore_interval")
+def test_tune_process_sets_the_switch_interval_and_caps_arenas_on_glibc() -> None:
+    sys.setswitchinterval(0.005)
+    assert runtime.tune_process() is GLIBC
+    assert sys.getswitchinterval() == pytest.approx(runtime.SWITCH_INTERVAL_SECONDS)
+
+
+def test_release_free_memory_returns_pages_after_a_large_transient() -> None:
+    if not GLIBC:
+        pytest.fail("these tests run on glibc Linux; musl or other platforms need their own")
+    # 200 MB of small objects freed at once leave free pages at the top of the heap.
+    garbage = [bytes(100) + bytes([i % 256]) for i in range(2_000_000)]
+    del garbage
+    assert runtime.release_free_memory()
+
+
+def test_settle_heap_freezes_what_exists() -> None:
+    try:
+        runtime.settle_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
