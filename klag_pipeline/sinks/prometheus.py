@@ -410,6 +410,8 @@ class PrometheusSink:
         self._status = status
         self._self_metrics = self_metrics
         self._exposition = _prepare({})
+        self._gzipped: dict[bool, tuple[_Exposition, bytes, bytes]] = {}
+        """Per format: the exposition and scrape-time part last gzipped, and the result."""
         self._applied = 0
         self._changed = asyncio.Event()
 
@@ -455,6 +457,7 @@ class PrometheusSink:
     def _commit(self, exposition: _Exposition | None) -> None:
         if exposition is not None:
             self._exposition = exposition
+            self._gzipped.clear()  # holds the previous exposition otherwise
         self._applied += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -488,7 +491,13 @@ class PrometheusSink:
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         exposition = self._exposition
         if wants_gzip(accept_encoding):
-            compressor = exposition.compressor.copy()
-            gz_tail = compressor.compress(scrape_part) + compressor.flush()
-            return (exposition.gzip_prefix + gz_tail,), content_type, "gzip"
+            # Scrapes between two changes (of the clusters' body, the self-metrics or a queue
+            # depth) get the same bytes: finishing the gzip stream once serves all of them.
+            cached = self._gzipped.get(openmetrics)
+            if cached is None or cached[0] is not exposition or cached[1] != scrape_part:
+                compressor = exposition.compressor.copy()
+                gz_tail = compressor.compress(scrape_part) + compressor.flush()
+                cached = (exposition, scrape_part, exposition.gzip_prefix + gz_tail)
+                self._gzipped[openmetrics] = cached
+            return (cached[2],), content_type, "gzip"
         return (*exposition.parts, scrape_part), content_type, None

@@ -7,38 +7,42 @@ leaks into ``/metrics``. Every name is documented in ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.registry import Collector
 
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Broker round trips: sub-millisecond on loopback up to ``kafka_timeout`` (30 s default)."""
 
 
-class _QueueDepthCollector(Collector):
-    """Reads each registered queue's depth when scraped, so the gauge is never out of date."""
+class _QueueDepths:
+    """``klag_pipeline_queue_depth``, read from each registered queue when scraped so it is never
+    out of date. Rendered by hand (the same text in both formats): it is the only part of the
+    self-metrics that changes without a method call, so it is rendered on every scrape, and
+    prometheus_client's generic exposition would cost more than the rest of a cached scrape."""
+
+    HEADER = (
+        b"# HELP klag_pipeline_queue_depth "
+        b"Items currently buffered in an inter-stage channel or sink inbox.\n"
+        b"# TYPE klag_pipeline_queue_depth gauge\n"
+    )
 
     def __init__(self) -> None:
-        self._depths: dict[str, Callable[[], int]] = {}
+        self._depths: dict[str, tuple[str, Callable[[], int]]] = {}
 
     def add(self, name: str, depth_fn: Callable[[], int]) -> None:
         if name in self._depths:
             raise ValueError(f"queue {name!r} is already registered")
-        self._depths[name] = depth_fn
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        self._depths[name] = (f'klag_pipeline_queue_depth{{queue="{escaped}"}} ', depth_fn)
 
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "klag_pipeline_queue_depth",
-            "Items currently buffered in an inter-stage channel or sink inbox.",
-            labels=["queue"],
-        )
-        for name, depth_fn in sorted(self._depths.items()):
-            family.add_metric([name], depth_fn())
-        yield family
+    def render(self) -> bytes:
+        lines = [
+            f"{prefix}{depth_fn()}\n" for _, (prefix, depth_fn) in sorted(self._depths.items())
+        ]
+        return self.HEADER + "".join(lines).encode()
 
 
 class SelfMetrics:
@@ -56,7 +60,6 @@ class SelfMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         """Counters and histograms (changed only through this class's methods)."""
-        self._queue_registry = CollectorRegistry(auto_describe=True)
         self._generation = 0
         self._rendered: dict[bool, tuple[int, bytes]] = {}
         registry = self.registry
@@ -131,8 +134,7 @@ class SelfMetrics:
             ["cluster_name", "api", "broker"],
             registry=registry,
         )
-        self._queues = _QueueDepthCollector()
-        self._queue_registry.register(self._queues)
+        self._queues = _QueueDepths()
         self._leadership: LeadershipMetrics | None = None
 
     # RequestObserver -------------------------------------------------------------------------
@@ -222,9 +224,9 @@ class SelfMetrics:
         if cached is None or cached[0] != self._generation:
             cached = (self._generation, _render(self.registry, openmetrics))
             self._rendered[openmetrics] = cached
-        queues = _render(self._queue_registry, openmetrics)
+        queues = self._queues.render()
         if openmetrics:
-            return cached[1].removesuffix(b"# EOF\n") + queues
+            return cached[1].removesuffix(b"# EOF\n") + queues + b"# EOF\n"
         return cached[1] + queues
 
 

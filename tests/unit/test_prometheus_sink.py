@@ -556,6 +556,31 @@ def test_gzip_body_is_one_complete_member_equal_to_the_plain_body() -> None:
     assert gzip.decompress(sink.render(None, "gzip")[0]) == sink.render(None, None)[0]
 
 
+def test_gzipped_scrapes_are_reused_until_anything_in_them_changes() -> None:
+    sink, _, _, metrics = make_sink()
+    sink.apply(golden_snapshot())
+    first = sink.render(None, "gzip")[0]
+    assert sink.render(None, "gzip")[0] is first  # no change: the same bytes, not re-compressed
+
+    def fresh() -> bytes:
+        body = sink.render(None, "gzip")[0]
+        assert gzip.decompress(body) == sink.render(None, None)[0]
+        return body
+
+    metrics.stage_failed("prod", "discovery")  # the self-metrics changed
+    second = fresh()
+    assert second != first
+    depth = [0]
+    metrics.register_queue("inbox", lambda: depth[0])
+    third = fresh()
+    depth[0] = 3  # a queue depth, read per scrape
+    fourth = fresh()
+    assert len({first, second, third, fourth}) == 4
+    sink.apply(golden_snapshot())  # a new exposition, even with equal content
+    assert sink.render(None, "gzip")[0] is not fourth
+    assert gzip.decompress(fresh()) == sink.render(None, None)[0]
+
+
 async def test_run_consumes_the_inbox_until_it_ends() -> None:
     sink, *_ = make_sink(clusters=("prod", "dr"))
 
