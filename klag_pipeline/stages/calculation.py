@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from types import MappingProxyType
@@ -39,11 +40,14 @@ class CalculationStage:
         )
         # Pure Python over every row (~0.25 s for 20,000): a worker thread keeps the event loop
         # (scrapes, health probes, other clusters' requests) responsive meanwhile.
-        return await asyncio.to_thread(
+        started = discovered.start.started_monotonic
+        snapshot = await asyncio.to_thread(
             lag.calculate,
             event,
             labels=self._labels,
             now=self._time(),
-            duration_seconds=self._monotonic() - discovered.start.started_monotonic,
+            duration_seconds=self._monotonic() - started,
             poll_time_ms=kafka_seconds * 1000.0,
         )
+        # The cycle's duration includes its calculation (a quarter second at 20,000 rows).
+        return dataclasses.replace(snapshot, duration_seconds=self._monotonic() - started)
