@@ -9,6 +9,7 @@ from types import MappingProxyType
 from klag_pipeline.events import GroupsDiscovered, OffsetsFetched
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import ListedGroup, TopicPartition
+from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import ClusterSettings
 
 
@@ -45,7 +46,7 @@ class CommittedOffsetsStage:
         if fetched is not None:
             keeps_topic = self._cluster.keeps_topic
             topic_kept: dict[str, bool] = {}
-            for group_id, offsets in fetched.offsets.items():
+            async for group_id, offsets in paced(fetched.offsets.items()):
                 if group_id not in event.groups:
                     continue
                 kept = {}

@@ -19,6 +19,7 @@ from klag_pipeline.events import TimestampsSampled, WatermarksListed
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import Failure, TimestampSample, TopicPartition
 from klag_pipeline.pipeline.clock import SystemClock
+from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import TimestampSamplingSettings
 
 DEFAULT_CACHE_SIZE = 100_000
@@ -68,7 +69,7 @@ class TimestampStage:
                 kafka_seconds=0.0,
                 observed_at=self._clock.time(),
             )
-        reads = _offsets_to_read(event)
+        reads = await _offsets_to_read(event)
         found: dict[tuple[TopicPartition, int], TimestampSample] = {}
         misses: dict[TopicPartition, set[int]] = {}
         for key in sorted(set(reads.values())):
@@ -92,7 +93,11 @@ class TimestampStage:
                     self._cache[key] = sample
                     found[key] = sample
         kafka_seconds = self._clock.monotonic() - started
-        samples = {lagging: found[read] for lagging, read in reads.items() if read in found}
+        samples: dict[tuple[TopicPartition, int], TimestampSample] = {}
+        async for lagging, read in paced(reads.items(), 2_000):
+            hit = found.get(read)
+            if hit is not None:
+                samples[lagging] = hit
         return TimestampsSampled(
             watermarks=event,
             samples=MappingProxyType(samples),
@@ -103,12 +108,12 @@ class TimestampStage:
         )
 
 
-def _offsets_to_read(
+async def _offsets_to_read(
     event: WatermarksListed,
 ) -> dict[tuple[TopicPartition, int], tuple[TopicPartition, int]]:
     """(partition, committed) of every lagging commit → (partition, offset to read)."""
     reads: dict[tuple[TopicPartition, int], tuple[TopicPartition, int]] = {}
-    for offsets in event.offsets.committed.values():
+    async for offsets in paced(event.offsets.committed.values()):
         for tp, committed in offsets.items():
             marks = event.watermarks.get(tp)
             if marks is None or committed >= marks.high:

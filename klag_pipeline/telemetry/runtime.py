@@ -29,7 +29,7 @@ import sys
 from functools import cache
 
 ARENA_MAX = 2
-SWITCH_INTERVAL_SECONDS = 0.001
+SWITCH_INTERVAL_SECONDS = 0.00025
 _M_ARENA_MAX = -8
 """``mallopt`` parameter number of M_ARENA_MAX in glibc's malloc.h."""
 

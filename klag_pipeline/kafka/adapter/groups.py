@@ -60,6 +60,7 @@ from klag_pipeline.model import (
     ListedGroup,
     TopicPartition,
 )
+from klag_pipeline.pipeline.paced import paced
 
 DESCRIBE_CHUNK = 1000
 """Groups per DescribeGroups / ConsumerGroupDescribe / FindCoordinator request (2,000 groups:
@@ -480,7 +481,7 @@ class GroupOps:
                 return
         rnd.answered += 1
         wanted = {g.group_id: g for g in chunk}
-        for entry in response.groups:
+        async for entry in paced(response.groups):
             listed = wanted.pop(entry.group_id, None)
             if listed is not None:
                 self._take_offsets(listed, entry, out, rnd)
