@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -174,16 +175,34 @@ class TimestampSampler:
                     job.tp for job in runnable if job.head and job.read_from == lowest[job.tp]
                 },
             )
-            outcomes = await self._send_all(plan.requests)
+            by_tp: dict[TopicPartition, list[_Job]] = {}
+            for job in runnable:
+                by_tp.setdefault(job.tp, []).append(job)
+            jobs = []
+
+            # Each response is judged as it arrives, so its record bytes are dropped before the
+            # next one is read instead of every response of the pass being held at once.
+            await self._send_all(
+                plan.requests, partial(self._consume, by_tp, samples, failures, jobs)
+            )
             sent += len(plan.requests)
             leaderless = set(plan.leaderless)
-            jobs = []
-            for job in runnable:
-                if job.tp in leaderless:
-                    failures.append(_failure(job, "no leader known for the partition"))
-                    continue
-                read_from = lowest[job.tp]
-                outcome = outcomes[(job.tp, read_from)]
+            for tp, left in by_tp.items():
+                reason = "no leader known for the partition" if tp in leaderless else "not read"
+                failures.extend(_failure(job, reason) for job in left)
+        return SampleResult(MappingProxyType(samples), tuple(failures), sent)
+
+    def _consume(
+        self,
+        by_tp: dict[TopicPartition, list[_Job]],
+        samples: dict[tuple[TopicPartition, int], TimestampSample],
+        failures: list[Failure],
+        pending: list[_Job],
+        outcomes: Mapping[tuple[TopicPartition, int], _Outcome],
+    ) -> None:
+        """Give every job of the partitions in ``outcomes`` its verdict for this pass."""
+        for (tp, read_from), outcome in outcomes.items():
+            for job in by_tp.pop(tp, ()):
                 verdict: TimestampSample | Failure | _Job
                 if job.read_from == read_from:
                     verdict = self._judge(job, outcome)
@@ -196,8 +215,7 @@ class TimestampSampler:
                 elif isinstance(verdict, Failure):
                     failures.append(verdict)
                 else:
-                    jobs.append(verdict)
-        return SampleResult(MappingProxyType(samples), tuple(failures), sent)
+                    pending.append(verdict)
 
     def _covered(self, job: _Job, outcome: _Outcome) -> TimestampSample | _Job:
         """A job above the offset its partition was read from: the sample if the bytes hold its
@@ -248,22 +266,24 @@ class TimestampSampler:
         raise AssertionError(f"unexpected scan result {scan!r}")
 
     async def _send_all(
-        self, requests: tuple[FetchRequestPlan, ...]
-    ) -> dict[tuple[TopicPartition, int], _Outcome]:
-        outcomes: dict[tuple[TopicPartition, int], _Outcome] = {}
+        self,
+        requests: tuple[FetchRequestPlan, ...],
+        consume: Callable[[Mapping[tuple[TopicPartition, int], _Outcome]], None],
+    ) -> None:
+        """Send ``requests`` concurrently; ``consume`` gets each request's outcomes (one per
+        planned partition, whatever happened to the request) as soon as it has them."""
         if not requests:
-            return outcomes
+            return
         slots = asyncio.Semaphore(self._concurrency)
         async with asyncio.TaskGroup() as group:
             for request in requests:
-                group.create_task(self._send_one(request, slots, outcomes))
-        return outcomes
+                group.create_task(self._send_one(request, slots, consume))
 
     async def _send_one(
         self,
         request: FetchRequestPlan,
         slots: asyncio.Semaphore,
-        outcomes: dict[tuple[TopicPartition, int], _Outcome],
+        consume: Callable[[Mapping[tuple[TopicPartition, int], _Outcome]], None],
     ) -> None:
         async with slots:
             started = self._monotonic()
@@ -277,16 +297,16 @@ class TimestampSampler:
             except TimeoutError:
                 self._observe(request, "timeout", started)
                 error = f"Fetch to broker {request.leader} timed out after {self._timeout:g}s"
-                outcomes.update(_all(request, error))
+                consume(_all(request, error))
                 return
             # NotImplementedError: aiokafka knows no Fetch version the broker accepts; that
             # broker's partitions fail, the process and the other brokers carry on.
             except (AioKafkaError, OSError, NotImplementedError) as exc:
                 self._observe(request, _outcome_class(exc), started)
-                outcomes.update(_all(request, f"Fetch to broker {request.leader} failed: {exc}"))
+                consume(_all(request, f"Fetch to broker {request.leader} failed: {exc}"))
                 return
         self._observe(request, "ok", started)
-        outcomes.update(self._read_response(request, response))
+        consume(self._read_response(request, response))
 
     def _build(self, request: FetchRequestPlan) -> FetchRequest:
         topics: list[tuple[str, list[tuple[int, int, int]]]] = []
