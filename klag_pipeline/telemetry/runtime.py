@@ -7,7 +7,11 @@ Measured on the ``large`` benchmark (2,000 groups, 20,000 group partitions; docs
   to the system: about a third of the peak RSS was arena fragmentation. :func:`tune_process`
   caps the arenas at 2 (``mallopt(M_ARENA_MAX)``, the same as ``MALLOC_ARENA_MAX=2``, but set by
   the process itself so no deployment can forget it) and :func:`release_free_memory` hands freed
-  pages back after each render (``malloc_trim``).
+  pages back after each render (``malloc_trim``). Blocks of 1 MiB and more (Fetch responses,
+  rendered chunks) always come from ``mmap`` (``M_MMAP_THRESHOLD``; glibc would
+  otherwise raise the threshold up to 32 MiB after the first large free and serve them from the
+  heap, where a freed multi-MB block keeps the heap from shrinking): they go back to the system
+  the moment they are freed.
 * **cyclic GC** — a full collection walked every object the imports created on top of the
   cycle's own rows: 40–60 ms pauses of the event loop. :func:`settle_heap` freezes what exists
   once the exporter is set up (``gc.freeze``), so collections only walk what the cycles allocate
@@ -30,8 +34,10 @@ from functools import cache
 
 ARENA_MAX = 2
 SWITCH_INTERVAL_SECONDS = 0.00025
+MMAP_THRESHOLD_BYTES = 1024 * 1024
 _M_ARENA_MAX = -8
-"""``mallopt`` parameter number of M_ARENA_MAX in glibc's malloc.h."""
+_M_MMAP_THRESHOLD = -3
+"""``mallopt`` parameter numbers of M_ARENA_MAX and M_MMAP_THRESHOLD in glibc's malloc.h."""
 
 
 @cache
@@ -53,10 +59,14 @@ def _glibc() -> ctypes.CDLL | None:
 def tune_process() -> bool:
     """Call once at start-up, before any thread exists (arenas are created per thread).
 
-    Returns whether the allocator accepted the arena cap (False without glibc)."""
+    Returns whether the allocator accepted both settings (False without glibc)."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     libc = _glibc()
-    return libc is not None and libc.mallopt(_M_ARENA_MAX, ARENA_MAX) == 1
+    if libc is None:
+        return False
+    arenas: bool = libc.mallopt(_M_ARENA_MAX, ARENA_MAX) == 1
+    mmap: bool = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    return arenas and mmap
 
 
 def settle_heap() -> None:
