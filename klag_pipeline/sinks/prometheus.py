@@ -152,30 +152,24 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             escaped = memo[value] = escape_label_value(value)
         return escaped
 
-    def emit(name: str, lines: Iterable[str]) -> None:
-        chunk = "".join(lines).encode()
+    def emit(name: str, samples: Iterable[tuple[str, object]]) -> None:
+        """One family from ``(labels, value)`` pairs; pairs whose value is None are left out."""
+        chunk = "".join(
+            f"{name}{{{labels}}} {value}\n" for labels, value in samples if value is not None
+        ).encode()
         if chunk:
             chunks[name] = chunk
+
+    def floats(value: float | None) -> str | None:
+        return None if value is None else format_value(value)
 
     partitions = snapshot.partitions
     p_tmpl = _label_template(constant, _P)
     p_labels = [p_tmpl.format(topic=esc(po.topic), partition=po.partition) for po in partitions]
-    emit(
-        "kafka_partition_latest_offset",
-        (
-            f"kafka_partition_latest_offset{{{labels}}} {po.high}\n"
-            for labels, po in zip(p_labels, partitions, strict=True)
-        ),
-    )
-    emit(
-        "kafka_partition_earliest_offset",
-        (
-            f"kafka_partition_earliest_offset{{{labels}}} {po.low}\n"
-            for labels, po in zip(p_labels, partitions, strict=True)
-            if po.low is not None
-        ),
-    )
-    del p_labels
+    by_partition = list(zip(p_labels, partitions, strict=True))
+    emit("kafka_partition_latest_offset", ((labels, po.high) for labels, po in by_partition))
+    emit("kafka_partition_earliest_offset", ((labels, po.low) for labels, po in by_partition))
+    del p_labels, by_partition
 
     sampling = snapshot.timestamp_sampling
     if granularity == "partition":
@@ -193,17 +187,8 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             for row in rows
         ]
         labelled = list(zip([gpm_tmpl.format_map(f) for f in fields], rows, strict=True))
-        emit(
-            "kafka_consumergroup_group_offset",
-            (
-                f"kafka_consumergroup_group_offset{{{labels}}} {row.committed}\n"
-                for labels, row in labelled
-            ),
-        )
-        emit(
-            "kafka_consumergroup_group_lag",
-            (f"kafka_consumergroup_group_lag{{{labels}}} {row.lag}\n" for labels, row in labelled),
-        )
+        emit("kafka_consumergroup_group_offset", ((lb, row.committed) for lb, row in labelled))
+        emit("kafka_consumergroup_group_lag", ((lb, row.lag) for lb, row in labelled))
         if sampling:
             flags_tmpl = _label_template(constant, _GPM_FLAGS)
 
@@ -217,8 +202,7 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             emit(
                 "kafka_consumergroup_group_lag_seconds",
                 (
-                    f"kafka_consumergroup_group_lag_seconds{{{flagged(f, row)}}} "
-                    f"{format_value(row.lag_seconds)}\n"
+                    (flagged(f, row), format_value(row.lag_seconds))
                     for f, row in zip(fields, rows, strict=True)
                     if row.lag_seconds is not None
                 ),
@@ -226,28 +210,15 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         del fields
         emit(
             "kafka_consumergroup_group_messages_lost",
-            (
-                f"kafka_consumergroup_group_messages_lost{{{labels}}} {row.messages_lost}\n"
-                for labels, row in labelled
-                if row.messages_lost is not None
-            ),
+            ((lb, row.messages_lost) for lb, row in labelled),
         )
         emit(
             "kafka_consumergroup_group_retention_margin",
-            (
-                f"kafka_consumergroup_group_retention_margin{{{labels}}} {row.retention_margin}\n"
-                for labels, row in labelled
-                if row.retention_margin is not None
-            ),
+            ((lb, row.retention_margin) for lb, row in labelled),
         )
         emit(
             "kafka_consumergroup_group_lag_retention_ratio",
-            (
-                f"kafka_consumergroup_group_lag_retention_ratio{{{labels}}} "
-                f"{format_value(row.lag_retention_ratio)}\n"
-                for labels, row in labelled
-                if row.lag_retention_ratio is not None
-            ),
+            ((lb, floats(row.lag_retention_ratio)) for lb, row in labelled),
         )
         del labelled
 
@@ -256,50 +227,25 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     gt_tmpl = _label_template(constant, _GT)
     g_labels = [g_tmpl.format(group=esc(summary.group)) for summary in groups]
     by_group = list(zip(g_labels, groups, strict=True))
-    emit(
-        "kafka_consumergroup_group_max_lag",
-        (
-            f"kafka_consumergroup_group_max_lag{{{labels}}} {summary.max_lag}\n"
-            for labels, summary in by_group
-        ),
-    )
+    emit("kafka_consumergroup_group_max_lag", ((lb, gs.max_lag) for lb, gs in by_group))
     if sampling:
         emit(
             "kafka_consumergroup_group_max_lag_seconds",
-            (
-                f"kafka_consumergroup_group_max_lag_seconds{{{labels}}} "
-                f"{format_value(summary.max_lag_seconds)}\n"
-                for labels, summary in by_group
-                if summary.max_lag_seconds is not None
-            ),
+            ((lb, floats(gs.max_lag_seconds)) for lb, gs in by_group),
         )
-    emit(
-        "kafka_consumergroup_group_sum_lag",
-        (
-            f"kafka_consumergroup_group_sum_lag{{{labels}}} {summary.sum_lag}\n"
-            for labels, summary in by_group
-        ),
-    )
+    emit("kafka_consumergroup_group_sum_lag", ((lb, gs.sum_lag) for lb, gs in by_group))
     emit(
         "kafka_consumergroup_group_topic_sum_lag",
         (
-            f"kafka_consumergroup_group_topic_sum_lag"
-            f"{{{gt_tmpl.format(group=esc(summary.group), topic=esc(topic))}}} "
-            f"{summary.topic_sum_lag[topic]}\n"
-            for summary in groups
-            for topic in sorted(summary.topic_sum_lag)
+            (gt_tmpl.format(group=esc(gs.group), topic=esc(topic)), gs.topic_sum_lag[topic])
+            for gs in groups
+            for topic in sorted(gs.topic_sum_lag)
         ),
     )
-    emit(
-        "kafka_consumergroup_group_state",
-        (
-            f"kafka_consumergroup_group_state{{{labels}}} {int(summary.state)}\n"
-            for labels, summary in by_group
-        ),
-    )
+    emit("kafka_consumergroup_group_state", ((lb, int(gs.state)) for lb, gs in by_group))
     del by_group, g_labels
 
-    c_labels = "{" + _label_template(constant, ()) + "}"
+    c_labels = _label_template(constant, ())
     cluster_values: dict[str, float] = {
         "kafka_consumergroup_poll_time_ms": snapshot.poll_time_ms,
         "kafka_lag_exporter_scrape_duration_seconds": snapshot.duration_seconds,
@@ -308,7 +254,7 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         "kafka_lag_exporter_data_loss_partitions_total": snapshot.data_loss_partition_count,
     }
     for name, value in cluster_values.items():
-        emit(name, (f"{name}{c_labels} {format_value(value)}\n",))
+        emit(name, ((c_labels, format_value(value)),))
 
     return MappingProxyType(chunks)
 

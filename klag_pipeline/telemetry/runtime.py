@@ -13,12 +13,12 @@ Measured on the ``large`` benchmark (2,000 groups, 20,000 group partitions; docs
   heap, where a freed multi-MB block keeps the heap from shrinking): they go back to the system
   the moment they are freed.
 * **cyclic GC** — a full collection walked every object the imports created on top of the
-  cycle's own rows: 40–60 ms pauses of the event loop. :func:`settle_heap` freezes what exists
-  once the exporter is set up (``gc.freeze``), so collections only walk what the cycles allocate
-  (longest pause since: 15–40 ms). Frozen objects are still freed by reference counting.
+  cycle's own rows. :func:`settle_heap` freezes what exists once the exporter is set up
+  (``gc.freeze``), so collections only walk what the cycles allocate (longest pause per run:
+  42–62 ms before, 24–51 ms since). Frozen objects are still freed by reference counting.
 * **GIL switch interval** — while a worker thread renders or calculates, the event loop thread
   waits up to the switch interval (5 ms by default) to get the GIL back after every system call,
-  and a scrape makes several: 20 simultaneous scrapes during a render queued for 150–240 ms.
+  and a scrape makes several: 20 simultaneous scrapes during a render queued for up to 240 ms.
   0.25 ms brought that to ~55 ms (1 ms: ~90 ms) at no measurable cost in CPU per cycle.
 
 Everything here is best effort: on a platform without glibc the allocator calls do nothing.

@@ -62,12 +62,14 @@ from klag_pipeline.model import (
 )
 from klag_pipeline.pipeline.paced import paced
 
-DESCRIBE_CHUNK = 1000
-"""Groups per DescribeGroups / ConsumerGroupDescribe / FindCoordinator request (2,000 groups:
-two requests, within issue 9's budget of 12 per cycle; answers above 64 KiB decode off-loop)."""
-OFFSET_FETCH_MAX_GROUPS = 1000
-OFFSET_FETCH_PARTITION_BUDGET = 10_000
-"""Committed partitions (as seen last cycle) per OffsetFetch response, to keep decodes short."""
+DESCRIBE_CHUNK = 10_000
+"""Groups per DescribeGroups / ConsumerGroupDescribe / FindCoordinator request: one request per
+coordinator up to 10,000 groups, so the request count does not grow with the number of groups
+(issue 9). Answers above 64 KiB are decoded in a worker thread."""
+OFFSET_FETCH_MAX_GROUPS = 10_000
+OFFSET_FETCH_PARTITION_BUDGET = 100_000
+"""Committed partitions (as seen last cycle) per OffsetFetch response: ~3 MB of answer, decoded
+off the event loop."""
 
 _T = TypeVar("_T")
 _DISCOVERY = "discovery"
