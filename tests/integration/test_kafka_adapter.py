@@ -322,6 +322,35 @@ async def test_one_cycle_costs_constant_requests_per_api(
     assert all(outcome == "ok" for _, _, outcome in observer.requests)
 
 
+async def test_request_count_does_not_grow_with_the_number_of_groups(
+    kafka_bootstrap: str, kafka: KafkaTestClient, unique: Callable[[str], str]
+) -> None:
+    # More groups than any earlier chunk size (500, then 1,000 groups per request).
+    topic = unique("many")
+    await kafka.create_topic(topic, partitions=2)
+    groups = {unique("g"): {TopicPartition(topic, i % 2): i} for i in range(1_200)}
+    await kafka.commit_many(groups)
+    observer = CountingObserver()
+    client = AiokafkaClusterClient(
+        _settings(kafka_bootstrap), PerformanceSettings(kafka_timeout=30.0), observer
+    )
+    await client.connect()
+    try:
+        brokers = len((await client.overview()).brokers)
+        listing = await client.list_groups()
+        ours = [g for g in listing.groups if g.group_id in groups]
+        observer.requests.clear()
+        described = await client.describe_groups(ours)
+        offsets = await client.fetch_committed_offsets(ours)
+    finally:
+        await client.close()
+    assert len(described.groups) == len(groups)
+    assert {g: dict(o) for g, o in offsets.offsets.items()} == groups
+    counts = observer.counts()
+    assert counts["DescribeGroups"] <= brokers
+    assert counts["OffsetFetch"] <= brokers
+
+
 async def test_unreachable_bootstrap_names_the_broker() -> None:
     client = AiokafkaClusterClient(
         _settings("127.0.0.1:1"), PerformanceSettings(kafka_timeout=3.0), None

@@ -14,12 +14,17 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import DeleteGroupsRequest
+from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as AioTopicPartition
 
 from devtools import kafka_local
 from klag_pipeline.model import TopicPartition
+
+_COORDINATOR_NOT_READY = frozenset({14, 15, 16})
+"""COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR."""
 
 Compression = Literal["gzip", "snappy", "lz4", "zstd"]
 
@@ -311,6 +316,39 @@ class KafkaTestClient:
             )
         finally:
             await consumer.stop()
+
+    async def commit_many(
+        self, commits: Mapping[str, Mapping[TopicPartition, int]], *, in_flight: int = 32
+    ) -> None:
+        """Commit for many groups at once with raw OffsetCommit requests (generation -1, no
+        member id), without a consumer per group: thousands of groups in seconds."""
+        slots = asyncio.Semaphore(in_flight)
+
+        async def one(group: str, offsets: Mapping[TopicPartition, int]) -> None:
+            topics: dict[str, list[tuple[int, int, str]]] = {}
+            for tp, offset in sorted(offsets.items()):
+                topics.setdefault(tp.topic, []).append((tp.partition, offset, ""))
+            request = OffsetCommitRequest(group, -1, "", -1, list(topics.items()))
+            codes: set[int] = set()
+            for _ in range(40):  # a fresh __consumer_offsets partition takes a moment to load
+                try:
+                    async with slots:
+                        node = await self._admin.find_coordinator(group)
+                        response = await self._admin._send_request(request, node)
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    await asyncio.sleep(0.25)
+                    continue
+                codes = {code for _, parts in response.topics for _, code in parts}
+                if codes == {0}:
+                    return
+                if not codes <= {0, *_COORDINATOR_NOT_READY}:
+                    break
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"commit {group}: error codes {sorted(codes)}")
+
+        await asyncio.gather(*(one(group, offsets) for group, offsets in commits.items()))
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         """Every committed offset of ``group`` (OffsetFetch), as the broker stores it."""
