@@ -217,10 +217,16 @@ class TimestampSampler:
                 else:
                     pending.append(verdict)
 
-    def _covered(self, job: _Job, outcome: _Outcome) -> TimestampSample | _Job:
+    def _covered(self, job: _Job, outcome: _Outcome) -> TimestampSample | Failure | _Job:
         """A job above the offset its partition was read from: the sample if the bytes hold its
-        record in a complete batch, else the job unchanged for a later pass."""
-        if isinstance(outcome, str) or outcome.error_code or len(outcome.records) > self._cap:
+        record in a complete batch, else the job unchanged for a later pass. A read that failed
+        fails it too: another read of the partition this cycle would meet the same timeout or
+        error, one pass after the other."""
+        if isinstance(outcome, str):
+            return _failure(job, outcome)
+        if outcome.error_code:
+            return _failure(job, _error_name(outcome.error_code))
+        if len(outcome.records) > self._cap:
             return job
         aborted = outcome.aborted if self._isolation else None
         scan = find_timestamp(outcome.records, job.read_from, aborted=aborted)

@@ -304,19 +304,44 @@ async def test_a_request_timing_out_fails_only_its_partitions(
     kafka: KafkaTestClient, transport: AIOKafkaClient, unique: Callable[[str], str]
 ) -> None:
     topic = unique("slow")
-    await kafka.create_topic(topic)
+    await kafka.create_topic(topic, partitions=2)
     stamps = [_past_ms(3), _past_ms(2)]
-    await kafka.produce(topic, [Rec(b"v", timestamp_ms=ts) for ts in stamps])
+    await kafka.produce(
+        topic, [Rec(b"v", partition=p, timestamp_ms=ts) for p, ts in enumerate(stamps)]
+    )
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    hanging = HangingFirstRequest(transport)
+    leaders = await leaders_of(transport, topic)
+    # One partition per request and one slot: the second request waits for the first to time
+    # out, then still happens.
+    subject = sampler(hanging, concurrency=1, timeout=0.5, max_request_bytes=1)
+
+    result = await subject.sample({p0: [0], p1: [0]}, leaders)
+
+    assert dict(result.samples) == {(p1, 0): TimestampSample(0, stamps[1], False)}
+    assert [(f.target, "timed out" in f.error) for f in result.failures] == [(f"{topic}-0", True)]
+    assert result.requests_sent == hanging.calls == 2
+
+
+async def test_a_timed_out_read_fails_every_offset_of_its_partition_at_once(
+    kafka: KafkaTestClient, transport: AIOKafkaClient, unique: Callable[[str], str]
+) -> None:
+    topic = unique("slow1")
+    await kafka.create_topic(topic)
+    await kafka.produce(topic, [Rec(b"v", timestamp_ms=_past_ms(i)) for i in (3, 2, 1)])
     tp = TopicPartition(topic, 0)
     hanging = HangingFirstRequest(transport)
     leaders = await leaders_of(transport, topic)
 
-    # One slot: the second read waits for the first to time out, then still happens.
-    result = await sampler(hanging, concurrency=1, timeout=0.5).sample({tp: [0, 1]}, leaders)
+    result = await sampler(hanging, timeout=0.5).sample({tp: [0, 1, 2]}, leaders)
 
-    assert dict(result.samples) == {(tp, 1): TimestampSample(1, stamps[1], False)}
-    assert [(f.target, "timed out" in f.error) for f in result.failures] == [(f"{topic}-0", True)]
-    assert result.requests_sent == hanging.calls == 2
+    # Not one more timeout per offset, pass after pass: the cycle pays for it once.
+    assert result.samples == {}
+    assert sorted(f.error.split(":")[0] for f in result.failures) == [
+        f"offset {o}" for o in (0, 1, 2)
+    ]
+    assert all("timed out" in f.error for f in result.failures)
+    assert result.requests_sent == hanging.calls == 1
 
 
 class InFlightCounter:
