@@ -31,6 +31,7 @@ from klag_pipeline.output import render_table
 from klag_pipeline.settings.loader import load_settings
 from klag_pipeline.settings.schema import Settings
 from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.telemetry import runtime
 from klag_pipeline.telemetry.logging import configure_logging
 
 SETTINGS_FILE = Path(__file__).with_name("demo_settings.toml")
@@ -179,7 +180,7 @@ async def demo(bootstrap: str, seconds: float) -> None:
             tasks.create_task(produce_forever(bootstrap, stop))
             tasks.create_task(consume(bootstrap, "demo-orders-fast", stop, per_second=10_000))
             tasks.create_task(consume(bootstrap, "demo-orders-slow", stop, per_second=1))
-            tasks.create_task(app.serve(settings, stop=stop))
+            tasks.create_task(app.serve(settings, stop=stop, settle=True))
             if not await wait_ready(port, within=60):
                 print("the exporter did not become ready within 60 s", file=sys.stderr)
                 stop.set()
@@ -209,6 +210,7 @@ def main() -> None:
     cluster = kafka_local.KafkaCluster(1)
     cluster.start()
     try:
+        runtime.tune_process()  # as `klag-pipeline run` does
         asyncio.run(demo(cluster.bootstrap, seconds))
     finally:
         cluster.stop()
