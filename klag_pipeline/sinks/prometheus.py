@@ -14,13 +14,13 @@ and the self-metrics differ, and both are rendered per scrape.
 from __future__ import annotations
 
 import asyncio
-import math
 import zlib
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from klag_pipeline.exposition import escape_label_value, format_value
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, PartitionRow, SinkUpdate
 from klag_pipeline.status import StatusBoard
@@ -90,29 +90,6 @@ _HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
 ClusterChunks = Mapping[str, bytes]
 """One cluster's rendered sample lines (UTF-8) per family name; families without samples are
 absent."""
-
-
-def escape_label_value(value: str) -> str:
-    """Escape per the exposition formats: backslash, double quote and line feed."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def format_value(value: float) -> str:
-    """Integers without a decimal point; other floats repr-style; ``+Inf``/``-Inf``/``NaN``."""
-    if isinstance(value, int):
-        return str(value)
-    if value != value:
-        return "NaN"
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    # Integral floats print as integers, like Go's strconv; beyond 2**53 repr is exact enough.
-    if value.is_integer() and -(2**53) < value < 2**53:
-        return str(int(value))
-    return repr(value)
 
 
 def _label_template(constant: Mapping[str, str], variable: Iterable[str]) -> str:
@@ -383,7 +360,7 @@ class PrometheusSink:
             exposition = await asyncio.to_thread(self._next, self._exposition.chunks, update)
             self._commit(exposition)
             if exposition is not None:
-                del exposition  # the previous body is garbage now: give its pages back
+                # The previous exposition is garbage now: hand its pages back to the system.
                 await asyncio.to_thread(runtime.release_free_memory)
 
     def apply(self, update: SinkUpdate) -> None:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from klag_pipeline.exposition import escape_label_value
+
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Broker round trips: sub-millisecond on loopback up to ``kafka_timeout`` (30 s default)."""
 
@@ -35,8 +37,8 @@ class _QueueDepths:
     def add(self, name: str, depth_fn: Callable[[], int]) -> None:
         if name in self._depths:
             raise ValueError(f"queue {name!r} is already registered")
-        escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        self._depths[name] = (f'klag_pipeline_queue_depth{{queue="{escaped}"}} ', depth_fn)
+        prefix = f'klag_pipeline_queue_depth{{queue="{escape_label_value(name)}"}} '
+        self._depths[name] = (prefix, depth_fn)
 
     def render(self) -> bytes:
         lines = [

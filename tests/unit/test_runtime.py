@@ -31,8 +31,9 @@ def test_tune_process_sets_the_switch_interval_and_caps_arenas_on_glibc() -> Non
 def test_release_free_memory_returns_pages_after_a_large_transient() -> None:
     if not GLIBC:
         pytest.fail("these tests run on glibc Linux; musl or other platforms need their own")
-    # 200 MB of small objects freed at once leave free pages at the top of the heap.
-    garbage = [bytes(100) + bytes([i % 256]) for i in range(2_000_000)]
+    # 80 MB in 4 KiB blocks: above pymalloc's 512-byte limit and below any mmap threshold, so
+    # they come from the malloc heap, and freeing them leaves whole free pages there.
+    garbage = [bytearray(4096) for _ in range(20_000)]
     del garbage
     assert runtime.release_free_memory()
 

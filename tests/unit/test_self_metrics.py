@@ -174,3 +174,15 @@ def test_leadership_metrics_only_with_election_and_each_change_reaches_the_expos
     assert (
         got[("klag_pipeline_leadership_transitions_total", (*provider, ("role", "standby")))] == 1
     )
+
+
+def test_queue_names_from_cluster_names_are_escaped() -> None:
+    # Channel names embed the cluster's name, which the settings do not restrict.
+    metrics = SelfMetrics()
+    name = 'prod "eu"\\west\nb.ticks'
+    metrics.register_queue(name, lambda: 4)
+    for openmetrics in (False, True):
+        text = metrics.render(openmetrics).decode()
+        parse = parse_openmetrics if openmetrics else parse_text
+        (family,) = [f for f in parse(text) if f.name == "klag_pipeline_queue_depth"]
+        assert [(s.labels, s.value) for s in family.samples] == [({"queue": name}, 4)]
