@@ -119,13 +119,20 @@ def _row(
         data_loss = figures.data_loss_detected
     lag_seconds: float | None = None
     compaction = False
+    consumable: int | None = None
     if sampling:
         if lag == 0:
             lag_seconds = 0.0
         else:
             sample = samples.get((tp, committed))
             if sample is not None:
-                lag_seconds = time_lag(now, sample)
+                if sample.end_of_log:
+                    # Only transaction markers (or aborted records) left: caught up in time,
+                    # though high − committed is not 0 (docs/time-lag.md).
+                    lag_seconds = 0.0
+                    consumable = 0
+                else:
+                    lag_seconds = time_lag(now, sample)
                 # Compaction needs committed >= low (SPEC §5); with the log start unknown a
                 # missing record may as well be retention, so neither flag is raised.
                 compaction = sample.record_missing and marks.low is not None and not data_loss
@@ -147,6 +154,7 @@ def _row(
         messages_lost=messages_lost,
         retention_margin=retention_margin,
         lag_retention_ratio=ratio,
+        consumable_lag=consumable,
     )
 
 

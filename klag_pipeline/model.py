@@ -111,6 +111,12 @@ class TimestampSample:
     """True when the record at the committed offset is gone and the gap is not explained by
     control records (transaction markers) or aborted transactions: compaction (or, below the log
     start, retention)."""
+    end_of_log: bool = False
+    """True when no data record lies between the committed offset and the end of the log the
+    broker reported (high watermark, or last stable offset under read_committed): every offset
+    in between is a transaction marker (or, under read_committed, an aborted record). The group
+    is caught up in time; ``offset`` is that end of the log and ``timestamp_ms`` means nothing.
+    Valid only while the end of the log stays at ``offset``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ def row_record(
         "messages_lost": row.messages_lost,
         "retention_margin": row.retention_margin,
         "lag_retention_ratio": _finite(row.lag_retention_ratio),
+        "consumable_lag": row.consumable_lag,
     }
     if snapshot.labels:
         record["labels"] = dict(snapshot.labels)

@@ -38,6 +38,10 @@ class PartitionRow:
     messages_lost: int | None
     retention_margin: int | None
     lag_retention_ratio: float | None
+    consumable_lag: int | None = None
+    """Records the group can still consume, where known to differ from ``lag``: 0 when only
+    transaction markers (or, under read_committed, aborted records) lie between the committed
+    offset and the end of the log. None: not known to differ."""
 
     @property
     def topic_partition(self) -> TopicPartition:

@@ -96,6 +96,9 @@ class _PartitionData:
     aborted: tuple[tuple[int, int], ...]
     # The response used up its byte budget before this partition: empty says nothing about it.
     starved: bool
+    # Where the log ends for this isolation level (high watermark, or last stable offset under
+    # read_committed), as this response reports it; -1 when unknown.
+    log_end: int = -1
 
 
 _Outcome = _PartitionData | str
@@ -231,7 +234,7 @@ class TimestampSampler:
         aborted = outcome.aborted if self._isolation else None
         scan = find_timestamp(outcome.records, job.read_from, aborted=aborted)
         if not isinstance(scan, Found):
-            return job
+            return _caught_up(job, scan, outcome) or job
         return scan.sample if job.gap_explained else replace(scan.sample, record_missing=True)
 
     def _judge(self, job: _Job, outcome: _Outcome) -> TimestampSample | Failure | _Job:
@@ -252,6 +255,9 @@ class TimestampSampler:
             return replace(scan.sample, record_missing=True)
         if isinstance(scan, Unreadable):
             return _failure(job, scan.error)
+        caught_up = _caught_up(job, scan, outcome)
+        if caught_up is not None:
+            return caught_up
         explained = job.gap_explained and scan.gap_explained
         if isinstance(scan, NoDataRecord):
             return _Job(job.tp, job.asked, scan.next_offset, explained)
@@ -334,6 +340,9 @@ class TimestampSampler:
         self, request: FetchRequestPlan, response: Any
     ) -> dict[tuple[TopicPartition, int], _Outcome]:
         throttle_ms = int(_field(response, "throttle_time_ms", 0))
+        # What a consumer of this isolation level can reach: the high watermark, or the last
+        # stable offset under read_committed.
+        end_name = "last_stable_offset" if self._isolation else "highwater_offset"
         if throttle_ms > 0:
             self._not_before[request.leader] = self._monotonic() + throttle_ms / 1000
             if self._observer is not None:
@@ -344,7 +353,8 @@ class TimestampSampler:
         layout = _partition_layout(response)
         error_at, records_at = layout["error_code"], layout["message_set"]
         aborted_at = layout.get("aborted_transactions")
-        received: dict[TopicPartition, tuple[int, bytes, tuple[tuple[int, int], ...]]] = {}
+        end_at = layout.get(end_name)
+        received: dict[TopicPartition, tuple[int, bytes, tuple[tuple[int, int], ...], int]] = {}
         total = 0
         for topic, partitions in response.get_item("topics"):
             for part in partitions:
@@ -355,7 +365,8 @@ class TimestampSampler:
                     (int(pid), int(first))
                     for pid, first in (part[aborted_at] if aborted_at is not None else None) or ()
                 )
-                received[TopicPartition(topic, part[0])] = (part[error_at], records, aborted)
+                end = int(part[end_at]) if end_at is not None else -1
+                received[TopicPartition(topic, part[0])] = (part[error_at], records, aborted, end)
         starved = total >= request.max_bytes
         outcomes: dict[tuple[TopicPartition, int], _Outcome] = {}
         for fetch in request.partitions:
@@ -363,14 +374,34 @@ class TimestampSampler:
             if entry is None:
                 outcomes[(fetch.tp, fetch.offset)] = "partition missing from the Fetch response"
             else:
-                code, records, aborted = entry
-                outcomes[(fetch.tp, fetch.offset)] = _PartitionData(code, records, aborted, starved)
+                code, records, aborted, end = entry
+                outcomes[(fetch.tp, fetch.offset)] = _PartitionData(
+                    code, records, aborted, starved, end
+                )
         return outcomes
 
     def _observe(self, request: FetchRequestPlan, outcome: str, started: float) -> None:
         if self._observer is not None:
             seconds = self._monotonic() - started
             self._observer.on_request("Fetch", str(request.leader), outcome, seconds)
+
+
+def _caught_up(job: _Job, scan: object, outcome: _PartitionData) -> TimestampSample | None:
+    """The end-of-log sample when nothing but transaction markers (and, under read_committed,
+    aborted records) lies between the offset asked for and the end of the log: a transactional
+    consumer that read everything commits the offset of the trailing marker, and it is caught up
+    in time although ``high − committed`` is not 0. A gap that is not all markers (records the
+    cleaner removed) is still the end of the log, flagged as a missing record."""
+    if not isinstance(scan, NoDataRecord | NeedMoreBytes) or outcome.log_end < 0:
+        return None
+    if isinstance(scan, NeedMoreBytes) and scan.batch_size is not None:
+        return None  # a batch was cut off: there is more to read
+    if max(scan.next_offset, job.read_from) < outcome.log_end:
+        return None
+    explained = job.gap_explained and scan.gap_explained
+    return TimestampSample(
+        offset=outcome.log_end, timestamp_ms=0, record_missing=not explained, end_of_log=True
+    )
 
 
 def _field(response: Any, name: str, default: int) -> Any:

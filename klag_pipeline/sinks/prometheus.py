@@ -41,6 +41,10 @@ FAMILY_HELP: Final[Mapping[str, str]] = MappingProxyType(
         "kafka_partition_earliest_offset": "Earliest (low watermark) offset of a partition.",
         "kafka_consumergroup_group_offset": "Committed offset of a consumer group partition.",
         "kafka_consumergroup_group_lag": "Offset lag max(high watermark - committed, 0).",
+        "kafka_consumergroup_group_consumable_lag": (
+            "Records the group can still consume where that differs from the offset lag: 0 when "
+            "only transaction markers (or aborted records under read_committed) remain."
+        ),
         "kafka_consumergroup_group_lag_seconds": (
             "Age in seconds of the record at the committed offset (0 when there is no lag)."
         ),
@@ -166,6 +170,10 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         labelled = list(zip([gpm_tmpl.format_map(f) for f in fields], rows, strict=True))
         emit("kafka_consumergroup_group_offset", ((lb, row.committed) for lb, row in labelled))
         emit("kafka_consumergroup_group_lag", ((lb, row.lag) for lb, row in labelled))
+        emit(
+            "kafka_consumergroup_group_consumable_lag",
+            ((lb, row.consumable_lag) for lb, row in labelled),
+        )
         if sampling:
             flags_tmpl = _label_template(constant, _GPM_FLAGS)
 

@@ -74,6 +74,13 @@ class TimestampStage:
         misses: dict[TopicPartition, set[int]] = {}
         for key in sorted(set(reads.values())):
             cached = self._cache.get(key)
+            if cached is not None and cached.end_of_log:
+                # "Nothing but markers up to the end of the log" holds only while the log ends
+                # there; new records after the markers are the group's next record.
+                marks = event.watermarks.get(key[0])
+                if marks is None or marks.high != cached.offset:
+                    del self._cache[key]
+                    cached = None
             if self._cache_lookup is not None:
                 self._cache_lookup(cached is not None)
             if cached is not None:

@@ -51,6 +51,7 @@ PARTITION_KEYS = [
     "messages_lost",
     "retention_margin",
     "lag_retention_ratio",
+    "consumable_lag",
 ]
 CYCLE_KEYS = [
     "type",

@@ -206,6 +206,10 @@ def test_window_that_reads_negative_is_treated_as_empty() -> None:
         (10, 50, 100, TimestampSample(50, int((NOW - 70) * 1000), True), 70.0, False, True),
         # a gap explained by transaction markers is not compaction
         (90, 0, 100, TimestampSample(92, int((NOW - 1) * 1000), False), 1.0, False, False),
+        # only a trailing transaction marker left: caught up in time (timestamp means nothing)
+        (99, 0, 100, TimestampSample(100, 0, end_of_log=True), 0.0, False, False),
+        # records the cleaner removed up to the end of the log: nothing to read, but flagged
+        (95, 0, 100, TimestampSample(100, 0, True, end_of_log=True), 0.0, True, False),
     ],
 )
 def test_time_lag_and_flags(
@@ -507,3 +511,10 @@ def test_properties(sampled: TimestampsSampled) -> None:
     assert len(snapshot.partitions) == len(watermarks)
     keys = [(r.group, r.topic, r.partition) for r in snapshot.rows]
     assert keys == sorted(keys)
+
+
+def test_consumable_lag_is_known_only_at_the_end_of_the_log() -> None:
+    # Committed on the trailing marker: offset lag 1 (compatibility), nothing left to consume.
+    assert one_row(99, 0, 100, TimestampSample(100, 0, end_of_log=True)).consumable_lag == 0
+    assert one_row(99, 0, 100, TimestampSample(99, int((NOW - 3) * 1000))).consumable_lag is None
+    assert one_row(100, 0, 100, None).consumable_lag is None

@@ -70,6 +70,7 @@ def make_row(
     high: int = 110,
     lag_seconds: float | None = 0.0,
     compaction: bool = False,
+    consumable: int | None = None,
 ) -> PartitionRow:
     lag = max(high - committed, 0)
     ratio: float | None = None
@@ -93,6 +94,7 @@ def make_row(
         messages_lost=None if low is None else max(low - committed, 0),
         retention_margin=None if low is None else committed - low,
         lag_retention_ratio=ratio,
+        consumable_lag=consumable,
     )
 
 
@@ -163,6 +165,8 @@ def rich_snapshot(cluster: str = "prod", cycle: int = 1) -> ClusterSnapshot:
         make_row("audit", 0, topic="payments", low=None, lag_seconds=None, committed=70, high=90),
         make_row('we"ird\ngroup', 2, committed=30, low=30, high=30, lag_seconds=0.0),
         make_row("empty-window", 3, committed=10, low=40, high=40, lag_seconds=3.0),
+        # Caught up on a trailing transaction marker: lag 1, nothing left to consume.
+        make_row("txn", 0, committed=109, lag_seconds=0.0, consumable=0),
     ]
     return make_snapshot(cluster, rows, cycle=cycle, labels={"env": "prod", "team": "core"})
 

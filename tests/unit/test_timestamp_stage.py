@@ -230,3 +230,21 @@ async def test_kafka_seconds_and_observed_at_come_from_the_clock(clock: FakeCloc
 
     assert result.kafka_seconds == 2.5
     assert result.observed_at == clock.time()
+
+
+async def test_end_of_log_sample_is_cached_only_while_the_log_ends_there(clock: FakeClock) -> None:
+    # Committed on the trailing transaction marker at 3: nothing but the marker before the end.
+    caught_up = TimestampSample(4, 0, end_of_log=True)
+    client = FakeSampling(clock, {(TP, 3): caught_up})
+    subject = stage(client, cache_ttl=600.0)
+
+    first = await subject.process(listed({"a": {TP: 3}}, {TP: Watermarks(0, 4)}))
+    again = await subject.process(listed({"a": {TP: 3}}, {TP: Watermarks(0, 4)}))
+    assert dict(first.samples) == dict(again.samples) == {(TP, 3): caught_up}
+    assert len(client.calls) == 1
+
+    # A record appended after the marker: the cached "end of log" is wrong now; read again.
+    client.records[(TP, 3)] = sample(4, 9_000)
+    moved = await subject.process(listed({"a": {TP: 3}}, {TP: Watermarks(0, 5)}))
+    assert dict(moved.samples) == {(TP, 3): sample(4, 9_000)}
+    assert len(client.calls) == 2

@@ -35,6 +35,7 @@ _GPM_VALUES: Final[Mapping[str, RowValue]] = MappingProxyType(
     {
         "kafka_consumergroup_group_offset": lambda r: r.committed,
         "kafka_consumergroup_group_lag": lambda r: r.lag,
+        "kafka_consumergroup_group_consumable_lag": lambda r: r.consumable_lag,
         "kafka_consumergroup_group_messages_lost": lambda r: r.messages_lost,
         "kafka_consumergroup_group_retention_margin": lambda r: r.retention_margin,
         "kafka_consumergroup_group_lag_retention_ratio": lambda r: r.lag_retention_ratio,
