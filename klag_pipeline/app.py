@@ -233,6 +233,7 @@ class Exporter:
                 time_fn=clock.time,
                 monotonic=clock.monotonic,
                 on_cycle_start=partial(self.status.cycle_attempted, cluster.name),
+                recheck_for=exporter.staleness_threshold,
             ),
             CommittedOffsetsStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
             WatermarksStage(client, time_fn=clock.time, monotonic=clock.monotonic),
@@ -242,7 +243,12 @@ class Exporter:
                 cache_lookup=self.self_metrics.cache_lookup,
                 clock=clock,
             ),
-            CalculationStage(cluster, time_fn=clock.time, monotonic=clock.monotonic),
+            CalculationStage(
+                cluster,
+                time_fn=clock.time,
+                monotonic=clock.monotonic,
+                carry_for=exporter.staleness_threshold,
+            ),
         )
         if self.elector is not None:
             # A standby's ticks stop at the gate (no Kafka traffic), yet still prove the loop
@@ -323,6 +329,7 @@ class Exporter:
                 self.status.cycle_succeeded(name, snapshot.duration_seconds)
                 self.self_metrics.cycle_finished(name, "ok")
                 self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
+                self.self_metrics.carried(name, snapshot.carried_rows, snapshot.carried_groups)
                 if pipeline.failing:
                     log.info("cluster_recovered", cluster=name, cycle=snapshot.cycle)
                     pipeline.failing = False
@@ -338,6 +345,7 @@ class Exporter:
                     groups=len(snapshot.groups),
                     rows=len(snapshot.rows),
                     errors=snapshot.error_count,
+                    carried_rows=snapshot.carried_rows,
                 )
                 async with self._leadership_lock:
                     if self.status.is_leader:

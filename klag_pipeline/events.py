@@ -30,13 +30,19 @@ class CycleStarted:
 
 @dataclass(frozen=True, slots=True)
 class GroupsDiscovered:
-    """Kept groups (after the group filters), described."""
+    """Kept groups (after the group filters), described.
+
+    ``uncertain``: groups that may exist but got no trustworthy answer this cycle (their describe
+    failed, or they vanished from the listing without their coordinator confirming it). They are
+    not in ``groups``; the calculation keeps their last good values (docs/failure-behaviour.md).
+    """
 
     start: CycleStarted
     groups: Mapping[str, GroupDescription]
     failures: tuple[Failure, ...]
     kafka_seconds: float
     observed_at: float
+    uncertain: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:
@@ -49,13 +55,16 @@ class GroupsDiscovered:
 
 @dataclass(frozen=True, slots=True)
 class OffsetsFetched:
-    """Committed offsets of every kept group on kept topics, read before any watermark."""
+    """Committed offsets of every kept group on kept topics, read before any watermark.
+
+    ``unanswered``: described groups whose OffsetFetch got no trustworthy answer this cycle."""
 
     discovered: GroupsDiscovered
     committed: Mapping[str, Mapping[TopicPartition, int]]
     failures: tuple[Failure, ...]
     kafka_seconds: float
     observed_at: float
+    unanswered: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:
@@ -79,6 +88,9 @@ class WatermarksListed:
     failures: tuple[Failure, ...]
     kafka_seconds: float
     observed_at: float
+    loss_unconfirmed: frozenset[tuple[str, TopicPartition]] = frozenset()
+    """(group, partition) whose committed offset read below the log start, but whose second
+    read (after the log start) got no answer: no loss may be claimed for them this cycle."""
 
     @property
     def cluster(self) -> str:

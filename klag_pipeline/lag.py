@@ -103,10 +103,13 @@ def _row(
     sampling: bool,
     samples: Mapping[tuple[TopicPartition, int], TimestampSample],
     now: float,
+    unconfirmed: frozenset[tuple[str, TopicPartition]] = frozenset(),
 ) -> PartitionRow:
     lag = offset_lag(committed, marks.high)
-    if marks.low is None:
-        # Unknown log start: say nothing about loss (SPEC §11).
+    if marks.low is None or marks.low > marks.high or (group, tp) in unconfirmed:
+        # Unknown log start, or one that cannot be trusted (above the high watermark: the log
+        # was truncated or re-created between the reads; or a committed offset below it that a
+        # second read could not confirm): say nothing about loss (SPEC §11).
         messages_lost: int | None = None
         retention_margin: int | None = None
         ratio: float | None = None
@@ -234,6 +237,7 @@ def calculate(
                 sampling=sampling,
                 samples=sampled.samples,
                 now=now,
+                unconfirmed=listed.loss_unconfirmed,
             )
             for tp in sorted(committed)
             if tp in watermarks

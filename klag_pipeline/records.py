@@ -52,6 +52,7 @@ def row_record(
         "retention_margin": row.retention_margin,
         "lag_retention_ratio": _finite(row.lag_retention_ratio),
         "consumable_lag": row.consumable_lag,
+        "carried_over": row.carried,
     }
     if snapshot.labels:
         record["labels"] = dict(snapshot.labels)

@@ -42,6 +42,9 @@ class PartitionRow:
     """Records the group can still consume, where known to differ from ``lag``: 0 when only
     transaction markers (or, under read_committed, aborted records) lie between the committed
     offset and the end of the log. None: not known to differ."""
+    carried: bool = False
+    """True when this cycle could not read the row (its coordinator or leader gave no
+    trustworthy answer) and it repeats the last good values (klag_pipeline/carry.py)."""
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -89,6 +92,8 @@ class ClusterSnapshot:
     compaction_detected_count: int
     data_loss_partition_count: int
     error_count: int  # partial failures met during the cycle
+    carried_rows: int = 0  # rows repeated from an earlier cycle (no trustworthy answer this one)
+    carried_groups: int = 0  # groups whose summary was repeated from an earlier cycle
 
 
 @dataclass(frozen=True, slots=True)

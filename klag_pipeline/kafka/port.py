@@ -30,13 +30,18 @@ class GroupListing:
 
 @dataclass(frozen=True, slots=True)
 class GroupDescriptions:
+    """Described groups. ``gone``: groups the coordinator says do not exist (GROUP_ID_NOT_FOUND).
+    A group asked for that is in neither got no trustworthy answer this cycle."""
+
     groups: Mapping[str, GroupDescription]
     failures: tuple[Failure, ...] = ()
+    gone: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class CommittedOffsets:
-    """Committed offsets per group. A group with no commits maps to an empty mapping."""
+    """Committed offsets per group. A group with no commits (or that the coordinator does not
+    know) maps to an empty mapping; a group asked for but absent got no trustworthy answer."""
 
     offsets: Mapping[str, Mapping[TopicPartition, int]]
     failures: tuple[Failure, ...] = ()

@@ -57,10 +57,12 @@ class CommittedOffsetsStage:
                     if keep and offset >= 0:
                         kept[tp] = offset
                 committed[group_id] = MappingProxyType(kept)
+        answered = fetched.offsets if fetched is not None else {}
         return OffsetsFetched(
             discovered=event,
             committed=MappingProxyType(committed),
             failures=fetched.failures if fetched is not None else (),
             kafka_seconds=self._monotonic() - started,
             observed_at=self._time(),
+            unanswered=frozenset(g.group_id for g in groups if g.group_id not in answered),
         )

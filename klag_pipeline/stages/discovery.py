@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -11,7 +12,7 @@ from types import MappingProxyType
 from klag_pipeline.errors import KafkaError, KafkaTimeoutError
 from klag_pipeline.events import CycleStarted, GroupsDiscovered
 from klag_pipeline.kafka.port import ClusterClient
-from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, GroupState, ListedGroup
 from klag_pipeline.settings.schema import ClusterSettings
 
 
@@ -63,8 +64,16 @@ class DiscoveryStage:
         monotonic: Callable[[], float] = time.monotonic,
         backoff: ConnectionBackoff | None = None,
         on_cycle_start: Callable[[], None] | None = None,
+        recheck_for: float = math.inf,
     ) -> None:
-        """``on_cycle_start`` is told about every attempt (the liveness signal of ``/health``)."""
+        """``on_cycle_start`` is told about every attempt (the liveness signal of ``/health``).
+        ``recheck_for``: how long (seconds) a group that vanished from the listing without
+        confirmation is asked about again (the staleness threshold: its kept values expire
+        then anyway)."""
+        self._recheck_for = recheck_for
+        # Groups kept last cycle (and vanished ones still unconfirmed), with the monotonic time
+        # since which each has been unconfirmed (None: listed and described normally).
+        self._known: dict[str, tuple[ListedGroup, float | None]] = {}
         self._on_cycle_start = on_cycle_start
         self._client = client
         self._cluster = cluster
@@ -111,11 +120,43 @@ class DiscoveryStage:
             for g in listing.groups
             if g.protocol_type != LEADERSHIP_PROTOCOL_TYPE and self._cluster.keeps_group(g.group_id)
         ]
-        described = await self._client.describe_groups(kept)
+        # A group that was there last cycle and is missing from this listing is asked about
+        # directly: a broker that has not loaded its group metadata yet (resuming after a hang,
+        # a coordinator moving) lists nothing, with no error. Only its coordinator saying so
+        # (not found, or Dead) makes a group gone.
+        listed_ids = {g.group_id for g in kept}
+        vanished = [
+            listed
+            for group_id, (listed, since) in self._known.items()
+            if group_id not in listed_ids
+            and (since is None or started - since <= self._recheck_for)
+        ]
+        described = await self._client.describe_groups([*kept, *vanished])
+        groups = dict(described.groups)
+        uncertain: set[str] = set()
+        known: dict[str, tuple[ListedGroup, float | None]] = {}
+        for group in kept:
+            if group.group_id in groups:
+                known[group.group_id] = (group, None)
+            elif group.group_id not in described.gone:
+                uncertain.add(group.group_id)
+                known[group.group_id] = (group, started)
+        for group in vanished:
+            description = groups.get(group.group_id)
+            if description is not None and description.state is not GroupState.DEAD:
+                known[group.group_id] = (replace(group, coordinator=description.coordinator), None)
+                continue
+            groups.pop(group.group_id, None)
+            if description is None and group.group_id not in described.gone:
+                uncertain.add(group.group_id)
+                since = self._known[group.group_id][1]
+                known[group.group_id] = (group, started if since is None else since)
+        self._known = known
         return GroupsDiscovered(
             start=event,
-            groups=MappingProxyType(dict(sorted(described.groups.items()))),
+            groups=MappingProxyType(dict(sorted(groups.items()))),
             failures=listing.failures + described.failures,
             kafka_seconds=self._monotonic() - started,
             observed_at=self._time(),
+            uncertain=frozenset(uncertain),
         )

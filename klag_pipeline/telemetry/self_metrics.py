@@ -136,6 +136,19 @@ class SelfMetrics:
             ["cluster_name", "api", "broker"],
             registry=registry,
         )
+        self._carried = Gauge(
+            "klag_pipeline_carried_rows",
+            "Group partition rows repeated from an earlier cycle because the last cycle got no "
+            "trustworthy answer for them (coordinator loading or moving, leader moving).",
+            ["cluster_name"],
+            registry=registry,
+        )
+        self._carried_groups = Gauge(
+            "klag_pipeline_carried_groups",
+            "Groups whose values were repeated from an earlier cycle (no trustworthy answer).",
+            ["cluster_name"],
+            registry=registry,
+        )
         self._queues = _QueueDepths()
         self._leadership: LeadershipMetrics | None = None
 
@@ -182,6 +195,12 @@ class SelfMetrics:
         if n > 0:
             self._generation += 1
             self._partial_failures.labels(cluster, stage).inc(n)
+
+    def carried(self, cluster: str, rows: int, groups: int) -> None:
+        """How much of ``cluster``'s last published snapshot repeats earlier values."""
+        self._generation += 1
+        self._carried.labels(cluster).set(rows)
+        self._carried_groups.labels(cluster).set(groups)
 
     def ticks_skipped(self, cluster: str, n: int) -> None:
         if n > 0:

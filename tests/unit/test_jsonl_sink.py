@@ -52,6 +52,7 @@ PARTITION_KEYS = [
     "retention_margin",
     "lag_retention_ratio",
     "consumable_lag",
+    "carried_over",
 ]
 CYCLE_KEYS = [
     "type",

@@ -182,6 +182,14 @@ def test_unknown_low_says_nothing_about_loss(committed: int, high: int) -> None:
     assert row.data_loss_detected is False
 
 
+def test_a_low_watermark_above_the_high_watermark_says_nothing_about_loss() -> None:
+    # low 12 > high 10 can only come from a log truncated or re-created between the two reads:
+    # committed 5 < 12 must not be reported as a loss of 7 records.
+    row = one_row(5, 12, 10)
+    assert (row.messages_lost, row.retention_margin, row.data_loss_detected) == (None, None, False)
+    assert row.lag == 5
+
+
 def test_window_that_reads_negative_is_treated_as_empty() -> None:
     assert lag.retention_figures(5, 12, 10).lag_retention_ratio == INF
 

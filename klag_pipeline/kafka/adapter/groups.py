@@ -85,6 +85,7 @@ class _Round:
     retry: list[ListedGroup] = field(default_factory=list)
     errors: list[KafkaError] = field(default_factory=list)
     answered: int = 0
+    gone: set[str] = field(default_factory=set)
 
     def request_failed(self, node: int, exc: KafkaError, groups: Sequence[ListedGroup]) -> None:
         self.errors.append(exc)
@@ -167,9 +168,9 @@ class GroupOps:
         failures = first.failures
         errors = list(first.errors)
         answered = first.answered
+        second = _Round(_DISCOVERY)
         if first.retry:
             moved = await self._relocate(first.retry, failures, _DISCOVERY)
-            second = _Round(_DISCOVERY)
             await self._describe_round(moved, out, second)
             failures += second.failures
             errors += second.errors
@@ -177,7 +178,8 @@ class GroupOps:
             failures += _gave_up(second.retry, _DISCOVERY)
         if groups and errors and not answered:
             raise errors[0]
-        return GroupDescriptions(MappingProxyType(out), tuple(failures))
+        gone = frozenset(first.gone | second.gone)
+        return GroupDescriptions(MappingProxyType(out), tuple(failures), gone)
 
     async def _describe_round(
         self, groups: Sequence[ListedGroup], out: dict[str, GroupDescription], rnd: _Round
@@ -241,7 +243,9 @@ class GroupOps:
                 out[listed.group_id] = self._description(listed, node, entry, rnd)
             elif code in COORDINATOR_MOVED:
                 rnd.retry.append(listed)
-            elif code != GROUP_ID_NOT_FOUND:  # not found: deleted since it was listed
+            elif code == GROUP_ID_NOT_FOUND:  # deleted since it was listed
+                rnd.gone.add(listed.group_id)
+            else:
                 message = f": {entry.error_message}" if entry.error_message else ""
                 rnd.failures.append(
                     Failure(rnd.stage, listed.group_id, f"describe: {error_name(code)}{message}")
@@ -502,6 +506,8 @@ class GroupOps:
             rnd.retry.append(listed)
             return
         if code == GROUP_ID_NOT_FOUND:
+            # The coordinator answered: the group has no offsets (it is gone).
+            out[listed.group_id] = MappingProxyType({})
             return
         if code:
             rnd.failures.append(

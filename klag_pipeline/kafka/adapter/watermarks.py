@@ -196,13 +196,18 @@ class WatermarkOps:
                 moved.add(tp.topic)
             else:
                 by_leader[leader].append(tp)
-        jobs = []
-        for leader, tps in sorted(by_leader.items()):
-            for chunk in chunked(tps, LIST_OFFSETS_PARTITIONS):
-                for timestamp in (EARLIEST, LATEST):
-                    target = earliest if timestamp == EARLIEST else latest
-                    jobs.append(self._list_offsets(leader, chunk, timestamp, target, errors, moved))
-        await asyncio.gather(*jobs)
+        # Earliest offsets are read (on every leader at once) before any latest offset: both only
+        # grow, so low <= high holds for every partition, and a loss signal (committed < low)
+        # never comes from a low read after the high it is compared with.
+        for timestamp in (EARLIEST, LATEST):
+            target = earliest if timestamp == EARLIEST else latest
+            await asyncio.gather(
+                *(
+                    self._list_offsets(leader, chunk, timestamp, target, errors, moved)
+                    for leader, tps in sorted(by_leader.items())
+                    for chunk in chunked(tps, LIST_OFFSETS_PARTITIONS)
+                )
+            )
         return moved
 
     async def _list_offsets(
