@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,13 +22,17 @@ import pytest
 import structlog
 from aiohttp import web
 
+from devtools.kafka_local import generate_tls_files
 from klag_pipeline.http import HttpServer, build_app, start_server
+from klag_pipeline.http_auth import server_ssl_context
 from klag_pipeline.http_limits import HttpLimits, Throttle
 from klag_pipeline.pipeline.clock import FakeClock
+from klag_pipeline.settings.schema import HttpSettings
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 from tests.unit.test_http import snapshot
+from tests.unit.test_http_auth import _server_files
 
 LIMITS = HttpLimits(header_timeout=0.5, keepalive_timeout=1.5, max_connections=5)
 SEND_TIMEOUT = 0.5
@@ -281,3 +286,28 @@ async def test_other_loop_errors_still_reach_the_previous_handler() -> None:
         assert seen == [other, other]
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_a_tls_client_that_never_handshakes_is_cut_after_the_header_timeout(
+    tmp_path: Path,
+) -> None:
+    # Before the handshake the connection is asyncio's, invisible to aiohttp; asyncio's own
+    # default handshake timeout is 60 s.
+    cert, key = _server_files(generate_tls_files(tmp_path / "tls"), tmp_path)
+    context = server_ssl_context(HttpSettings(tls_cert_file=cert, tls_key_file=key))
+    status = StatusBoard(
+        ["dr"], staleness_threshold=90.0, poll_interval=30.0, clock=FakeClock(), identity=""
+    )
+    app = build_app(
+        PrometheusSink("partition", status, SelfMetrics()), status, version="1", settings_view={}
+    )
+    running = await start_server(app, "127.0.0.1", 0, ssl_context=context, limits=LIMITS)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        try:
+            elapsed = await seconds_until_closed(reader, LIMITS.header_timeout + MARGIN)
+        finally:
+            writer.close()
+        assert elapsed >= LIMITS.header_timeout - 0.1
+    finally:
+        await running.cleanup()
