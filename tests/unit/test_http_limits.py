@@ -180,12 +180,17 @@ async def test_a_slow_handler_is_not_cut_by_the_header_timeout(server: Server) -
 async def test_over_the_cap_the_connection_idle_longest_is_closed(server: Server) -> None:
     busy = asyncio.create_task(server.get("/slow"))  # inside a handler: never closed for the cap
     await asyncio.sleep(0.2)
-    silent = [await server.connect() for _ in range(LIMITS.max_connections + 2)]
+    with structlog.testing.capture_logs() as logs:
+        silent = [await server.connect() for _ in range(LIMITS.max_connections + 2)]
+        await asyncio.sleep(0.1)  # the server side of the last connections
     try:
-        await asyncio.sleep(0.1)
         states = [await is_open(reader) for reader, _ in silent]
         # 1 busy + 7 silent = 8 > 5: the three silent ones that came first are closed.
         assert states == [False] * 3 + [True] * 4
+        # One warning for the three closings (the next one at most LOG_INTERVAL later).
+        assert [(e["event"], e["suppressed"]) for e in logs] == [
+            ("http_connection_limit_reached", 0)
+        ]
         assert await server.get("/health") == 200  # evicts the next silent one, gets in
         assert [await is_open(reader) for reader, _ in silent[3:]] == [False] + [True] * 3
         assert await busy == 200
