@@ -1,8 +1,9 @@
 """The ``klag-pipeline`` command (SPEC §1); the only place that calls ``sys.exit``.
 
 Exit codes: 0 clean, 2 invalid configuration (every problem on stderr as ``path: message``, no
-traceback), 1 anything else fatal (a :class:`KlagError` is logged without a traceback; any other
-exception is a bug and is logged with one).
+traceback), 1 anything else fatal (a :class:`KlagError` is logged as one line without a
+traceback, e.g. ``cannot listen on 0.0.0.0:8000: address already in use``; any other exception
+is a bug and is logged with one).
 
 Without a subcommand ``run`` is assumed, so klag-exporter's ``--config FILE -l debug`` command
 line (Docker images, Helm charts) keeps working.

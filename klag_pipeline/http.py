@@ -5,21 +5,34 @@ Handlers only read state: ``/metrics`` is the Prometheus sink's cached body, the
 the pipeline, so probes and scrapes answer at once even while a cycle is stuck.
 
 Protection (TLS, basic auth) plugs in through ``middlewares`` and ``ssl_context``; the handlers
-stay unaware of it.
+stay unaware of it. Limits against idle, slow and too many clients are in
+:mod:`klag_pipeline.http_limits`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
+import os
+import socket
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from ssl import SSLContext
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from klag_pipeline.errors import KlagError
+from klag_pipeline.http_limits import (
+    SEND_TIMEOUT_SECONDS,
+    ConnectionGuard,
+    GuardedSite,
+    HttpLimits,
+    install_exhaustion_handler,
+    track_requests,
+)
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import ClusterStatus, StatusBoard
 
@@ -27,6 +40,7 @@ PROMETHEUS_KEY = web.AppKey("prometheus", PrometheusSink)
 STATUS_KEY = web.AppKey("status", StatusBoard)
 VERSION_KEY = web.AppKey("version", str)
 SETTINGS_VIEW_KEY = web.AppKey("settings_view", str)
+SEND_TIMEOUT_KEY = web.AppKey("send_timeout", float)
 
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
 """How long ``cleanup`` lets in-flight requests finish; scrapes are cached lookups."""
@@ -45,18 +59,23 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     }
     if encoding is not None:
         headers["Content-Encoding"] = encoding
-    if len(parts) == 1:
-        return web.Response(body=parts[0], headers=headers)
-    # The uncompressed body is written part by part (the cached chunks themselves): joining them
-    # would copy tens of MB per scrape at 20,000 group partitions. ``write`` waits for the socket
-    # to drain, so a slow scraper holds no more than the transport's buffer.
+    # Always streamed, inside the handler: the body (tens of MB at 20,000 group partitions) is
+    # written part by part (the cached chunks themselves; joining them would copy it per scrape)
+    # under a deadline. ``write`` waits for the socket to drain, so a scraper that stops reading
+    # would otherwise hold its connection forever; one that goes away mid-body is dropped quietly
+    # (aiohttp would log a traceback for the exception).
     response = web.StreamResponse(headers=headers)
     response.content_length = sum(len(part) for part in parts)
-    await response.prepare(request)
-    if request.method != "HEAD":
-        for part in parts:
-            await response.write(part)
-    await response.write_eof()
+    try:
+        async with asyncio.timeout(request.app[SEND_TIMEOUT_KEY]):
+            await response.prepare(request)
+            if request.method != "HEAD":
+                for part in parts:
+                    await response.write(part)
+            await response.write_eof()
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()  # close() would keep flushing to a reader that stalled
     return response
 
 
@@ -154,18 +173,21 @@ def build_app(
     version: str,
     settings_view: Mapping[str, object],
     middlewares: Sequence[Middleware] = (),
+    send_timeout: float = SEND_TIMEOUT_SECONDS,
 ) -> web.Application:
     """The application serving ``/metrics``, ``/health``, ``/ready``, ``/leader`` and ``/``.
 
     ``settings_view`` must already be redacted; it is shown on ``/``. ``middlewares`` run before
     every handler (the place for authentication). GET routes answer HEAD too; any other method on
-    a known path is 405, an unknown path 404 (aiohttp's router does both).
+    a known path is 405, an unknown path 404 (aiohttp's router does both). ``send_timeout``
+    bounds the sending of one ``/metrics`` body.
     """
     app = web.Application(middlewares=tuple(middlewares))
     app[PROMETHEUS_KEY] = prometheus
     app[STATUS_KEY] = status
     app[VERSION_KEY] = version
     app[SETTINGS_VIEW_KEY] = json.dumps(settings_view, indent=2, default=str)
+    app[SEND_TIMEOUT_KEY] = send_timeout
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
@@ -174,12 +196,18 @@ def build_app(
     return app
 
 
+class ListenError(KlagError):
+    """The HTTP port cannot be listened on (in use, not permitted, no such address)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpServer:
     """A listening server; ``cleanup`` stops listening and finishes in-flight requests."""
 
     runner: web.AppRunner
-    site: web.TCPSite
+    site: web.BaseSite
+    guard: ConnectionGuard
+    _uninstall: Callable[[], None] = field(repr=False)
 
     @property
     def port(self) -> int:
@@ -188,21 +216,52 @@ class HttpServer:
         return int(address[1])
 
     async def cleanup(self) -> None:
-        await self.runner.cleanup()
+        try:
+            await self.runner.cleanup()
+        finally:
+            self._uninstall()
 
 
 async def start_server(
-    app: web.Application, host: str, port: int, *, ssl_context: SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    ssl_context: SSLContext | None = None,
+    limits: HttpLimits | None = None,
 ) -> HttpServer:
-    """Bind and start serving ``app``; returns once the socket is listening."""
-    # One access-log line per scrape and probe would drown the lifecycle logs (DESIGN: INFO only
-    # for lifecycle and state changes).
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    """Bind and start serving ``app``; returns once the socket is listening.
+
+    Every connection is subject to ``limits`` (the documented constants unless a test shrinks
+    them); descriptor exhaustion on the running loop is logged once per interval instead of a
+    traceback per failed ``accept()``. A port that cannot be bound raises :class:`ListenError`
+    naming the address.
+    """
+    guard = ConnectionGuard(limits or HttpLimits())
+    # Outermost, so a request counts as in progress whatever the other middlewares decide.
+    app.middlewares.insert(0, track_requests)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = GuardedSite(runner, host, port, guard, ssl_context=ssl_context)
     try:
         await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen on {_address(host, port)}: {_reason(exc)}") from exc
     except BaseException:
         await runner.cleanup()
         raise
-    return HttpServer(runner, site)
+    uninstall = install_exhaustion_handler(asyncio.get_running_loop(), guard)
+    return HttpServer(runner, site, guard, uninstall)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror}"
+    if exc.errno:  # asyncio wraps the errno in a long message repeating the address
+        return os.strerror(exc.errno).lower()
+    return str(exc)
