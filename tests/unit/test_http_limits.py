@@ -7,6 +7,7 @@ second; the documented values are exercised on the real process in test_http_har
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -91,13 +92,30 @@ async def _slow(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
+    async with _server(LIMITS) as running:
+        yield running
+
+
+# The cap test holds silent connections open while it checks them: a header timeout long enough
+# that only the cap can close them, however slow a loaded machine schedules the test.
+CAP_LIMITS = HttpLimits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=5)
+
+
+@pytest.fixture
+async def capped_server() -> AsyncIterator[Server]:
+    async with _server(CAP_LIMITS) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _server(limits: HttpLimits) -> AsyncIterator[Server]:
     status = StatusBoard(
         ["dr"], staleness_threshold=90.0, poll_interval=30.0, clock=FakeClock(), identity="x"
     )
     sink = PrometheusSink("partition", status, SelfMetrics())
     app = build_app(sink, status, version="1", settings_view={}, send_timeout=SEND_TIMEOUT)
     app.router.add_get("/slow", _slow)
-    running = await start_server(app, "127.0.0.1", 0, limits=LIMITS)
+    running = await start_server(app, "127.0.0.1", 0, limits=limits)
     try:
         yield Server(running, sink)
     finally:
@@ -177,11 +195,12 @@ async def test_a_slow_handler_is_not_cut_by_the_header_timeout(server: Server) -
     assert await server.get("/slow") == 200
 
 
-async def test_over_the_cap_the_connection_idle_longest_is_closed(server: Server) -> None:
+async def test_over_the_cap_the_connection_idle_longest_is_closed(capped_server: Server) -> None:
+    server = capped_server
     busy = asyncio.create_task(server.get("/slow"))  # inside a handler: never closed for the cap
     await asyncio.sleep(0.2)
     with structlog.testing.capture_logs() as logs:
-        silent = [await server.connect() for _ in range(LIMITS.max_connections + 2)]
+        silent = [await server.connect() for _ in range(CAP_LIMITS.max_connections + 2)]
         await asyncio.sleep(0.1)  # the server side of the last connections
     try:
         states = [await is_open(reader) for reader, _ in silent]
