@@ -42,7 +42,8 @@ from devtools.kafka_local import (
     generate_tls_files,
 )
 from klag_pipeline import app as app_module
-from klag_pipeline.app import Exporter, collect_once, default_client_factory
+from klag_pipeline.app import Exporter, default_client_factory
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.http import build_app, start_server
 from klag_pipeline.kafka import kerberos
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
