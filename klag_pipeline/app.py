@@ -54,6 +54,7 @@ from klag_pipeline.stages.timestamps import TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry import runtime
+from klag_pipeline.telemetry.cluster_log import ClusterLog, log_summaries
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 log = structlog.get_logger("klag_pipeline")
@@ -87,9 +88,8 @@ class ClusterPipeline:
     ticker: Ticker
     stages: tuple[Any, ...]
     channels: tuple[Channel[Any], ...]
-    failing: bool = False
+    log: ClusterLog
     withdrawn: bool = False
-    last_error: str = ""
     ticks_reported: int = 0
 
 
@@ -253,6 +253,7 @@ class Exporter:
             ticker=Ticker(cluster.name, exporter.poll_interval, clock),
             stages=stages,
             channels=tuple(channels),
+            log=ClusterLog(cluster.name, clock.monotonic),
         )
 
     # -- cycle outcome --------------------------------------------------------------------------
@@ -279,24 +280,9 @@ class Exporter:
             self.status.cycle_failed(cluster, message)
             self.self_metrics.stage_failed(cluster, stage)
             self.self_metrics.cycle_finished(cluster, "error")
-            # A back-off restates the failure that started it, which was logged then; keeping
-            # that failure as the last error also makes the next attempt failing the same way
-            # no news (logged once when a cluster starts failing, not once per retry).
-            restated = isinstance(error, BackingOff) and pipeline.failing
-            if not restated and (not pipeline.failing or message != pipeline.last_error):
-                log.warning(
-                    "cluster_cycle_failed",
-                    cluster=cluster,
-                    cycle=cycle,
-                    stage=stage,
-                    error=str(error),
-                    broker=getattr(error, "broker", None),
-                )
-            else:
-                log.debug("cluster_cycle_failed", cluster=cluster, cycle=cycle, stage=stage)
-            pipeline.failing = True
-            if not restated:
-                pipeline.last_error = message
+            # A back-off restates the failure that started it: the last error stays that cause.
+            restated = isinstance(error, BackingOff) and pipeline.log.failing
+            pipeline.log.cycle_failed(cycle, stage, error, restated=restated)
 
         return failed
 
@@ -310,10 +296,7 @@ class Exporter:
                 self.status.cycle_succeeded(name, snapshot.duration_seconds)
                 self.self_metrics.cycle_finished(name, "ok")
                 self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
-                if pipeline.failing:
-                    log.info("cluster_recovered", cluster=name, cycle=snapshot.cycle)
-                    pipeline.failing = False
-                    pipeline.last_error = ""
+                pipeline.log.cycle_succeeded(snapshot)
                 if pipeline.withdrawn:
                     log.info("cluster_fresh_again", cluster=name, cycle=snapshot.cycle)
                     pipeline.withdrawn = False
@@ -350,7 +333,7 @@ class Exporter:
                     "cluster_stale",
                     cluster=name,
                     staleness_threshold=exporter.staleness_threshold,
-                    error=pipeline.last_error or None,
+                    error=pipeline.log.last_error or None,
                 )
                 try:
                     await self.snapshots.send(ClusterWithdrawn(name, "stale"))
@@ -381,6 +364,10 @@ class Exporter:
                 )
             runner.add(f"{name}.publish", _bind(self._publish, pipeline))
         runner.add("staleness", _bind(self._watch_staleness, stop))
+        summary_interval = self.settings.exporter.log_summary_interval
+        if summary_interval > 0:
+            logs = [pipeline.log for pipeline in self.pipelines]
+            runner.add("log_summary", _bind(log_summaries, logs, summary_interval, stop))
         if self.elector is not None:
             runner.add("leadership", _bind(self.elector.run, stop))
         fanout = FanOut(self.inboxes)

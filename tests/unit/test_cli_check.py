@@ -64,6 +64,7 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # quieted below debug
     structlog.reset_defaults()
 
 
