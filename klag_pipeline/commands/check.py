@@ -38,33 +38,50 @@ async def _report(cluster: ClusterSettings, client: TrackedClient) -> str:
     )
 
 
-async def _check_connect(
-    settings: Settings, time_limit: float, out: TextIO, client_factory: ClientFactory
+async def connect_all(
+    settings: Settings,
+    out: TextIO,
+    *,
+    time_limit: float = DEFAULT_TIMEOUT,
+    client_factory: ClientFactory = default_client_factory,
+    interrupt: asyncio.Event | None = None,
 ) -> int:
+    """Reach every cluster, write one report each to ``out``; 0 when all answered, else 1."""
     self_metrics = SelfMetrics()
-    loop = asyncio.get_running_loop()
-    interrupt = Interrupt()
-    interrupt.install(loop)
-    try:
-        reports = await run_per_cluster(
-            settings.clusters,
-            _report,
-            lambda c: client_factory(c, settings.exporter, self_metrics),
-            command="check",
-            time_limit=time_limit,
-            interrupt=interrupt.event,
-        )
-    finally:
-        interrupt.remove(loop)
+    reports = await run_per_cluster(
+        settings.clusters,
+        _report,
+        lambda c: client_factory(c, settings.exporter, self_metrics),
+        command="check",
+        time_limit=time_limit,
+        interrupt=interrupt,
+    )
     for cluster, report in zip(settings.clusters, reports, strict=True):
         if isinstance(report, ClusterFailure):
             out.write(f"cluster {cluster.name}: FAILED: {report.message}\n")
         else:
             out.write(report + "\n")
     out.flush()
-    if interrupt.event.is_set():
-        return EXIT_INTERRUPTED
     return 1 if any(isinstance(r, ClusterFailure) for r in reports) else 0
+
+
+async def _interruptible(
+    settings: Settings, time_limit: float, out: TextIO, client_factory: ClientFactory
+) -> int:
+    loop = asyncio.get_running_loop()
+    interrupt = Interrupt()
+    interrupt.install(loop)
+    try:
+        code = await connect_all(
+            settings,
+            out,
+            time_limit=time_limit,
+            client_factory=client_factory,
+            interrupt=interrupt.event,
+        )
+    finally:
+        interrupt.remove(loop)
+    return EXIT_INTERRUPTED if interrupt.event.is_set() else code
 
 
 def check_connect(
@@ -74,5 +91,5 @@ def check_connect(
     out: TextIO | None = None,
     client_factory: ClientFactory = default_client_factory,
 ) -> int:
-    """Connect to every cluster and print a report each; return the exit code."""
-    return asyncio.run(_check_connect(settings, time_limit, out or sys.stdout, client_factory))
+    """``check --connect``: connect to every cluster and print a report each; the exit code."""
+    return asyncio.run(_interruptible(settings, time_limit, out or sys.stdout, client_factory))
