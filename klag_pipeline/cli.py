@@ -117,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     once = command("once", "collect one cycle, print it and exit")
     once.add_argument("--format", choices=ONCE_FORMATS, default="table", help="output format")
-    for sub, what in ((check, "--connect"), (once, "the cycle")):
+    for sub in (check, once):
         sub.add_argument(
             "--timeout",
             type=parse_timeout,
             default=DEFAULT_TIMEOUT,
             metavar="DURATION",
-            help=f"give up on a cluster that has not answered {what} within this "
-            f"(default {format_duration(DEFAULT_TIMEOUT)}; 100ms to 1h)",
+            help="give up on a cluster that has not answered within DURATION "
+            f"(default {format_duration(DEFAULT_TIMEOUT)}; 100ms to 1h; check: with --connect)",
         )
     return parser
 
