@@ -27,6 +27,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from devtools import kafka_local
 from klag_pipeline import app
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.output import render_table
 from klag_pipeline.settings.loader import load_settings
 from klag_pipeline.settings.schema import Settings
@@ -150,7 +151,7 @@ async def first_full_table(
     """One cycle, repeated (at most 30 s) until every demo group has joined and committed."""
     deadline = time.monotonic() + 30
     while True:
-        snapshots, errors = await app.collect_once(settings)
+        snapshots, errors = await collect_once(settings)
         committed = {row.group for s in snapshots for row in s.rows}
         if committed >= EXPECTED_GROUPS or time.monotonic() > deadline:
             return snapshots, errors

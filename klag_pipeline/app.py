@@ -1,26 +1,24 @@
-"""Composition root: settings → clients → stages → sinks → runner.
+"""Composition root of the long-running exporter: settings → clients → stages → sinks → runner.
 
-``run`` is the long-lived exporter, ``once`` one cycle printed to stdout, ``check_connect`` the
-reachability check. Nothing else wires components together.
+``run`` / :func:`serve` is the exporter. The one-shot commands (``once``, ``check --connect``)
+live in :mod:`klag_pipeline.commands`. Nothing else wires the exporter's components together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import ssl
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
 from klag_pipeline import __version__
-from klag_pipeline.errors import ConfigError, KafkaError, KlagError
+from klag_pipeline.errors import ConfigError, KlagError
 from klag_pipeline.events import (
     CycleStarted,
     GroupsDiscovered,
@@ -28,7 +26,8 @@ from klag_pipeline.events import (
     TimestampsSampled,
     WatermarksListed,
 )
-from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.kafka.factory import ClientFactory, default_client_factory
+from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.leadership import (
     LeaderElector,
     LeadershipProvider,
@@ -43,7 +42,7 @@ from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
 from klag_pipeline.pipeline.ticker import Ticker
 from klag_pipeline.settings.redaction import redact_settings
-from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, Settings
+from klag_pipeline.settings.schema import ClusterSettings, Settings
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
@@ -55,24 +54,13 @@ from klag_pipeline.stages.timestamps import TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry import runtime
+from klag_pipeline.telemetry.cluster_log import ClusterLog, log_summaries
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 log = structlog.get_logger("klag_pipeline")
 
 # Shutdown: time allowed for in-flight cycles to finish and sinks to flush after SIGTERM.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
-
-ClientFactory = Callable[[ClusterSettings, ExporterSettings, RequestObserver], ClusterClient]
-
-
-def default_client_factory(
-    cluster: ClusterSettings, exporter: ExporterSettings, observer: RequestObserver
-) -> ClusterClient:
-    from klag_pipeline.kafka.adapter import AiokafkaClusterClient
-
-    return AiokafkaClusterClient(
-        cluster, exporter.performance, observer, sampling=exporter.timestamp_sampling
-    )
 
 
 def cycle_start(event: object) -> CycleStarted:
@@ -100,9 +88,8 @@ class ClusterPipeline:
     ticker: Ticker
     stages: tuple[Any, ...]
     channels: tuple[Channel[Any], ...]
-    failing: bool = False
+    log: ClusterLog
     withdrawn: bool = False
-    last_error: str = ""
     ticks_reported: int = 0
 
 
@@ -272,6 +259,7 @@ class Exporter:
             ticker=Ticker(cluster.name, exporter.poll_interval, clock),
             stages=stages,
             channels=tuple(channels),
+            log=ClusterLog(cluster.name, clock.monotonic),
         )
 
     # -- cycle outcome --------------------------------------------------------------------------
@@ -298,24 +286,9 @@ class Exporter:
             self.status.cycle_failed(cluster, message)
             self.self_metrics.stage_failed(cluster, stage)
             self.self_metrics.cycle_finished(cluster, "error")
-            # A back-off restates the failure that started it, which was logged then; keeping
-            # that failure as the last error also makes the next attempt failing the same way
-            # no news (logged once when a cluster starts failing, not once per retry).
-            restated = isinstance(error, BackingOff) and pipeline.failing
-            if not restated and (not pipeline.failing or message != pipeline.last_error):
-                log.warning(
-                    "cluster_cycle_failed",
-                    cluster=cluster,
-                    cycle=cycle,
-                    stage=stage,
-                    error=str(error),
-                    broker=getattr(error, "broker", None),
-                )
-            else:
-                log.debug("cluster_cycle_failed", cluster=cluster, cycle=cycle, stage=stage)
-            pipeline.failing = True
-            if not restated:
-                pipeline.last_error = message
+            # A back-off restates the failure that started it: the last error stays that cause.
+            restated = isinstance(error, BackingOff) and pipeline.log.failing
+            pipeline.log.cycle_failed(cycle, stage, error, restated=restated)
 
         return failed
 
@@ -330,10 +303,7 @@ class Exporter:
                 self.self_metrics.cycle_finished(name, "ok")
                 self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
                 self.self_metrics.carried(name, snapshot.carried_rows, snapshot.carried_groups)
-                if pipeline.failing:
-                    log.info("cluster_recovered", cluster=name, cycle=snapshot.cycle)
-                    pipeline.failing = False
-                    pipeline.last_error = ""
+                pipeline.log.cycle_succeeded(snapshot)
                 if pipeline.withdrawn:
                     log.info("cluster_fresh_again", cluster=name, cycle=snapshot.cycle)
                     pipeline.withdrawn = False
@@ -371,7 +341,7 @@ class Exporter:
                     "cluster_stale",
                     cluster=name,
                     staleness_threshold=exporter.staleness_threshold,
-                    error=pipeline.last_error or None,
+                    error=pipeline.log.last_error or None,
                 )
                 try:
                     await self.snapshots.send(ClusterWithdrawn(name, "stale"))
@@ -402,6 +372,10 @@ class Exporter:
                 )
             runner.add(f"{name}.publish", _bind(self._publish, pipeline))
         runner.add("staleness", _bind(self._watch_staleness, stop))
+        summary_interval = self.settings.exporter.log_summary_interval
+        if summary_interval > 0:
+            logs = [pipeline.log for pipeline in self.pipelines]
+            runner.add("log_summary", _bind(log_summaries, logs, summary_interval, stop))
         if self.elector is not None:
             runner.add("leadership", _bind(self.elector.run, stop))
         fanout = FanOut(self.inboxes)
@@ -494,101 +468,3 @@ def run(settings: Settings) -> int:
     runtime.tune_process()
     asyncio.run(serve(settings, settle=True))
     return 0
-
-
-# -- once -------------------------------------------------------------------------------------
-
-
-async def collect_once(
-    settings: Settings, *, client_factory: ClientFactory = default_client_factory
-) -> tuple[list[ClusterSnapshot], list[tuple[str, str]]]:
-    """One cycle for every cluster, concurrently. Returns snapshots and (cluster, error) pairs."""
-    self_metrics = SelfMetrics()
-    clock = SystemClock()
-    exporter = settings.exporter
-
-    async def one(cluster: ClusterSettings, cycle_id: int) -> ClusterSnapshot:
-        client = client_factory(cluster, exporter, self_metrics.for_cluster(cluster.name))
-        stages: tuple[Any, ...] = (
-            DiscoveryStage(client, cluster),
-            CommittedOffsetsStage(client, cluster),
-            WatermarksStage(client),
-            TimestampStage(client, exporter.timestamp_sampling, clock=clock),
-            CalculationStage(cluster),
-        )
-        event: Any = CycleStarted(cluster.name, cycle_id, clock.time(), clock.monotonic())
-        try:
-            async with asyncio.timeout(exporter.poll_interval + exporter.performance.kafka_timeout):
-                for stage in stages:
-                    event = await stage.process(event)
-        except TimeoutError as exc:
-            raise KafkaError(f"cycle did not finish within {exporter.poll_interval:g}s") from exc
-        finally:
-            await client.close()
-        assert isinstance(event, ClusterSnapshot)
-        return event
-
-    results = await asyncio.gather(
-        *(one(cluster, 1) for cluster in settings.clusters), return_exceptions=True
-    )
-    snapshots: list[ClusterSnapshot] = []
-    errors: list[tuple[str, str]] = []
-    for cluster, result in zip(settings.clusters, results, strict=True):
-        if isinstance(result, ClusterSnapshot):
-            snapshots.append(result)
-        elif isinstance(result, KlagError):
-            errors.append((cluster.name, str(result)))
-        elif isinstance(result, BaseException):
-            raise result
-    return snapshots, errors
-
-
-def once(settings: Settings, fmt: str, *, out: TextIO | None = None) -> int:
-    """``klag-pipeline once``: one cycle, printed. Exit 1 when any cluster failed."""
-    from klag_pipeline.output import render_once
-
-    stream = out or sys.stdout
-    snapshots, errors = asyncio.run(collect_once(settings))
-    stream.write(render_once(snapshots, settings, fmt, tty=stream.isatty()))
-    stream.flush()
-    for cluster, error in errors:
-        log.error("cluster_cycle_failed", cluster=cluster, error=error)
-    return 1 if errors else 0
-
-
-# -- check --connect --------------------------------------------------------------------------
-
-
-async def _check_connect(settings: Settings, out: TextIO) -> int:
-    self_metrics = SelfMetrics()
-
-    async def one(cluster: ClusterSettings) -> tuple[bool, str]:
-        client = default_client_factory(cluster, settings.exporter, self_metrics)
-        try:
-            async with asyncio.timeout(settings.exporter.performance.kafka_timeout * 2):
-                await client.connect()
-                overview = await client.overview()
-        except TimeoutError:
-            return False, f"cluster {cluster.name}: FAILED: no answer within the Kafka timeout"
-        except KafkaError as exc:
-            return False, f"cluster {cluster.name}: FAILED: {exc}"
-        finally:
-            await client.close()
-        brokers = ", ".join(f"{node}={host}:{port}" for node, host, port in overview.brokers)
-        return True, (
-            f"cluster {cluster.name}: OK\n"
-            f"  cluster id: {overview.cluster_id}  controller: {overview.controller_id}\n"
-            f"  brokers: {brokers}\n"
-            f"  topics: {overview.topic_count}  partitions: {overview.partition_count}"
-            f"  consumer groups: {overview.group_count}\n"
-            f"  api versions: {json.dumps(dict(overview.api_versions), sort_keys=True)}"
-        )
-
-    reports = await asyncio.gather(*(one(c) for c in settings.clusters))
-    for _, report in reports:
-        out.write(report + "\n")
-    return 0 if all(ok for ok, _ in reports) else 1
-
-
-def check_connect(settings: Settings, *, out: TextIO | None = None) -> int:
-    return asyncio.run(_check_connect(settings, out or sys.stdout))

@@ -3,7 +3,8 @@
 Exit codes: 0 clean, 2 invalid configuration (every problem on stderr as ``path: message``, no
 traceback), 1 anything else fatal (a :class:`KlagError` is logged as one line without a
 traceback, e.g. ``cannot listen on 0.0.0.0:8000: address already in use``; any other exception
-is a bug and is logged with one).
+is a bug and is logged with one; for ``once`` and ``check --connect``: a cluster that failed),
+130 interrupted by Ctrl-C.
 
 Without a subcommand ``run`` is assumed, so klag-exporter's ``--config FILE -l debug`` command
 line (Docker images, Helm charts) keeps working.
@@ -23,6 +24,7 @@ from typing import Any, Final
 import structlog
 
 from klag_pipeline import __version__
+from klag_pipeline.commands import DEFAULT_TIMEOUT, parse_timeout
 from klag_pipeline.errors import ConfigError, KlagError
 from klag_pipeline.kafka.client_config import check_clusters
 from klag_pipeline.settings.durations import format_duration
@@ -116,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     once = command("once", "collect one cycle, print it and exit")
     once.add_argument("--format", choices=ONCE_FORMATS, default="table", help="output format")
+    for sub in (check, once):
+        sub.add_argument(
+            "--timeout",
+            type=parse_timeout,
+            default=DEFAULT_TIMEOUT,
+            metavar="DURATION",
+            help="give up on a cluster that has not answered within DURATION "
+            f"(default {format_duration(DEFAULT_TIMEOUT)}; 100ms to 1h; check: with --connect)",
+        )
     return parser
 
 
@@ -141,10 +152,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         if not args.connect:
             return EXIT_OK
-        return _call_app("check_connect", settings)
+        return _call("klag_pipeline.commands.check", "check_connect", settings, args.timeout)
     if args.command == "once":
-        return _call_app("once", settings, args.format)
-    return _call_app("run", settings)
+        return _call("klag_pipeline.commands.once", "once", settings, args.format, args.timeout)
+    return _call("klag_pipeline.app", "run", settings)
 
 
 def _load(path: str) -> LoadedSettings:
@@ -159,16 +170,16 @@ def _load(path: str) -> LoadedSettings:
     return loaded
 
 
-def _call_app(name: str, *args: Any) -> int:
-    """Call ``klag_pipeline.app.<name>`` (sync or async) and turn its result into an exit code."""
+def _call(module_name: str, name: str, *args: Any) -> int:
+    """Call ``<module_name>.<name>`` (sync or async) and turn its result into an exit code."""
     try:
-        app = importlib.import_module("klag_pipeline.app")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name != "klag_pipeline.app":
+        if exc.name != module_name:
             raise
         log.error("command_unavailable", command=name, reason="not available in this build")
         return EXIT_FATAL
-    function: Callable[..., Any] = getattr(app, name)
+    function: Callable[..., Any] = getattr(module, name)
     result = function(*args)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)

@@ -42,10 +42,24 @@ def _seconds(value: float | None, sampling: bool) -> str:
     return f"{value:.1f}"
 
 
-def render_table(snapshots: Sequence[ClusterSnapshot], *, tty: bool) -> str:
+def render_table(
+    snapshots: Sequence[ClusterSnapshot], *, tty: bool, failed: Sequence[str] = ()
+) -> str:
+    """``failed``: clusters that gave no answer (their errors go to stderr). "No groups" is said
+    only of a cluster that answered, so a silent cluster never reads as an empty one."""
     rows: list[tuple[str, ...]] = []
     alarms: list[bool] = []
+    notes: list[str] = []
     for snapshot in snapshots:
+        if not snapshot.groups and not snapshot.rows:
+            incomplete = (
+                f"; {snapshot.error_count} requests failed, so the list may be incomplete"
+                if snapshot.error_count
+                else ""
+            )
+            notes.append(
+                f"(cluster {snapshot.cluster}: no consumer groups matched the filters{incomplete})"
+            )
         states = {g.group: g.state.name for g in snapshot.groups}
         committed_groups = set()
         for row in snapshot.rows:
@@ -93,8 +107,9 @@ def render_table(snapshots: Sequence[ClusterSnapshot], *, tty: bool) -> str:
     for cells, alarm in zip(rows, alarms, strict=True):
         text = line(cells)
         out.append(f"{_RED}{text}{_RESET}" if tty and alarm else text)
-    if not rows:
-        out.append("(no consumer groups matched the filters)")
+    out.extend(notes)
+    if failed:
+        out.append(f"(no result from {', '.join(failed)}: see the errors on stderr)")
     return "\n".join(out) + "\n"
 
 
@@ -122,10 +137,17 @@ def render_jsonl(snapshots: Sequence[ClusterSnapshot]) -> str:
 
 
 def render_once(
-    snapshots: Sequence[ClusterSnapshot], settings: Settings, fmt: str, *, tty: bool
+    snapshots: Sequence[ClusterSnapshot],
+    settings: Settings,
+    fmt: str,
+    *,
+    tty: bool,
+    failed: Sequence[str] = (),
 ) -> str:
+    """``failed`` names the clusters without an answer; only the table mentions them (the
+    machine formats carry what was collected, the failures are on stderr and in the exit code)."""
     if fmt == "table":
-        return render_table(snapshots, tty=tty)
+        return render_table(snapshots, tty=tty, failed=failed)
     if fmt == "json":
         return render_json(snapshots)
     if fmt == "jsonl":

@@ -91,6 +91,7 @@ class ExporterSettings:
     http_port: int = 8000
     granularity: Granularity = "partition"
     staleness_threshold: float = 90.0  # default 3 × poll_interval, resolved by the loader
+    log_summary_interval: float = 300.0  # 0: no cluster_summary log lines
     timestamp_sampling: TimestampSamplingSettings = field(default_factory=TimestampSamplingSettings)
     otel: OtelSettings = field(default_factory=OtelSettings)
     jsonl: JsonlSettings = field(default_factory=JsonlSettings)

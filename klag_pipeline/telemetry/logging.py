@@ -9,6 +9,7 @@ configured (structlog's default logger has no trace level), so code that also ru
 
 Standard-library logging (aiokafka, aiohttp, asyncio) is rendered by the same renderer to the
 same stream, at WARNING and above only, so their DEBUG/INFO chatter never floods the output.
+aiokafka is quieter still: below ``-l debug`` it is silent (see :data:`QUIET_LIBRARIES`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ FORMATS: Final = ("json", "console")
 _LEVEL_NAMES: Final = {v: k for k, v in LEVELS.items()} | {50: "critical"}
 
 _state: dict[str, Any] = {"min_level": LEVELS["info"], "secrets": None}
+
+# While a broker is down aiokafka logs every failed connection attempt and metadata refresh at
+# ERROR, about ten lines per cycle, burying the exporter's own line. The exporter translates every
+# aiokafka failure it meets into its own errors and logs the transitions with the cause
+# (cluster_cycle_failed / cluster_recovered, telemetry/cluster_log.py), so these loggers are shown
+# only at ``-l debug`` or ``trace`` (from WARNING up, like every library).
+QUIET_LIBRARIES: Final = ("aiokafka",)
 
 
 class KlagLogger(structlog.BoundLoggerBase):
@@ -136,6 +144,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, LEVELS[level]))
+    debugging = LEVELS[level] <= LEVELS["debug"]
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if debugging else logging.CRITICAL)
     logging.captureWarnings(True)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from klag_pipeline.app import collect_once
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.model import GroupState, TopicPartition
 from klag_pipeline.settings.schema import Settings
 from klag_pipeline.sinks.prometheus import render_snapshots

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from klag_pipeline.app import Exporter, collect_once, default_client_factory
+from klag_pipeline.app import Exporter, default_client_factory
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.kafka.adapter import AiokafkaClusterClient
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
 from klag_pipeline.model import GroupState, TopicPartition

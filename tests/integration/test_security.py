@@ -41,8 +41,9 @@ from devtools.kafka_local import (
     TlsFiles,
     generate_tls_files,
 )
-from klag_pipeline import app as app_module
-from klag_pipeline.app import Exporter, collect_once, default_client_factory
+from klag_pipeline.app import Exporter, default_client_factory
+from klag_pipeline.commands.check import connect_all
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.http import build_app, start_server
 from klag_pipeline.kafka import kerberos
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
@@ -522,7 +523,7 @@ async def test_failure_is_clear_secret_free_and_backs_off(
 
     # check --connect.
     out = io.StringIO()
-    assert await app_module._check_connect(settings, out) == 1
+    assert await connect_all(settings, out) == 1
     check_message(out.getvalue())
     assert f"cluster {name}: FAILED" in out.getvalue()
 

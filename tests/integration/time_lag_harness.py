@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from klag_pipeline.app import Exporter, collect_once, default_client_factory
+from klag_pipeline.app import Exporter, default_client_factory
+from klag_pipeline.commands.once import collect_once
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.settings.schema import (

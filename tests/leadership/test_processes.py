@@ -24,10 +24,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster, launch_jvm
+from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster
 from klag_pipeline.model import TopicPartition
 from tests.leadership.lease_emulator import LeaseEmulator
-from tests.support.kafka import KafkaTestClient
+from tests.support.kafka import KafkaTestClient, start_broker_again, stop_broker
 
 REPO = Path(__file__).resolve().parents[2]
 # The broker refuses sessions below group.min.session.timeout.ms (6 s by default).
@@ -352,27 +352,6 @@ def dedicated_cluster() -> Iterator[KafkaCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-def stop_broker(cluster: KafkaCluster) -> None:
-    node = cluster._nodes[0]
-    assert node.process is not None
-    node.process.stop(timeout=20)
-
-
-def start_broker_again(cluster: KafkaCluster) -> None:
-    """Start the stopped broker on the same ports and data (the harness has no restart, so
-    this reuses its node layout and server.properties)."""
-    node = cluster._nodes[0]
-    node.process = launch_jvm(
-        "kafka.Kafka",
-        [str(node.directory / "server.properties")],
-        name=f"kafka-broker-{node.node_id}",
-        log_path=node.directory / "broker.log",
-        jvm_options=cluster._jvm_options(),
-        cleanup_dir=cluster.data_dir,
-    )
-    cluster._wait_ready()
 
 
 async def test_kafka_leader_steps_down_without_its_broker_and_one_leads_after_the_restart(

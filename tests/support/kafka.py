@@ -465,3 +465,27 @@ class KafkaTestClient:
             yield handle
         finally:
             await asyncio.to_thread(handle.stop)
+
+
+# -- stopping and restarting a broker (a dedicated cluster, never the session's) -------------
+
+
+def stop_broker(cluster: kafka_local.KafkaCluster) -> None:
+    node = cluster._nodes[0]
+    assert node.process is not None
+    node.process.stop(timeout=20)
+
+
+def start_broker_again(cluster: kafka_local.KafkaCluster) -> None:
+    """Start the stopped broker on the same ports and data (the harness has no restart, so
+    this reuses its node layout and server.properties)."""
+    node = cluster._nodes[0]
+    node.process = kafka_local.launch_jvm(
+        "kafka.Kafka",
+        [str(node.directory / "server.properties")],
+        name=f"kafka-broker-{node.node_id}",
+        log_path=node.directory / "broker.log",
+        jvm_options=cluster._jvm_options(),
+        cleanup_dir=cluster.data_dir,
+    )
+    cluster._wait_ready()

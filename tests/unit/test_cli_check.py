@@ -64,6 +64,7 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # quieted below debug
     structlog.reset_defaults()
 
 
@@ -173,11 +174,12 @@ def test_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert "invalid choice" in capsys.readouterr().err
 
 
-# --- dispatch to the application (a stand-in klag_pipeline.app module) ---------------------------
+# --- dispatch to the application (stand-ins for klag_pipeline.app and klag_pipeline.commands) -----
 
 
 class FakeApp(types.ModuleType):
-    """Records calls the way klag_pipeline.app will receive them."""
+    """Records calls the way klag_pipeline.app (run) and klag_pipeline.commands.once / .check
+    will receive them."""
 
     def __init__(self, result: Any = 0, error: BaseException | None = None) -> None:
         super().__init__("klag_pipeline.app")
@@ -194,17 +196,22 @@ class FakeApp(types.ModuleType):
     def run(self, settings: Settings) -> Any:
         return self._record("run", settings)
 
-    async def once(self, settings: Settings, fmt: str) -> Any:
-        return self._record("once", settings, fmt)
+    async def once(self, settings: Settings, fmt: str, time_limit: float) -> Any:
+        return self._record("once", settings, fmt, time_limit)
 
-    def check_connect(self, settings: Settings) -> Any:
-        return self._record("check_connect", settings)
+    def check_connect(self, settings: Settings, time_limit: float) -> Any:
+        return self._record("check_connect", settings, time_limit)
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> FakeApp:
     fake = FakeApp()
-    monkeypatch.setitem(sys.modules, "klag_pipeline.app", fake)
+    for module in (
+        "klag_pipeline.app",
+        "klag_pipeline.commands.once",
+        "klag_pipeline.commands.check",
+    ):
+        monkeypatch.setitem(sys.modules, module, fake)
     return fake
 
 
@@ -226,7 +233,25 @@ def test_once_passes_the_format_and_awaits_a_coroutine(app: FakeApp, settings_pa
     app.result = 3
 
     assert run(["once", settings_path, "--format", "jsonl"]) == 3
-    assert [(name, args[1]) for name, args in app.calls] == [("once", "jsonl")]
+    assert [(name, args[1:]) for name, args in app.calls] == [("once", ("jsonl", 30.0))]
+
+
+def test_timeout_is_a_duration_passed_to_once_and_check(app: FakeApp, settings_path: str) -> None:
+    assert run(["once", settings_path, "--timeout", "1m 30s"]) == 0
+    assert run(["check", settings_path, "--connect", "--timeout", "250ms"]) == 0
+    assert [(name, args[-1]) for name, args in app.calls] == [
+        ("once", 90.0),
+        ("check_connect", 0.25),
+    ]
+
+
+@pytest.mark.parametrize("value", ["30", "0s", "2h", "soon"])
+def test_timeout_outside_its_range_or_without_a_unit_is_a_usage_error(
+    app: FakeApp, settings_path: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["once", settings_path, "--timeout", value]) == 2
+    assert "--timeout" in capsys.readouterr().err
+    assert app.calls == []
 
 
 def test_check_connect_runs_after_the_summary(

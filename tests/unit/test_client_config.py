@@ -262,6 +262,7 @@ def test_cli_logs_ignored_consumer_properties_once(
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # quieted below debug
         structlog.reset_defaults()
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["event"], e["path"]) for e in events] == [

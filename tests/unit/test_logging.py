@@ -27,6 +27,7 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # quieted below debug
     structlog.reset_defaults()
     redact_in_logs(())
 
@@ -126,6 +127,22 @@ def test_stdlib_logs_share_the_output_but_only_from_warning() -> None:
     assert "timestamp" in event
 
 
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("warning", False), ("debug", True)])
+def test_aiokafka_is_silent_below_debug(level: str, shown: bool) -> None:
+    """Its per-cycle connection errors while a broker is down are folded into the exporter's own
+    cluster_cycle_failed / cluster_recovered lines (issue 18, defect 7)."""
+    stream = io.StringIO()
+    configure_logging(level, "json", stream)
+
+    logging.getLogger("aiokafka.conn").error("Unable connect to node with id 1")
+    logging.getLogger("aiokafka").warning("Unable to update metadata from [1]")
+    logging.getLogger("aiohttp.server").error("still shown")
+
+    events = [e["event"] for e in lines(stream)]
+    quiet = ["Unable connect to node with id 1", "Unable to update metadata from [1]"]
+    assert events == ([*quiet, "still shown"] if shown else ["still shown"])
+
+
 def test_format_defaults_to_json_off_a_tty_and_console_on_one() -> None:
     plain, tty = io.StringIO(), TtyStream()
 
@@ -168,7 +185,7 @@ def test_registered_secrets_are_scrubbed_from_every_field() -> None:
     structlog.get_logger().error(
         "auth_failed", error=PermissionError("bad password hunter2-pass"), detail=["hunter2-pass"]
     )
-    logging.getLogger("aiokafka").warning("sasl hunter2-pass rejected")
+    logging.getLogger("aiohttp.client").warning("sasl hunter2-pass rejected")
 
     text = stream.getvalue()
     assert "hunter2-pass" not in text

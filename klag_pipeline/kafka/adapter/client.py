@@ -58,6 +58,10 @@ class AiokafkaClusterClient:
         self._sampler = None
         await self._transport.close()
 
+    def waiting_on(self) -> tuple[str, ...]:
+        """Brokers an answer is awaited from right now (see :meth:`Transport.waiting_on`)."""
+        return self._transport.waiting_on()
+
     async def list_groups(self) -> GroupListing:
         return await self._groups.list_groups()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -108,6 +109,10 @@ class Transport:
         self._client: Any = None
         self._versions: dict[int, Mapping[int, tuple[int, int]]] = {}
         self._not_before: dict[int, float] = {}
+        # What is awaited right now, for the one-shot commands' progress and timeout messages
+        # ("no answer from broker B"): bootstrap, or requests in flight per node.
+        self._bootstrapping = False
+        self._in_flight: Counter[int] = Counter()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -128,6 +133,7 @@ class Transport:
             bootstrap_servers=list(self._cluster.bootstrap_servers), **self._kwargs
         )
         hosts = max(1, len(self._cluster.bootstrap_servers))
+        self._bootstrapping = True
         try:
             async with asyncio.timeout(self.performance.kafka_timeout * hosts):
                 await client.bootstrap()
@@ -137,6 +143,8 @@ class Transport:
         except Exception as exc:  # aiokafka hides the cause; diagnose below
             await client.close()
             raise await self._diagnose(exc) from exc
+        finally:
+            self._bootstrapping = False
         self._client = client
         nodes = self.nodes()
         results = await asyncio.gather(
@@ -218,6 +226,18 @@ class Transport:
         meta = self._require_client().cluster.broker_metadata(node)
         return None if meta is None else (str(meta.host), int(meta.port))
 
+    def waiting_on(self) -> tuple[str, ...]:
+        """The brokers an answer is awaited from right now: the bootstrap servers while
+        bootstrapping, else ``host:port`` (``node N`` if unknown) of nodes with requests in
+        flight. The timestamp sampler's Fetches go through aiokafka directly and are not seen."""
+        if self._bootstrapping:
+            return self._cluster.bootstrap_servers
+        waiting = []
+        for node in sorted(n for n, count in self._in_flight.items() if count > 0):
+            address = self.broker_address(node) if self._client is not None else None
+            waiting.append(f"{address[0]}:{address[1]}" if address else f"node {node}")
+        return tuple(waiting)
+
     def request_metadata_refresh(self) -> None:
         """Ask aiokafka to refresh its broker list (a node we need is unknown or moved)."""
         if self._client is not None:
@@ -266,6 +286,7 @@ class Transport:
         """
         broker = str(node)
         started = time.monotonic()
+        self._in_flight[node] += 1
         try:
             async with asyncio.timeout(seconds or self.performance.kafka_timeout):
                 wait = self._not_before.get(node, 0.0) - time.monotonic()
@@ -295,6 +316,8 @@ class Transport:
                 self._drop_connection(node)
             self._observe(spec.name, broker, outcome(err), started)
             raise err from exc
+        finally:
+            self._in_flight[node] -= 1
         if result.throttle_ms > 0:
             self._not_before[node] = time.monotonic() + result.throttle_ms / 1000
             if self._observer is not None:

@@ -109,6 +109,9 @@ def _exporter(s: Section) -> ExporterSettings:
         http_port=s.get("http_port", d.http_port, port),
         granularity=s.get("granularity", d.granularity, choice(get_args(Granularity))),
         staleness_threshold=staleness,
+        log_summary_interval=s.get(
+            "log_summary_interval", d.log_summary_interval, _interval_or_off
+        ),
         timestamp_sampling=_sampling(s.table("timestamp_sampling", _SAMPLING_COMPAT)),
         otel=_otel(s.table("otel")),
         jsonl=_jsonl(s.table("jsonl")),
@@ -118,6 +121,17 @@ def _exporter(s: Section) -> ExporterSettings:
     )
     s.finish()
     return exporter
+
+
+def _interval_or_off(value: object) -> float:
+    """``"off"`` or ``"0s"`` → 0 (disabled); otherwise a duration from 1 s to 1 day (a shorter
+    summary interval would be the log flood it exists to replace)."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return 0.0
+    seconds = duration(inclusive=True)(value)
+    if seconds != 0 and not 1 <= seconds <= 86400:
+        raise Invalid(f"must be 'off', '0s' or between 1s and 1d, got {value!r}")
+    return seconds
 
 
 def _sampling(s: Section) -> TimestampSamplingSettings:
