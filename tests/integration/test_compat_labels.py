@@ -73,6 +73,7 @@ GPM_FAMILIES = frozenset(name for name, labels in SPEC_LABELS.items() if "member
 # Exporter-level, not a cluster series: no cluster_name and no custom labels.
 UNLABELLED = frozenset({"kafka_lag_exporter_up"})
 CUSTOM = MappingProxyType({"env": "compat"})
+CLUSTER_UP = "klag_pipeline_cluster_up"
 DEADLINE = 60.0
 
 
@@ -237,6 +238,10 @@ async def test_every_compatibility_family_has_the_spec_label_set(
     assert set(found) == set(SPEC_LABELS)
     for family in SPEC_LABELS:
         assert found[family] == expected_names(family), family
+
+    # Not a compatibility family: the per-cluster health gauge carries the cluster's labels too.
+    health = [(labels, value) for name, labels, value in partition_samples if name == CLUSTER_UP]
+    assert health == [({"cluster_name": by_partition.clusters[0].name, **CUSTOM}, 1.0)]
 
     # Granularity topic: the GPM families (and the flags) are gone, the rest unchanged.
     found = label_names(topic_samples)
