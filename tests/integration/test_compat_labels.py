@@ -5,13 +5,15 @@ settings → pipeline → HTTP) collecting the real session broker:
   against a table written out below from SPEC §4 — never derived from the code, so a label added
   to or dropped from a family by mistake fails here;
 * ``member_host`` exactly as Kafka reports it (``/127.0.0.1``), the value klag-exporter and
-  kafka-lag-exporter emit, taken from ``kafka-consumer-groups --describe --members``.
+  kafka-lag-exporter emit, taken from ``kafka-consumer-groups --describe --members``: on
+  ``/metrics`` and in ``once``'s table and JSON lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,8 +24,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from klag_pipeline.app import serve
+from klag_pipeline.app import collect_once, serve
 from klag_pipeline.model import TopicPartition
+from klag_pipeline.output import render_jsonl, render_table
 from klag_pipeline.settings.schema import (
     ClusterSettings,
     ExporterSettings,
@@ -274,6 +277,22 @@ async def test_member_host_is_exactly_what_kafka_reports(
         samples = await scrape_until(
             session, url, member_labelled(scenario, 2), "member-owned series"
         )
+        # The same value in `once` (table and JSON lines), one cycle with the member present.
+        snapshots, errors = await collect_once(config)
+        assert errors == []
+
+    table = render_table(snapshots, tty=False).splitlines()
+    header = table[0].split()
+    # Counted from the end: DATA-LOSS may hold two words ("LOST 5") before HOST.
+    host_column = header.index("HOST") - len(header)
+    hosts = {
+        cells[host_column]
+        for cells in (line.split() for line in table[1:])
+        if cells[header.index("GROUP")] == scenario.group
+    }
+    assert hosts == {truth.host}
+    records = [json.loads(line) for line in render_jsonl(snapshots).splitlines()]
+    assert {r["member_host"] for r in records if r["type"] == "partition"} == {truth.host}
 
     members = {
         (name, labels["member_host"], labels["consumer_id"], labels["client_id"])
