@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -121,7 +121,12 @@ class Exporter:
         # Held while a snapshot is handed to the sinks and while a demotion withdraws: a snapshot
         # that passed the leader check can never land after the withdrawals.
         self._leadership_lock = asyncio.Lock()
-        self.prometheus = PrometheusSink(exporter.granularity, self.status, self.self_metrics)
+        self.prometheus = PrometheusSink(
+            exporter.granularity,
+            self.status,
+            self.self_metrics,
+            cluster_labels=self._cluster_labels(),
+        )
         self.sinks: list[Sink] = [self.prometheus, *self._configured_sinks(), *extra_sinks]
         self.snapshots: Channel[SinkUpdate] = Channel(
             exporter.performance.queue_capacity, "snapshots"
@@ -142,6 +147,9 @@ class Exporter:
         for name, inbox in self.inboxes.items():
             self.self_metrics.register_queue(f"sink.{name}", inbox.qsize)
 
+    def _cluster_labels(self) -> dict[str, Mapping[str, str]]:
+        return {cluster.name: cluster.labels for cluster in self.settings.clusters}
+
     def _configured_sinks(self) -> list[Sink]:
         """The optional sinks the settings enable (SPEC §6). The OTLP sink is imported only when
         enabled: the OpenTelemetry SDK is a heavy import nobody else needs."""
@@ -157,7 +165,8 @@ class Exporter:
                     version=__version__,
                     instance_id=exporter.leadership.identity or socket.gethostname(),
                     on_error=self.self_metrics.sink_error,
-                    up=self.status.up,
+                    up=self.status.fresh_by_cluster,
+                    cluster_labels=self._cluster_labels(),
                 )
             )
         if exporter.jsonl.enabled:

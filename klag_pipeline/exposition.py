@@ -1,9 +1,11 @@
 """Text-exposition helpers shared by the Prometheus sink and the self-metrics: the value and
-label spellings of the Prometheus text format 0.0.4 and OpenMetrics 1.0 (identical for gauges)."""
+label spellings of the Prometheus text format 0.0.4 and OpenMetrics 1.0 (identical for gauges),
+and the choice of format and encoding from a scrape's ``Accept`` headers."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 
 def escape_label_value(value: str) -> str:
@@ -29,4 +31,45 @@ def format_value(value: float) -> str:
     return repr(value)
 
 
-__all__ = ["escape_label_value", "format_value"]
+def _weighted(header: str) -> Iterator[tuple[str, float]]:
+    """``(lower-cased token, q)`` for each element of an Accept-style header."""
+    for element in header.split(","):
+        token, *params = (part.strip() for part in element.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        yield token.lower(), q
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Whether an ``Accept`` header prefers OpenMetrics over the text format (q-values honoured).
+
+    Prometheus sends ``application/openmetrics-text;version=1.0.0,…,text/plain;…;q=0.5,…``.
+    """
+    best_om = best_text = 0.0
+    for media_type, q in _weighted(accept or ""):
+        if media_type == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media_type in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om >= best_text
+
+
+def wants_gzip(accept_encoding: str | None) -> bool:
+    """Whether ``Accept-Encoding`` allows gzip; an explicit ``gzip`` entry overrides ``*``."""
+    explicit: float | None = None
+    wildcard = 0.0
+    for coding, q in _weighted(accept_encoding or ""):
+        if coding in ("gzip", "x-gzip"):
+            explicit = max(explicit or 0.0, q)
+        elif coding == "*":
+            wildcard = max(wildcard, q)
+    return (wildcard if explicit is None else explicit) > 0
+
+
+__all__ = ["escape_label_value", "format_value", "wants_gzip", "wants_openmetrics"]

@@ -72,19 +72,17 @@ def time_lag(now: float, sample: TimestampSample) -> float:
     return max(now - sample.timestamp_ms / 1000.0, 0.0)
 
 
-def strip_host(client_host: str) -> str:
-    """The broker reports hosts as ``/10.0.0.1``; the label carries ``10.0.0.1``."""
-    return client_host.removeprefix("/")
-
-
 def _owners(description: GroupDescription | None) -> Mapping[TopicPartition, tuple[str, str, str]]:
     """(member_host, consumer_id, client_id) of each assigned partition. Should two members
-    claim a partition (mid-rebalance), the first listed wins, so the result is deterministic."""
+    claim a partition (mid-rebalance), the first listed wins, so the result is deterministic.
+
+    The host is kept exactly as the broker reports it (``/10.0.0.1``): klag-exporter and
+    kafka-lag-exporter emit that form, and dashboards and regexes written for them match on it."""
     if description is None:
         return {}
     owners: dict[TopicPartition, tuple[str, str, str]] = {}
     for member in description.members:
-        labels = (strip_host(member.client_host), member.member_id, member.client_id)
+        labels = (member.client_host, member.member_id, member.client_id)
         for tp in member.assignment:
             owners.setdefault(tp, labels)
     return owners

@@ -70,7 +70,8 @@ class StatusBoard:
     """Per-cluster cycle outcomes plus leadership, and the verdicts derived from them.
 
     * fresh: the cluster's last successful cycle is at most ``staleness_threshold`` old;
-    * ``up`` (SPEC ``kafka_lag_exporter_up``): every cluster is fresh;
+    * ``up`` (SPEC ``kafka_lag_exporter_up``): every cluster is fresh; per cluster, the same
+      verdict is ``klag_pipeline_cluster_up`` (:meth:`fresh_by_cluster`);
     * ``ready``: this instance leads and at least one cluster is fresh;
     * ``healthy``: every cluster loop is alive and has attempted a cycle within
       ``3 × poll_interval`` (counted from the board's creation until the first attempt).
@@ -158,6 +159,15 @@ class StatusBoard:
     def up(self) -> bool:
         now = self._clock.monotonic()
         return all(self._fresh(state, now) for state in self._clusters.values())
+
+    def fresh_by_cluster(self) -> dict[str, bool]:
+        """Every cluster's freshness at one instant, in configuration order (the per-cluster
+        ``klag_pipeline_cluster_up``; False before a cluster's first successful cycle).
+
+        Safe to call from another thread (the OTLP export thread): the set of clusters never
+        changes after construction, and each verdict reads two floats."""
+        now = self._clock.monotonic()
+        return {name: self._fresh(state, now) for name, state in self._clusters.items()}
 
     def ready(self) -> tuple[bool, str]:
         """(True, "ok"), or False with "standby", "no data yet" or "all clusters stale"."""

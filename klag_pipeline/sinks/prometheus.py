@@ -3,8 +3,9 @@
 Every snapshot is rendered once, off the event loop, into per-cluster chunks (one string of
 sample lines per family); the chunks of all clusters are then joined family by family into one
 cached body, and its gzip prefix is compressed at the same time. A scrape only appends the small
-exporter-level part (``kafka_lag_exporter_up``) and the self-metrics to that cached body, so it
-never re-renders cluster series and never touches Kafka, however many groups there are.
+health part (``kafka_lag_exporter_up``, ``klag_pipeline_cluster_up``) and the self-metrics to
+that cached body, so it never re-renders cluster series and never touches Kafka, however many
+groups there are.
 
 The same cached body serves both formats: every compatibility family is a gauge and label and
 value spelling is identical in text 0.0.4 and OpenMetrics 1.0, so only the trailer (``# EOF``)
@@ -15,12 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from klag_pipeline.exposition import escape_label_value, format_value
+from klag_pipeline.exposition import (
+    escape_label_value,
+    format_value,
+    wants_gzip,
+    wants_openmetrics,
+)
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, PartitionRow, SinkUpdate
 from klag_pipeline.status import StatusBoard
@@ -83,6 +89,11 @@ FAMILY_HELP: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 UP_HELP: Final = "1 when every cluster has fresh data (within staleness_threshold), else 0."
+CLUSTER_UP_FAMILY: Final = "klag_pipeline_cluster_up"
+CLUSTER_UP_HELP: Final = (
+    "1 when this cluster's last successful cycle is within staleness_threshold, else 0 "
+    "(also 0 before the first one)."
+)
 
 _HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
     {
@@ -107,6 +118,11 @@ def _label_template(constant: Mapping[str, str], variable: Iterable[str]) -> str
             value = value.replace("{", "{{").replace("}", "}}")
         parts.append(f'{name}="{value}"')
     return ",".join(parts)
+
+
+def _cluster_label_text(cluster: str, labels: Mapping[str, str]) -> str:
+    """The sorted, escaped label text of a C-family series of ``cluster``."""
+    return _label_template({**labels, "cluster_name": cluster}, ()).format()
 
 
 _P = ("topic", "partition")
@@ -230,7 +246,7 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     emit("kafka_consumergroup_group_state", ((lb, int(gs.state)) for lb, gs in by_group))
     del by_group, g_labels
 
-    c_labels = _label_template(constant, ())
+    c_labels = _cluster_label_text(snapshot.cluster, snapshot.labels)
     cluster_values: dict[str, float] = {
         "kafka_consumergroup_poll_time_ms": snapshot.poll_time_ms,
         "kafka_lag_exporter_scrape_duration_seconds": snapshot.duration_seconds,
@@ -261,47 +277,6 @@ def render_snapshots(snapshots: Sequence[ClusterSnapshot], granularity: Granular
     """The compatibility families of ``snapshots`` in text format (for ``once``)."""
     parts = assemble({s.cluster: render_cluster(s, granularity) for s in snapshots})
     return b"".join(parts).decode()
-
-
-def _weighted(header: str) -> Iterator[tuple[str, float]]:
-    """``(lower-cased token, q)`` for each element of an Accept-style header."""
-    for element in header.split(","):
-        token, *params = (part.strip() for part in element.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        yield token.lower(), q
-
-
-def wants_openmetrics(accept: str | None) -> bool:
-    """Whether an ``Accept`` header prefers OpenMetrics over the text format (q-values honoured).
-
-    Prometheus sends ``application/openmetrics-text;version=1.0.0,…,text/plain;…;q=0.5,…``.
-    """
-    best_om = best_text = 0.0
-    for media_type, q in _weighted(accept or ""):
-        if media_type == "application/openmetrics-text":
-            best_om = max(best_om, q)
-        elif media_type in ("text/plain", "text/*", "*/*"):
-            best_text = max(best_text, q)
-    return best_om > 0 and best_om >= best_text
-
-
-def wants_gzip(accept_encoding: str | None) -> bool:
-    """Whether ``Accept-Encoding`` allows gzip; an explicit ``gzip`` entry overrides ``*``."""
-    explicit: float | None = None
-    wildcard = 0.0
-    for coding, q in _weighted(accept_encoding or ""):
-        if coding in ("gzip", "x-gzip"):
-            explicit = max(explicit or 0.0, q)
-        elif coding == "*":
-            wildcard = max(wildcard, q)
-    return (wildcard if explicit is None else explicit) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,11 +310,25 @@ class PrometheusSink:
     name = "prometheus"
 
     def __init__(
-        self, granularity: Granularity, status: StatusBoard, self_metrics: SelfMetrics
+        self,
+        granularity: Granularity,
+        status: StatusBoard,
+        self_metrics: SelfMetrics,
+        *,
+        cluster_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """``cluster_labels``: each cluster's custom labels, carried by its
+        ``klag_pipeline_cluster_up`` series like by every other series of the cluster."""
         self._granularity: Granularity = granularity
         self._status = status
         self._self_metrics = self_metrics
+        labels = cluster_labels or {}
+        # Rendered per scrape (freshness changes with time alone), so the label text is built
+        # once here; every configured cluster has a series from the start.
+        self._cluster_up_prefixes = tuple(
+            (name, f"{CLUSTER_UP_FAMILY}{{{_cluster_label_text(name, labels.get(name, {}))}}} ")
+            for name in sorted(status.cluster_names)
+        )
         self._exposition = _prepare({})
         self._gzipped: dict[bool, tuple[_Exposition, bytes, bytes]] = {}
         """Per format: the exposition and scrape-time part last gzipped, and the result."""
@@ -393,6 +382,23 @@ class PrometheusSink:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def _health_part(self) -> bytes:
+        """``kafka_lag_exporter_up`` and ``klag_pipeline_cluster_up``, as of now."""
+        fresh = self._status.fresh_by_cluster()
+        text = (
+            f"# HELP kafka_lag_exporter_up {UP_HELP}\n"
+            f"# TYPE kafka_lag_exporter_up gauge\n"
+            f"kafka_lag_exporter_up {1 if all(fresh.values()) else 0}\n"
+        )
+        if self._cluster_up_prefixes:
+            text += (
+                f"# HELP {CLUSTER_UP_FAMILY} {CLUSTER_UP_HELP}\n# TYPE {CLUSTER_UP_FAMILY} gauge\n"
+            )
+            text += "".join(
+                f"{prefix}{1 if fresh[name] else 0}\n" for name, prefix in self._cluster_up_prefixes
+            )
+        return text.encode()
+
     def render(
         self, accept: str | None, accept_encoding: str | None
     ) -> tuple[bytes, str, str | None]:
@@ -406,12 +412,7 @@ class PrometheusSink:
         """Like :meth:`render`, with the body as parts to write in order, so an uncompressed
         scrape never copies the (tens of MB) cached body."""
         openmetrics = wants_openmetrics(accept)
-        up = 1 if self._status.up() else 0
-        tail = [
-            f"# HELP kafka_lag_exporter_up {UP_HELP}\n"
-            f"# TYPE kafka_lag_exporter_up gauge\n"
-            f"kafka_lag_exporter_up {up}\n".encode()
-        ]
+        tail = [self._health_part()]
         self_metrics = self._self_metrics.render(openmetrics)
         if openmetrics:
             self_metrics = self_metrics.removesuffix(b"# EOF\n")

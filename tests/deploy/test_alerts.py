@@ -209,37 +209,46 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
             ),
         ],
     }
-    stale_summary = "The klag-pipeline exporter has stale data for at least one Kafka cluster."
-    stale_description = (
-        "The exporter is running but at least one cluster has had no successful collection "
-        "cycle within its staleness threshold (or no instance is leader); that cluster's series "
-        "are withdrawn. See klag_pipeline_stage_errors_total and the exporter's logs."
-    )
+
+    def stale_alert(cluster: str) -> dict[str, Any]:
+        return alert(
+            {"severity": "warning", "job": "klag-pipeline", "cluster_name": cluster},
+            f"klag-pipeline has no fresh data for Kafka cluster {cluster}.",
+            f"No collection cycle of cluster {cluster} has succeeded within its staleness "
+            "threshold on any exporter instance (klag_pipeline_cluster_up is 0; 0 from start-up "
+            "until the first success): the cluster is unreachable, refuses the exporter, answers "
+            "too slowly, or no instance is leader. Its series are withdrawn. See "
+            f'klag_pipeline_stage_errors_total{{cluster_name="{cluster}"}} and the exporter\'s '
+            "logs.",
+        )
+
+    cluster_up = "klag_pipeline_cluster_up"
     stale = {
+        # Per cluster: prod goes down at 2m, "never" was never reached, dr stays fresh. HA: the
+        # standby (b) collects nothing and reports 0 for every cluster, which must not count.
         "interval": "1m",
         "input_series": [
-            series("kafka_lag_exporter_up", f'{JOB},instance="a:8000"', "1 1 0x10"),
-            series("kafka_lag_exporter_up", f'{JOB},instance="b:8000"', "0x12"),
+            series(cluster_up, f'{JOB},instance="a:8000",cluster_name="prod"', "1 1 0x10"),
+            series(cluster_up, f'{JOB},instance="a:8000",cluster_name="dr",env="eu"', "1x12"),
+            series(cluster_up, f'{JOB},instance="a:8000",cluster_name="never"', "0x12"),
+            series(cluster_up, f'{JOB},instance="b:8000",cluster_name="prod"', "0x12"),
+            series(cluster_up, f'{JOB},instance="b:8000",cluster_name="dr",env="eu"', "0x12"),
+            series(cluster_up, f'{JOB},instance="b:8000",cluster_name="never"', "0x12"),
+            # The compatibility gauge alone no longer alerts (it cannot name the cluster).
+            series("kafka_lag_exporter_up", f'{JOB},instance="a:8000"', "0x12"),
         ],
         "alert_rule_test": [
-            fires("6m", "KlagPipelineDataStale"),
-            fires(
-                "8m",
-                "KlagPipelineDataStale",
-                alert(
-                    {"severity": "warning", "job": "klag-pipeline"},
-                    stale_summary,
-                    stale_description,
-                ),
-            ),
+            fires("4m", "KlagPipelineDataStale"),
+            fires("6m", "KlagPipelineDataStale", stale_alert("never")),
+            fires("8m", "KlagPipelineDataStale", stale_alert("never"), stale_alert("prod")),
         ],
     }
     standby_only_stale = {
         # HA: the standby reports 0 (it collects nothing), the leader 1 — nothing is stale.
         "interval": "1m",
         "input_series": [
-            series("kafka_lag_exporter_up", f'{JOB},instance="leader:8000"', "1x12"),
-            series("kafka_lag_exporter_up", f'{JOB},instance="standby:8000"', "0x12"),
+            series(cluster_up, f'{JOB},instance="leader:8000",cluster_name="prod"', "1x12"),
+            series(cluster_up, f'{JOB},instance="standby:8000",cluster_name="prod"', "0x12"),
         ],
         "alert_rule_test": [fires("10m", "KlagPipelineDataStale")],
     }

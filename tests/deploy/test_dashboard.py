@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from klag_pipeline.sinks.prometheus import FAMILY_HELP
+from klag_pipeline.pipeline.clock import FakeClock
+from klag_pipeline.sinks.prometheus import FAMILY_HELP, PrometheusSink
+from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +43,13 @@ SPEC_FAMILIES = frozenset(
         "kafka_lag_exporter_up",
         "kafka_lag_exporter_compaction_detected_total",
         "kafka_lag_exporter_data_loss_partitions_total",
+        # klag-pipeline's addition next to group_lag (issue 18): trailing transaction markers
+        "kafka_consumergroup_group_consumable_lag",
     }
 )
+# The exporter's per-cluster health gauge (docs/metrics.md), rendered per scrape by the sink
+# rather than kept in the self-metrics registry.
+CLUSTER_UP = "klag_pipeline_cluster_up"
 METRIC_NAME = re.compile(r"\b((?:kafka|klag_pipeline)_[a-z0-9_]+)\b")
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range"})
@@ -130,13 +137,28 @@ def test_dashboard_variables_cover_every_reference() -> None:
 def test_queries_name_only_exported_families(title: str, ref: str, expr: str) -> None:
     names = set(METRIC_NAME.findall(expr))
     assert names, f"{title}/{ref}: no metric in {expr!r}"
-    known = SPEC_FAMILIES | self_metric_families()
+    known = SPEC_FAMILIES | self_metric_families() | {CLUSTER_UP}
     assert names <= known, f"{title}/{ref}: unknown metric(s) {sorted(names - known)}"
 
 
 def test_spec_families_are_what_the_sink_exports() -> None:
     # The dashboard and alerts are written against SPEC_FAMILIES; the sink must agree.
     assert set(FAMILY_HELP) | {"kafka_lag_exporter_up"} == SPEC_FAMILIES
+
+
+def test_cluster_up_is_what_the_sink_exports() -> None:
+    status = StatusBoard(["a"], staleness_threshold=9.0, poll_interval=3.0, clock=FakeClock())
+    body, _, _ = PrometheusSink("partition", status, SelfMetrics()).render(None, None)
+    assert f'\n{CLUSTER_UP}{{cluster_name="a"}} 0\n' in body.decode()
+
+
+def test_cluster_health_is_shown_per_cluster_and_lists_every_cluster() -> None:
+    dashboard = load_dashboard()
+    exprs = [expr for _, _, expr in panel_queries(dashboard)]
+    assert any(CLUSTER_UP in expr and "by (cluster_name)" in expr for expr in exprs)
+    # The cluster picker lists clusters that never had data too (their series are absent).
+    (cluster,) = [v for v in dashboard["templating"]["list"] if v["name"] == "cluster"]
+    assert cluster["definition"] == f"label_values({CLUSTER_UP}, cluster_name)"
 
 
 def test_dashboard_shows_every_spec_family() -> None:

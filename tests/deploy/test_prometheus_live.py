@@ -1,6 +1,8 @@
 """A real Prometheus (Debian package) scraping a real klag-pipeline exporter while a scenario runs
 on the real broker: every dashboard query returns data, the data-loss alert fires for the group
-that lost data and not for the healthy one, and the exporter-down alert fires once it stops.
+that lost data and not for the healthy one, with a second configured cluster that cannot be
+reached the per-cluster health gauge is 1 and 0 and the stale-data alert fires for the unreachable
+cluster only, and the exporter-down alert fires once the exporter stops.
 
 The alert rules are the chart's, rendered by helm with short ``for:`` durations: the only
 difference from deploy/prometheus/alerts.yaml, whose job selector ``job="klag-pipeline"`` is the
@@ -194,6 +196,12 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
                 group_whitelist=(re.compile("^" + re.escape(prefix)),),
                 topic_whitelist=(re.compile("^" + re.escape(prefix)),),
             ),
+            # Nothing listens there: this cluster never completes a cycle.
+            ClusterSettings(
+                name="unreachable",
+                bootstrap_servers=(f"127.0.0.1:{free_port()}",),
+                labels={"env": "nowhere"},
+            ),
         ),
     )
     queries = [
@@ -239,6 +247,26 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
                 assert healthy not in groups
                 assert lagging not in groups
                 assert {a["topic"] for a in alerts if a["group"] == lossy} == {lossy_topic}
+
+                # Per-cluster health: the reachable cluster is up, the other one down...
+                async def cluster_up() -> dict[str, float] | None:
+                    result = await api.query("klag_pipeline_cluster_up")
+                    values = {s["metric"]["cluster_name"]: float(s["value"][1]) for s in result}
+                    return values if len(values) == 2 else None
+
+                assert await wait_for("cluster up series", cluster_up) == {
+                    "deploy-test": 1.0,
+                    "unreachable": 0.0,
+                }
+
+                # ...and the stale-data alert names the unreachable cluster, and only it.
+                async def stale_firing() -> list[dict[str, str]]:
+                    return await api.firing("KlagPipelineDataStale")
+
+                stale = await wait_for("stale-data alert", stale_firing)
+                assert [a["cluster_name"] for a in stale] == ["unreachable"]
+                assert (await cluster_up()) == {"deploy-test": 1.0, "unreachable": 0.0}
+                assert [a["cluster_name"] for a in await stale_firing()] == ["unreachable"]
 
             # The exporter has stopped: scrapes fail, `up` goes 0, the alert fires.
             async def exporter_down() -> list[dict[str, str]]:

@@ -512,7 +512,8 @@ class MemberTruth:
 
 async def describe_members(bootstrap: str, group: str) -> list[MemberTruth]:
     """Members of ``group`` as the Java ``kafka-consumer-groups --describe --members`` shows
-    them (independent of the code under test; classic and KIP-848 groups alike)."""
+    them (independent of the code under test; classic and KIP-848 groups alike). ``host`` is
+    exactly what Kafka reports (``/127.0.0.1``), the form the ``member_host`` label carries."""
     output = await asyncio.to_thread(
         kafka_local.consumer_groups, bootstrap, "--describe", "--members", "--group", group
     )
@@ -520,7 +521,7 @@ async def describe_members(bootstrap: str, group: str) -> list[MemberTruth]:
     for line in output.splitlines():
         parts = line.split()
         if parts[:1] == [group] and len(parts) >= 4:
-            members.append(MemberTruth(parts[1], parts[2].removeprefix("/"), parts[3]))
+            members.append(MemberTruth(parts[1], parts[2], parts[3]))
     return members
 
 

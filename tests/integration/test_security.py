@@ -556,6 +556,7 @@ async def test_failure_is_clear_secret_free_and_backs_off(
     assert 1 <= factory.connects <= 3, factory.connects
     assert status.successes == 0
     assert b"\nkafka_lag_exporter_up 0\n" in b"\n" + body
+    assert f'\nklag_pipeline_cluster_up{{cluster_name="{name}"}} 0\n'.encode() in body
     assert status.last_error is not None
     failed = [
         entry

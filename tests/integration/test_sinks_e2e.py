@@ -144,9 +144,10 @@ def exporter_settings(
 
 
 def prometheus_series(exporter: Exporter) -> dict[tuple[str, frozenset[Any]], float]:
-    """The compatibility families of ``/metrics`` right now (self-metrics left out)."""
+    """The compatibility families and the per-cluster up of ``/metrics`` right now (the other
+    self-metrics left out): the families the OTLP sink exports too."""
     body, _, _ = exporter.prometheus.render(None, None)
-    wanted = {*FAMILY_HELP, "kafka_lag_exporter_up"}
+    wanted = {*FAMILY_HELP, "kafka_lag_exporter_up", "klag_pipeline_cluster_up"}
     out: dict[tuple[str, frozenset[Any]], float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -226,6 +227,8 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
     assert final, "the last snapshot was not flushed over OTLP"
     otlp_series = {key: float(value) for key, value in series(final[-1].request).items()}
     assert otlp_series == prometheus
+    # Both sinks report the cluster's health with its custom labels (the up-ness part: fresh).
+    assert otlp_series[("klag_pipeline_cluster_up", cluster_labels)] == 1.0
     assert final[-1].headers["x-scope-orgid"] == "tenant-1"
     resource = points(final[-1].request)[0].resource
     assert resource["service.name"] == "klag-pipeline"

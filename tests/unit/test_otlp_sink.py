@@ -43,6 +43,7 @@ from tests.receivers.otlp import GrpcReceiver, HttpReceiver, points, series
 
 Receiver = GrpcReceiver | HttpReceiver
 SeriesMap = dict[tuple[str, frozenset[tuple[str, Any]]], int | float]
+HEALTH = frozenset({"kafka_lag_exporter_up", "klag_pipeline_cluster_up"})
 
 BASE_TIME = 1_700_000_000.0
 TOKEN = "Bearer s3cr3t-t0ken"
@@ -210,7 +211,8 @@ def make_sink(
     *,
     granularity: Granularity = "partition",
     on_error: Callable[[str], None] | None = None,
-    up: Callable[[], bool] | None = None,
+    up: Callable[[], dict[str, bool]] | None = None,
+    cluster_labels: dict[str, dict[str, str]] | None = None,
     cardinality_floor: int = 2000,
 ) -> OtlpSink:
     return OtlpSink(
@@ -220,6 +222,7 @@ def make_sink(
         instance_id="instance-7",
         on_error=on_error,
         up=up,
+        cluster_labels=cluster_labels,
         cardinality_floor=cardinality_floor,
     )
 
@@ -458,18 +461,34 @@ async def test_unsampled_snapshot_has_no_time_lag_families(receiver: Receiver) -
     assert as_floats(series(received.request)) == prometheus_series([snapshot], "partition")
 
 
-async def test_up_is_reported_when_the_exporter_provides_it(receiver: Receiver) -> None:
-    state = {"up": False}
-    sink = make_sink(otel_settings(receiver), up=lambda: state["up"])
+async def test_up_and_cluster_up_are_reported_when_the_exporter_provides_them(
+    receiver: Receiver,
+) -> None:
+    fresh = {"a": False, "b": False}
+    sink = make_sink(
+        otel_settings(receiver), up=lambda: dict(fresh), cluster_labels={"a": {"env": "eu"}}
+    )
+    a_key = ("klag_pipeline_cluster_up", frozenset({("cluster_name", "a"), ("env", "eu")}))
+    b_key = ("klag_pipeline_cluster_up", frozenset({("cluster_name", "b")}))
 
-    def up_is(value: int) -> Callable[[Any], bool]:
-        return lambda r: series(r).get(("kafka_lag_exporter_up", frozenset())) == value
+    def reported(up: int, a: int, b: int) -> Callable[[Any], bool]:
+        def check(request: Any) -> bool:
+            exported = series(request)
+            health = {k: v for k, v in exported.items() if k[0] in HEALTH}
+            return health == {("kafka_lag_exporter_up", frozenset()): up, a_key: a, b_key: b}
+
+        return check
 
     async with running(sink) as inbox:
         inbox.send(make_snapshot("a", [make_row("g", 0)]))
-        await receiver.wait_for(up_is(0))
-        state["up"] = True
-        await receiver.wait_for(up_is(1), after=receiver.count)
+        # Both clusters have a series from the start, before either has fresh data.
+        await receiver.wait_for(reported(0, 0, 0))
+        fresh["a"] = True
+        await receiver.wait_for(reported(0, 1, 0), after=receiver.count)
+        fresh["b"] = True
+        await receiver.wait_for(reported(1, 1, 1), after=receiver.count)
+        fresh["a"] = False
+        await receiver.wait_for(reported(0, 0, 1), after=receiver.count)
 
 
 # -- failures, recovery, shutdown ----------------------------------------------------------------

@@ -457,6 +457,58 @@ def test_up_follows_the_status_board() -> None:
     assert samples(scrape(sink))["kafka_lag_exporter_up"] == [({}, 0.0)]
 
 
+def test_cluster_up_per_cluster_from_the_start_with_custom_labels() -> None:
+    clock = FakeClock()
+    status = StatusBoard(("prod", "dr"), staleness_threshold=90.0, poll_interval=30.0, clock=clock)
+    sink = PrometheusSink(
+        "partition",
+        status,
+        SelfMetrics(),
+        cluster_labels={"prod": {"env": "eu-1", "team": 'a"b'}, "dr": {}},
+    )
+    prod = {"cluster_name": "prod", "env": "eu-1", "team": 'a"b'}
+    dr = {"cluster_name": "dr"}
+
+    def health() -> tuple[float, list[tuple[dict[str, str], float]]]:
+        families = samples(scrape(sink))
+        ((labels, up),) = families["kafka_lag_exporter_up"]
+        assert labels == {}
+        return up, families["klag_pipeline_cluster_up"]
+
+    # Before any cycle: both clusters are there, and down (clusters in name order).
+    assert health() == (0.0, [(dr, 0.0), (prod, 0.0)])
+    status.cycle_attempted("prod")
+    status.cycle_succeeded("prod", 0.2)
+    assert health() == (0.0, [(dr, 0.0), (prod, 1.0)])
+    clock.advance(60)
+    status.cycle_attempted("dr")
+    status.cycle_succeeded("dr", 0.2)
+    assert health() == (1.0, [(dr, 1.0), (prod, 1.0)])
+    # prod's last success is now 91 s old, dr's 31 s: only prod is down.
+    clock.advance(31)
+    assert health() == (0.0, [(dr, 1.0), (prod, 0.0)])
+    # The same in OpenMetrics, and the gzip body carries it too.
+    body, _, _ = sink.render(PROMETHEUS_ACCEPT, None)
+    om = samples(body.decode(), openmetrics=True)
+    assert om["klag_pipeline_cluster_up"] == [(dr, 1.0), (prod, 0.0)]
+    gz, _, encoding = sink.render(None, "gzip")
+    assert encoding == "gzip"
+    assert samples(gzip.decompress(gz).decode())["klag_pipeline_cluster_up"] == [
+        (dr, 1.0),
+        (prod, 0.0),
+    ]
+
+
+def test_cluster_series_keep_braces_in_label_values() -> None:
+    sink, *_ = make_sink(clusters=("a{b}",))
+    sink.apply(replace(golden_snapshot(), cluster="a{b}", labels={"env": "{eu}"}))
+    families = samples(scrape(sink))
+    for name in ("kafka_lag_exporter_scrape_duration_seconds", "kafka_partition_latest_offset"):
+        assert {(labels["cluster_name"], labels["env"]) for labels, _ in families[name]} == {
+            ("a{b}", "{eu}")
+        }, name
+
+
 def test_second_snapshot_replaces_the_first() -> None:
     sink, *_ = make_sink()
     first = [
@@ -479,12 +531,24 @@ def test_withdrawal_removes_only_that_cluster() -> None:
     sink.apply(golden_snapshot())
     sink.apply(replace(golden_snapshot(), cluster="dr"))
     sink.apply(ClusterWithdrawn("prod", "stale"))
-    text = scrape(sink)
-    assert 'cluster_name="prod"' not in text
-    assert 'cluster_name="dr"' in text
+    families = samples(scrape(sink))
+    series_clusters = {
+        labels["cluster_name"]
+        for name, points in families.items()
+        if name.startswith("kafka_")
+        for labels, _ in points
+        if "cluster_name" in labels
+    }
+    assert series_clusters == {"dr"}
     sink.apply(ClusterWithdrawn("dr", "leadership lost"))
     sink.apply(ClusterWithdrawn("dr", "again"))  # withdrawing an absent cluster is harmless
-    assert "cluster_name=" not in scrape(sink)
+    families = samples(scrape(sink))
+    assert not [name for name in families if name.startswith("kafka_") and families[name][0][0]]
+    # The per-cluster health gauge stays: a withdrawn cluster is exactly one that is down.
+    assert families["klag_pipeline_cluster_up"] == [
+        ({"cluster_name": "dr"}, 0.0),
+        ({"cluster_name": "prod"}, 0.0),
+    ]
     assert sink.applied == 5
 
 

@@ -48,6 +48,20 @@ def test_up_needs_every_cluster_fresh() -> None:
     assert not status.up()
 
 
+def test_fresh_by_cluster_in_configuration_order() -> None:
+    clock = FakeClock()
+    status = board("b", "a", clock=clock)
+    assert list(status.fresh_by_cluster().items()) == [("b", False), ("a", False)]
+    succeed(status, "a")
+    assert status.fresh_by_cluster() == {"b": False, "a": True}
+    status.cycle_failed("a", "boom")  # a failure alone does not make data stale
+    assert status.fresh_by_cluster() == {"b": False, "a": True}
+    clock.advance(90.001)
+    succeed(status, "b")
+    assert status.fresh_by_cluster() == {"b": True, "a": False}
+    assert status.up() is all(status.fresh_by_cluster().values())
+
+
 def test_ready_reasons() -> None:
     clock = FakeClock()
     status = board("a", "b", clock=clock)

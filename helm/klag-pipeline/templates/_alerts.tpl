@@ -110,7 +110,8 @@ groups:
             target at all); consumer lag is not being monitored.
       - alert: KlagPipelineDataStale
         expr: >-
-          max by (job, namespace) (kafka_lag_exporter_up{ {{- $job -}} }) == 0
+          max by (job, namespace, cluster_name)
+          (klag_pipeline_cluster_up{ {{- $job -}} }) == 0
         for: {{ $a.staleData.for }}
         labels:
           severity: {{ $a.staleData.severity }}
@@ -118,9 +119,13 @@ groups:
           {{- toYaml . | nindent 10 }}
           {{- end }}
         annotations:
-          summary: The klag-pipeline exporter has stale data for at least one Kafka cluster.
+          summary: >-
+            klag-pipeline has no fresh data for Kafka cluster {{`{{ $labels.cluster_name }}`}}.
           description: >-
-            The exporter is running but at least one cluster has had no successful collection
-            cycle within its staleness threshold (or no instance is leader); that cluster's
-            series are withdrawn. See klag_pipeline_stage_errors_total and the exporter's logs.
+            No collection cycle of cluster {{`{{ $labels.cluster_name }}`}} has succeeded within
+            its staleness threshold on any exporter instance (klag_pipeline_cluster_up is 0;
+            0 from start-up until the first success): the cluster is unreachable, refuses the
+            exporter, answers too slowly, or no instance is leader. Its series are withdrawn.
+            See klag_pipeline_stage_errors_total{cluster_name="{{`{{ $labels.cluster_name }}`}}"}
+            and the exporter's logs.
 {{- end }}

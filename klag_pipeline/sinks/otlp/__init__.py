@@ -39,10 +39,12 @@ from klag_pipeline.sinks.otlp.families import (
     UP_FAMILY,
     CardinalityBudget,
     SeriesKeys,
+    cluster_up_observations,
     family_descriptions,
     observe,
     series_keys,
 )
+from klag_pipeline.sinks.prometheus import CLUSTER_UP_FAMILY
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
 
 __all__ = ["OtlpSink"]
@@ -67,8 +69,11 @@ class _Generation:
 class OtlpSink:
     """Pushes every cluster's latest snapshot to an OTLP receiver (SPEC §6).
 
-    ``up``, when given, is called from the SDK's export thread to report
-    ``kafka_lag_exporter_up`` (it must only read state). ``on_error`` is called with the sink's
+    ``up``, when given, is called from the SDK's export thread and returns every cluster's
+    freshness (:meth:`~klag_pipeline.status.StatusBoard.fresh_by_cluster`; it must only read
+    state): the sink reports ``kafka_lag_exporter_up`` (all fresh) and the per-cluster
+    ``klag_pipeline_cluster_up``, whose attributes are ``cluster_name`` and that cluster's entry
+    in ``cluster_labels``. ``on_error`` is called with the sink's
     name once per failed export, also from that thread. ``cardinality_floor`` is the smallest
     per-family limit of distinct attribute sets a provider is built with (see
     :class:`~klag_pipeline.sinks.otlp.families.CardinalityBudget`).
@@ -88,7 +93,8 @@ class OtlpSink:
         version: str,
         instance_id: str,
         on_error: Callable[[str], None] | None = None,
-        up: Callable[[], bool] | None = None,
+        up: Callable[[], Mapping[str, bool]] | None = None,
+        cluster_labels: Mapping[str, Mapping[str, str]] | None = None,
         cardinality_floor: int = DEFAULT_CARDINALITY_FLOOR,
     ) -> None:
         plaintext(settings)
@@ -97,6 +103,7 @@ class OtlpSink:
         self._version = version
         self._tls = load_tls(settings)
         self._up = up
+        self._cluster_labels: Mapping[str, Mapping[str, str]] = cluster_labels or {}
         self._resource = Resource.create(
             {
                 "service.name": SERVICE_NAME,
@@ -172,7 +179,10 @@ class OtlpSink:
                 return ()
             if family == UP_FAMILY:
                 assert self._up is not None
-                return (Observation(1 if self._up() else 0),)
+                return (Observation(1 if all(self._up().values()) else 0),)
+            if family == CLUSTER_UP_FAMILY:
+                assert self._up is not None
+                return cluster_up_observations(self._up(), self._cluster_labels)
             return observe(family, self._view.values())
 
         return callback

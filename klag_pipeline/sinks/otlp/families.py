@@ -21,10 +21,17 @@ from typing import Final
 from opentelemetry.metrics import Observation
 
 from klag_pipeline.settings.schema import Granularity
-from klag_pipeline.sinks.prometheus import FAMILY_HELP, UP_HELP
+from klag_pipeline.sinks.prometheus import (
+    CLUSTER_UP_FAMILY,
+    CLUSTER_UP_HELP,
+    FAMILY_HELP,
+    UP_HELP,
+)
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
 
 UP_FAMILY: Final = "kafka_lag_exporter_up"
+HEALTH_FAMILIES: Final = frozenset({UP_FAMILY, CLUSTER_UP_FAMILY})
+"""Read from the exporter's status when exported, not from snapshots."""
 
 _FLAG: Final = {True: "true", False: "false"}
 
@@ -64,7 +71,19 @@ def family_descriptions(granularity: Granularity, *, with_up: bool) -> Mapping[s
     }
     if with_up:
         names[UP_FAMILY] = UP_HELP
+        names[CLUSTER_UP_FAMILY] = CLUSTER_UP_HELP
     return MappingProxyType(names)
+
+
+def cluster_up_observations(
+    fresh: Mapping[str, bool], labels: Mapping[str, Mapping[str, str]]
+) -> list[Observation]:
+    """``klag_pipeline_cluster_up`` of every cluster, with the attributes ``/metrics`` gives it
+    (``cluster_name`` and the cluster's custom labels)."""
+    return [
+        Observation(1 if up else 0, {**labels.get(name, {}), "cluster_name": name})
+        for name, up in fresh.items()
+    ]
 
 
 def _cluster_attributes(snapshot: ClusterSnapshot) -> dict[str, str]:
@@ -152,8 +171,8 @@ _OBSERVERS: Final[Mapping[str, Callable[[str, ClusterSnapshot], Iterator[Observa
 
 
 def observe(family: str, snapshots: Iterable[ClusterSnapshot]) -> list[Observation]:
-    """Every observation of one cluster family over ``snapshots`` (not ``kafka_lag_exporter_up``,
-    which has no cluster)."""
+    """Every observation of one cluster family over ``snapshots`` (not the
+    :data:`HEALTH_FAMILIES`, which come from the exporter's status)."""
     observer = _OBSERVERS[family]
     return [point for snapshot in snapshots for point in observer(family, snapshot)]
 
