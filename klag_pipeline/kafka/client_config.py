@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,8 @@ from klag_pipeline.kafka.oauth import (
     parse_extensions,
 )
 from klag_pipeline.kafka.protocol import READ_COMMITTED, READ_UNCOMMITTED
+from klag_pipeline.settings.loader.sections import join_path
+from klag_pipeline.settings.paths import unreadable
 from klag_pipeline.settings.schema import ClusterSettings
 
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -231,7 +232,7 @@ def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[
         )
 
     if problems:
-        raise ConfigError([(f"consumer_properties.{key}", msg) for key, msg in problems])
+        raise ConfigError([(join_path("consumer_properties", key), msg) for key, msg in problems])
     return kwargs, tuple(warnings)
 
 
@@ -265,8 +266,9 @@ def _sasl(
         if "sasl.kerberos.domain.name" in properties:
             kwargs["sasl_kerberos_domain_name"] = properties["sasl.kerberos.domain.name"]
         keytab = properties.get("sasl.kerberos.keytab", "").strip()
-        if keytab and not os.access(keytab, os.R_OK):
-            problems.append(("sasl.kerberos.keytab", f"cannot read {keytab}"))
+        reason = unreadable(keytab) if keytab else None
+        if reason is not None:
+            problems.append(("sasl.kerberos.keytab", f"cannot read {keytab}: {reason}"))
         elif properties.get("sasl.kerberos.principal") and not keytab:
             problems.append(
                 ("sasl.kerberos.principal", "needs sasl.kerberos.keytab (or omit it and kinit)")
@@ -330,8 +332,8 @@ def _token_endpoint(
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path:
             problems.append((key, "a token file is file:///absolute/path"))
-        elif not os.access(path, os.R_OK):
-            problems.append((key, f"cannot read token file {path}"))
+        elif (reason := unreadable(path)) is not None:
+            problems.append((key, f"cannot read token file {path}: {reason}"))
         else:
             kwargs["sasl_oauth_token_provider"] = FileTokenProvider(path)
         return
@@ -354,20 +356,43 @@ def _token_endpoint(
     )
 
 
+_SSL_FILES: Final = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+
+
 def _ssl_context(
     properties: Mapping[str, str], problems: list[tuple[str, str]]
 ) -> ssl.SSLContext | None:
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=properties.get("ssl.ca.location") or None,
-            certfile=properties.get("ssl.certificate.location") or None,
-            keyfile=properties.get("ssl.key.location") or None,
-            password=properties.get("ssl.key.password") or None,
-        )
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        # The message names files, never the key password.
-        problems.append(("ssl", f"cannot build the TLS context: {type(exc).__name__}: {exc}"))
+    """The client TLS context; every problem names the property and its file, never the key
+    password."""
+    files = {key: properties.get(key) or None for key in _SSL_FILES}
+    unusable = False
+    for key, path in files.items():
+        reason = unreadable(path) if path is not None else None
+        if reason is not None:
+            problems.append((key, f"cannot read {path}: {reason}"))
+            unusable = True
+    ca, cert, key_file = files.values()
+    if key_file is not None and cert is None:
+        problems.append(("ssl.key.location", "needs ssl.certificate.location"))
+        unusable = True
+    if unusable:
         return None
+    try:
+        context: ssl.SSLContext = create_ssl_context(cafile=ca)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        problems.append(("ssl.ca.location", f"cannot load CA certificates from {ca}: {exc}"))
+        return None
+    if cert is not None:
+        # Without a password OpenSSL would prompt on the terminal for an encrypted key; an
+        # empty one makes that a load error instead.
+        password = properties.get("ssl.key.password") or (lambda: b"")
+        try:
+            context.load_cert_chain(cert, key_file, password)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            shown = cert if key_file is None else f"{cert} with key {key_file}"
+            where = "ssl.certificate.location" if key_file is None else "ssl.key.location"
+            problems.append((where, f"cannot load the client certificate {shown}: {exc}"))
+            return None
     algorithm = properties.get("ssl.endpoint.identification.algorithm", "https").strip().lower()
     if algorithm in ("", "none"):
         context.check_hostname = False
