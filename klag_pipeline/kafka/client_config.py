@@ -21,7 +21,6 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from aiokafka.abc import AbstractTokenProvider
-from aiokafka.helpers import create_ssl_context
 
 from klag_pipeline.errors import ConfigError
 from klag_pipeline.kafka.kerberos import KerberosIdentity
@@ -378,7 +377,8 @@ def _ssl_context(
     if unusable:
         return None
     try:
-        context: ssl.SSLContext = create_ssl_context(cafile=ca)
+        # What aiokafka's create_ssl_context does, without its log lines.
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     except (OSError, ssl.SSLError, ValueError) as exc:
         problems.append(("ssl.ca.location", f"cannot load CA certificates from {ca}: {exc}"))
         return None

@@ -324,7 +324,7 @@ def _cluster(s: Section) -> ClusterSettings:
     name = s.require("name", printable)
     servers = s.require("bootstrap_servers", bootstrap_servers)
     properties = s.string_map("consumer_properties")
-    for key, value in properties.items():
+    for key, value in list(properties.items()):
         # Secrets may legitimately hold any byte; every other value is a name, a path or a
         # protocol field where a control character truncates (NUL) or splits it.
         problem = control_character(key) or (
@@ -332,6 +332,7 @@ def _cluster(s: Section) -> ClusterSettings:
         )
         if problem is not None:
             s.ctx.problem(join_path(s.at("consumer_properties"), key), problem)
+            del properties[key]  # reported; the start-up checks must not echo it again
     for key, allowed in _PROPERTY_CHOICES.items():
         if key in properties and properties[key].upper() not in {a.upper() for a in allowed}:
             s.ctx.problem(

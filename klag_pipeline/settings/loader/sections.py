@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -66,7 +67,9 @@ class Context:
 def join_path(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    shown = key if _BARE_KEY.fullmatch(key) else f'"{key}"'
+    # A quoted key is escaped as TOML writes it, so a key holding a newline or a quote still
+    # makes a one-line, unambiguous path.
+    shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
     return f"{path}.{shown}" if path else shown
 
 
@@ -156,6 +159,7 @@ class Section:
                 problem = control_character(entry) or control_character(result[entry])
                 if problem is not None:
                     self.ctx.problem(where, problem)
+                    del result[entry]
         return result
 
     def regex_list(
@@ -207,6 +211,8 @@ def duration(low: float, high: float) -> Callable[[object], float]:
             shown = value.strip() if isinstance(value, str) else value
             if isinstance(shown, str) and len(shown) > 40:
                 shown = shown[:40] + "…"
+            if isinstance(shown, str) and control_character(shown):
+                shown = repr(shown)
             raise Invalid(
                 f"must be between {format_duration(low)} and {format_duration(high)}, got {shown}"
             )
