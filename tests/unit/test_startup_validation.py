@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,6 +61,14 @@ def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str
         assert lines
         assert all(LINE.match(line) for line in lines), lines
     return code, lines
+
+
+def loopback() -> str:
+    """An ``[exporter]`` table that keeps ``run`` on loopback, should it start after all."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f'[exporter]\nhttp_host = "127.0.0.1"\nhttp_port = {port}\n'
 
 
 def run_process(path: Path) -> subprocess.CompletedProcess[str]:
@@ -140,7 +149,10 @@ def test_a_jsonl_path_that_is_a_directory_fails_check_and_run(
 ) -> None:
     directory = tmp_path / "out"
     directory.mkdir()
-    path = write(tmp_path, f'[exporter.jsonl]\nenabled = true\npath = "{directory}"\n' + CLUSTER)
+    path = write(
+        tmp_path,
+        loopback() + f'[exporter.jsonl]\nenabled = true\npath = "{directory}"\n' + CLUSTER,
+    )
 
     code, lines = check(path, capsys)
     result = run_process(path)
@@ -183,8 +195,10 @@ def test_a_missing_ssl_ca_location_names_the_property_and_file_in_check_and_run(
     ca = tmp_path / "x" / "ca.pem"
     path = write(
         tmp_path,
-        CLUSTER + '[clusters.consumer_properties]\n"security.protocol" = "SSL"\n'
-        f'"ssl.ca.location" = "{ca}"\n',
+        loopback()
+        + CLUSTER
+        + '[clusters.consumer_properties]\n"security.protocol" = "SSL"\n'
+        + f'"ssl.ca.location" = "{ca}"\n',
     )
 
     code, lines = check(path, capsys)
@@ -344,7 +358,7 @@ def test_durations_out_of_range_fail_check_and_run(
 
 
 def test_a_1ms_poll_interval_fails_run_at_start_up(tmp_path: Path) -> None:
-    path = write(tmp_path, '[exporter]\npoll_interval = "1ms"\nhttp_port = 1\n' + CLUSTER)
+    path = write(tmp_path, loopback() + 'poll_interval = "1ms"\n' + CLUSTER)
 
     result = run_process(path)
 
