@@ -20,7 +20,7 @@ from pathlib import Path
 from klag_pipeline.errors import ConfigError
 from klag_pipeline.kafka.client_config import check_clusters
 from klag_pipeline.settings.loader import LoadedSettings, load_settings
-from klag_pipeline.settings.paths import unreadable, unwritable
+from klag_pipeline.settings.paths import tls_pair_failure, unreadable, unwritable
 from klag_pipeline.settings.schema import HttpSettings, OtelSettings, Settings
 
 Problem = Callable[[str, str], None]
@@ -92,10 +92,8 @@ def _http_tls(http: HttpSettings, problem: Problem) -> None:
     try:
         server_ssl_context(http)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        problem(
-            "exporter.http.tls_cert_file",
-            f"cannot load {cert} with key {key} as a certificate and key: {exc}",
-        )
+        # The HTTP server has no key-password setting: an encrypted key cannot be used.
+        problem("exporter.http.tls_cert_file", tls_pair_failure(cert, key, exc, password=False))
 
 
 def _otel(otel: OtelSettings, problem: Problem) -> None:
@@ -126,7 +124,7 @@ def _otel(otel: OtelSettings, problem: Problem) -> None:
         except (OSError, ssl.SSLError, ValueError) as exc:
             problem(
                 "exporter.otel.client_certificate_file",
-                f"cannot load {cert} with key {key} as a certificate and key: {exc}",
+                tls_pair_failure(cert, key, exc, password=False),
             )
 
 

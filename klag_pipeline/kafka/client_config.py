@@ -31,7 +31,7 @@ from klag_pipeline.kafka.oauth import (
 )
 from klag_pipeline.kafka.protocol import READ_COMMITTED, READ_UNCOMMITTED
 from klag_pipeline.settings.loader.sections import join_path
-from klag_pipeline.settings.paths import unreadable
+from klag_pipeline.settings.paths import tls_pair_failure, unreadable
 from klag_pipeline.settings.schema import ClusterSettings
 
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -385,13 +385,13 @@ def _ssl_context(
     if cert is not None:
         # Without a password OpenSSL would prompt on the terminal for an encrypted key; an
         # empty one makes that a load error instead.
-        password = properties.get("ssl.key.password") or (lambda: b"")
+        configured = properties.get("ssl.key.password")
         try:
-            context.load_cert_chain(cert, key_file, password)
+            context.load_cert_chain(cert, key_file, configured or (lambda: b""))
         except (OSError, ssl.SSLError, ValueError) as exc:
-            shown = cert if key_file is None else f"{cert} with key {key_file}"
             where = "ssl.certificate.location" if key_file is None else "ssl.key.location"
-            problems.append((where, f"cannot load the client certificate {shown}: {exc}"))
+            reason = tls_pair_failure(cert, key_file, exc, password=bool(configured))
+            problems.append((where, f"cannot load the client certificate: {reason}"))
             return None
     algorithm = properties.get("ssl.endpoint.identification.algorithm", "https").strip().lower()
     if algorithm in ("", "none"):

@@ -67,3 +67,29 @@ def unwritable(path: str, *, renames: bool) -> str | None:
     except OSError as exc:
         return _reason(exc)
     return None
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20)
+    except (OSError, ValueError):
+        return b""
+
+
+def tls_pair_failure(cert: str, key: str | None, exc: Exception, *, password: bool) -> str:
+    """Why a certificate/key pair did not load, in words: OpenSSL's own text is often just
+    ``[SSL] PEM lib``. ``key`` None: the key is expected in the certificate file."""
+    key_text = _head(key) if key is not None else _head(cert)
+    key_name = key if key is not None else cert
+    if b"-----BEGIN" not in _head(cert) or b"CERTIFICATE-----" not in _head(cert):
+        return f"no PEM certificate in {cert}"
+    if b"PRIVATE KEY-----" not in key_text:
+        return f"no PEM private key in {key_name}"
+    if b"ENCRYPTED" in key_text:
+        return (
+            f"cannot decrypt the key {key_name}: wrong password"
+            if password
+            else f"the key {key_name} is encrypted and no password is configured"
+        )
+    return f"{cert} and {key_name} do not load as a certificate and its key: {exc}"

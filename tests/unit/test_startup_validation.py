@@ -132,6 +132,69 @@ def test_http_tls_files_that_are_not_a_pair_fail_check(
     assert_rejected(lines, "exporter.http.tls_cert_file", str(tls.ca_cert), str(tls.client_key))
 
 
+@pytest.fixture(scope="module")
+def encrypted_key(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(tls.client_key.read_bytes(), None)
+    path = tmp_path_factory.mktemp("encrypted") / "client.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right-password"),
+        )
+    )
+    return path
+
+
+def test_an_encrypted_http_key_is_refused_not_prompted_for(
+    tmp_path: Path, tls: TlsFiles, encrypted_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        f'[exporter.http]\ntls_cert_file = "{tls.client_cert}"\n'
+        f'tls_key_file = "{encrypted_key}"\n' + CLUSTER,
+    )
+
+    code, lines = check(path, capsys)
+
+    assert code == 2
+    assert lines == [
+        f"exporter.http.tls_cert_file: the key {encrypted_key} is encrypted and no password "
+        "is configured"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [("s3cr3t-guess", "wrong password"), (None, "no password is configured")],
+)
+def test_an_encrypted_kafka_key_needs_its_password(
+    password: str | None,
+    expected: str,
+    tmp_path: Path,
+    tls: TlsFiles,
+    encrypted_key: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(
+        tmp_path,
+        CLUSTER + '[clusters.consumer_properties]\n"security.protocol" = "SSL"\n'
+        f'"ssl.certificate.location" = "{tls.client_cert}"\n'
+        f'"ssl.key.location" = "{encrypted_key}"\n'
+        + (f'"ssl.key.password" = "{password}"\n' if password else ""),
+    )
+
+    code, lines = check(path, capsys)
+
+    assert code == 2
+    assert_rejected(
+        lines, 'clusters[0].consumer_properties."ssl.key.location"', str(encrypted_key), expected
+    )
+    assert "s3cr3t-guess" not in "\n".join(lines)
+
+
 def test_a_matching_http_tls_pair_passes_check(
     tmp_path: Path, tls: TlsFiles, capsys: pytest.CaptureFixture[str]
 ) -> None:
