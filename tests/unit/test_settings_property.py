@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import structlog
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from devtools.kafka_local import generate_tls_files
@@ -261,6 +261,25 @@ def _isolated_logging() -> Iterator[None]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(tree=TREES)
+# Pinned: a duration too long for a float in an otherwise valid file (which the summary of check
+# would format) and the examples of issue 18.
+@example(
+    tree={
+        "clusters": [{"name": "a", "bootstrap_servers": "h:1"}],
+        "exporter": {"poll_interval": "9" * 400 + "s"},
+    }
+)
+@example(
+    tree={
+        "clusters": [{"name": "a\x00", "bootstrap_servers": "h:1"}],
+        "exporter": {
+            "poll_interval": "99999999999999999999999999w",
+            "timestamp_sampling": {"max_concurrent_fetches": 100_000_000_000},
+            "jsonl": {"enabled": True, "path": "@dir"},
+            "http": {"tls_cert_file": "@missing", "tls_key_file": "@missing"},
+        },
+    }
+)
 def test_check_exits_0_or_2_with_dotted_lines_and_agrees_with_run(
     tree: dict[str, Any], files: dict[str, str]
 ) -> None:

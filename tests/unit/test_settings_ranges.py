@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from klag_pipeline.errors import ConfigError
-from klag_pipeline.settings.durations import format_duration
+from klag_pipeline.settings.durations import format_duration, parse_duration
 from klag_pipeline.settings.loader import parse_settings
 from klag_pipeline.settings.loader.ranges import COUNTS, DURATIONS
 
@@ -92,3 +93,13 @@ def test_every_range_is_documented() -> None:
         rows = [line for line in lines if line.startswith(f"| `{dotted}`")]
         assert len(rows) == 1, dotted
         assert f"{low} – {high}" in rows[0].replace(",", ""), (dotted, rows[0])
+
+
+def test_durations_too_long_for_a_float_format_and_range_check_cleanly() -> None:
+    assert parse_duration("9" * 400 + "s") == math.inf
+    assert format_duration(math.inf) == "infs"
+    assert format_duration(86400) == "1d"
+    assert format_duration(2 * 86400 + 60) == "2d 1m"
+    assert problems_for("exporter.poll_interval", '"' + "9" * 400 + 's"') == [
+        "must be between 100ms and 1d, got " + "9" * 40 + "…"
+    ]
