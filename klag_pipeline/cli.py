@@ -26,11 +26,11 @@ import structlog
 from klag_pipeline import __version__
 from klag_pipeline.commands import DEFAULT_TIMEOUT, parse_timeout
 from klag_pipeline.errors import ConfigError, KlagError
-from klag_pipeline.kafka.client_config import check_clusters
 from klag_pipeline.settings.durations import format_duration
-from klag_pipeline.settings.loader import LoadedSettings, load_settings
+from klag_pipeline.settings.loader import LoadedSettings
 from klag_pipeline.settings.redaction import redact_settings, secret_values
 from klag_pipeline.settings.schema import Settings
+from klag_pipeline.startup import load as load_for_startup
 from klag_pipeline.telemetry.logging import FORMATS, LEVELS, configure_logging, redact_in_logs
 
 DEFAULT_SETTINGS: Final = "./settings.toml"
@@ -159,13 +159,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> LoadedSettings:
-    loaded = load_settings(path, os.environ)
+    # One validation for run, once and check alike, so check rejects exactly what run would
+    # reject at start-up (files included); every problem is listed at once.
+    loaded, ignored = load_for_startup(path, os.environ)
     redact_in_logs(secret_values(loaded.settings))
     for warning in loaded.warnings:
         log.warning("setting_ignored", path=warning.path, reason=warning.message)
-    # Reported here, once per process, for run, once and check alike (SPEC §2.2: never dropped
-    # silently); invalid values (unreadable certificate files, …) are configuration errors.
-    for where, reason in check_clusters(loaded.settings.clusters):
+    # Reported here, once per process (SPEC §2.2: never dropped silently).
+    for where, reason in ignored:
         log.warning("consumer_property_ignored", path=where, reason=reason)
     return loaded
 

@@ -139,7 +139,9 @@ def server_ssl_context(settings: HttpSettings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    # An encrypted key would make OpenSSL prompt on the terminal for a password at start-up;
+    # an empty password turns that into a load error.
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file, password=lambda: b"")
     return context
 
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from aiokafka.abc import AbstractTokenProvider
-from aiokafka.helpers import create_ssl_context
 
 from klag_pipeline.errors import ConfigError
+from klag_pipeline.kafka.client_tls import ssl_context
 from klag_pipeline.kafka.kerberos import KerberosIdentity
 from klag_pipeline.kafka.oauth import (
     ClientCredentialsTokenProvider,
@@ -32,6 +30,8 @@ from klag_pipeline.kafka.oauth import (
     parse_extensions,
 )
 from klag_pipeline.kafka.protocol import READ_COMMITTED, READ_UNCOMMITTED
+from klag_pipeline.settings.loader.sections import join_path
+from klag_pipeline.settings.paths import unreadable
 from klag_pipeline.settings.schema import ClusterSettings
 
 _PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -222,7 +222,7 @@ def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[
         )
 
     if protocol in ("SSL", "SASL_SSL"):
-        context = _ssl_context(properties, problems)
+        context = ssl_context(properties, problems)
         if context is not None:
             kwargs["ssl_context"] = context
     elif any(k.startswith("ssl.") for k in properties):
@@ -231,7 +231,7 @@ def client_kwargs(properties: Mapping[str, str]) -> tuple[dict[str, Any], tuple[
         )
 
     if problems:
-        raise ConfigError([(f"consumer_properties.{key}", msg) for key, msg in problems])
+        raise ConfigError([(join_path("consumer_properties", key), msg) for key, msg in problems])
     return kwargs, tuple(warnings)
 
 
@@ -265,8 +265,9 @@ def _sasl(
         if "sasl.kerberos.domain.name" in properties:
             kwargs["sasl_kerberos_domain_name"] = properties["sasl.kerberos.domain.name"]
         keytab = properties.get("sasl.kerberos.keytab", "").strip()
-        if keytab and not os.access(keytab, os.R_OK):
-            problems.append(("sasl.kerberos.keytab", f"cannot read {keytab}"))
+        reason = unreadable(keytab) if keytab else None
+        if reason is not None:
+            problems.append(("sasl.kerberos.keytab", f"cannot read {keytab}: {reason}"))
         elif properties.get("sasl.kerberos.principal") and not keytab:
             problems.append(
                 ("sasl.kerberos.principal", "needs sasl.kerberos.keytab (or omit it and kinit)")
@@ -330,8 +331,8 @@ def _token_endpoint(
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path:
             problems.append((key, "a token file is file:///absolute/path"))
-        elif not os.access(path, os.R_OK):
-            problems.append((key, f"cannot read token file {path}"))
+        elif (reason := unreadable(path)) is not None:
+            problems.append((key, f"cannot read token file {path}: {reason}"))
         else:
             kwargs["sasl_oauth_token_provider"] = FileTokenProvider(path)
         return
@@ -352,28 +353,6 @@ def _token_endpoint(
         scope=properties.get("sasl.oauthbearer.scope", ""),
         extensions=extensions,
     )
-
-
-def _ssl_context(
-    properties: Mapping[str, str], problems: list[tuple[str, str]]
-) -> ssl.SSLContext | None:
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=properties.get("ssl.ca.location") or None,
-            certfile=properties.get("ssl.certificate.location") or None,
-            keyfile=properties.get("ssl.key.location") or None,
-            password=properties.get("ssl.key.password") or None,
-        )
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        # The message names files, never the key password.
-        problems.append(("ssl", f"cannot build the TLS context: {type(exc).__name__}: {exc}"))
-        return None
-    algorithm = properties.get("ssl.endpoint.identification.algorithm", "https").strip().lower()
-    if algorithm in ("", "none"):
-        context.check_hostname = False
-    elif algorithm != "https":
-        problems.append(("ssl.endpoint.identification.algorithm", "must be https or none"))
-    return context
 
 
 def check_clusters(clusters: Sequence[ClusterSettings]) -> tuple[tuple[str, str], ...]:

@@ -183,16 +183,19 @@ def discover(
     settings: LeadershipSettings,
     env: Mapping[str, str] = os.environ,
     service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    materialize: Path | None = None,
 ) -> ApiServer:
-    """``kubeconfig`` when configured, else the in-cluster service account, else $KUBECONFIG."""
+    """``kubeconfig`` when configured, else the in-cluster service account, else $KUBECONFIG.
+
+    ``materialize``: where ``*-data`` certificates are written (see :func:`load_kubeconfig`)."""
     if settings.kubeconfig:
-        return load_kubeconfig(Path(settings.kubeconfig).expanduser())
+        return load_kubeconfig(Path(settings.kubeconfig).expanduser(), materialize)
     found = in_cluster(env, service_account_dir)
     if found is not None:
         return found
     configured = env.get("KUBECONFIG", "").split(os.pathsep)[0]
     if configured:
-        return load_kubeconfig(Path(configured).expanduser())
+        return load_kubeconfig(Path(configured).expanduser(), materialize)
     raise ConfigError(
         [
             (

@@ -6,6 +6,7 @@ and years, so every duration a klag-exporter config contains parses here too.
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNIT_SECONDS: dict[str, float] = {}
@@ -36,7 +37,8 @@ def parse_duration(value: object) -> float:
     """Return ``value`` (a string such as ``"1m 30s"``) as float seconds.
 
     A bare number is rejected: ``30`` could mean seconds or milliseconds, and guessing wrong is
-    a silent 1000× error. Negative durations do not exist.
+    a silent 1000× error. Negative durations do not exist. A value too long for a float comes
+    back as ``inf``: check the result against a range before using it.
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DurationError(f"must be a duration such as {EXAMPLES}")
@@ -54,18 +56,22 @@ def parse_duration(value: object) -> float:
         position = match.end()
     if not text:
         raise DurationError(f"must be a duration such as {EXAMPLES}, got ''")
+    # "9999…9w" with hundreds of digits overflows float to inf: returned as such, for the
+    # caller's range check to reject (the loader checks every duration against its range).
     return total
 
 
 def format_duration(seconds: float) -> str:
     """Render float seconds the way a human writes them in the settings file."""
+    if not math.isfinite(seconds) or seconds >= 1e12:
+        return f"{seconds:g}s"
     if seconds < 1 and seconds != 0:
         return f"{seconds * 1000:g}ms"
     whole = int(seconds)
     if whole != seconds:
         return f"{seconds:g}s"
     parts = []
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, whole = divmod(whole, size)
         if count:
             parts.append(f"{count}{unit}")

@@ -277,7 +277,7 @@ INVALID = [
         "exporter.poll_interval",
         "must be a duration",
     ),
-    ("[exporter]\npoll_interval = '0s'\n" + CLUSTER, "exporter.poll_interval", "greater than 0"),
+    ("[exporter]\npoll_interval = '0s'\n" + CLUSTER, "exporter.poll_interval", "between 100ms"),
     (
         "[exporter]\nstaleness_threshold = '10s'\n" + CLUSTER,
         "exporter.staleness_threshold",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +26,17 @@ from klag_pipeline.settings.schema import Settings
 __all__ = [
     "BUILTIN_LABELS",
     "ENV_PREFIX",
+    "Checks",
     "LoadedSettings",
     "SettingsWarning",
     "load_settings",
     "parse_settings",
 ]
+
+
+Checks = Callable[[Settings, Callable[[str, str], None]], None]
+"""Further validation run on the converted settings: ``checks(settings, problem)`` reports with
+``problem(dotted_path, message)``. Its problems are listed with the loader's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +47,14 @@ class LoadedSettings:
     warnings: tuple[SettingsWarning, ...] = ()
 
 
-def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedSettings:
+def load_settings(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, checks: Checks | None = None
+) -> LoadedSettings:
     """Load, override and validate the settings file at ``path``.
 
     ``environ`` supplies both ``${NAME}`` values and ``KLAG_*`` overrides (default: the process
     environment; tests pass their own mapping to stay hermetic). Raises ``ConfigError`` listing
-    every problem found.
+    every problem found, those of ``checks`` included.
     """
     source = str(path)
     try:
@@ -54,11 +62,17 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([(source, f"cannot read the settings file: {reason}")]) from exc
-    return parse_settings(text, os.environ if environ is None else environ, source=source)
+    return parse_settings(
+        text, os.environ if environ is None else environ, source=source, checks=checks
+    )
 
 
 def parse_settings(
-    text: str, environ: Mapping[str, str], *, source: str = "<settings>"
+    text: str,
+    environ: Mapping[str, str],
+    *,
+    source: str = "<settings>",
+    checks: Checks | None = None,
 ) -> LoadedSettings:
     """Like :func:`load_settings`, for settings already read into ``text``."""
     text, problems = substitute(text, environ, source)
@@ -71,6 +85,11 @@ def parse_settings(
     ctx = Context()
     apply_env_overrides(tree, environ, ctx)
     settings = convert(tree, ctx, source)
+    if checks is not None:
+        # Run even when conversion found problems, so one pass lists everything: an invalid
+        # value was replaced by its default, and settings.clusters[i] is clusters[i] of the file
+        # even when that cluster has problems of its own.
+        checks(settings, ctx.problem)
     if ctx.problems:
         secrets = secret_values_in(tree)
         raise ConfigError([(path, scrub(message, secrets)) for path, message in ctx.problems])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, Final, get_args
 
 from klag_pipeline.settings.durations import format_duration
+from klag_pipeline.settings.loader.ranges import COUNTS, DURATIONS, MIN_ROTATE_BYTES
 from klag_pipeline.settings.loader.sections import (
     Context,
     Invalid,
@@ -15,13 +17,15 @@ from klag_pipeline.settings.loader.sections import (
     boolean,
     bootstrap_servers,
     choice,
+    control_character,
     duration,
     host,
     integer,
     join_path,
+    optional_printable,
     optional_string,
     port,
-    string,
+    printable,
     url,
 )
 from klag_pipeline.settings.schema import (
@@ -62,6 +66,16 @@ _PROPERTY_CHOICES: Final = {
     "isolation.level": ("read_uncommitted", "read_committed"),
 }
 
+_PATH_PROPERTIES: Final = frozenset(
+    {
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "sasl.kerberos.keytab",
+        "sasl.oauthbearer.token.endpoint.url",
+    }
+)
+
 _IGNORED = "has no effect in klag-pipeline and is ignored"
 # klag-exporter keys without a meaning here: accepted (its config.toml must load unchanged) with
 # one warning each, so nothing configured is ignored silently.
@@ -95,8 +109,8 @@ def convert(tree: dict[str, Any], ctx: Context, source: str) -> Settings:
 
 def _exporter(s: Section) -> ExporterSettings:
     d = ExporterSettings()
-    poll_interval = s.get("poll_interval", d.poll_interval, duration())
-    staleness = s.get("staleness_threshold", 3 * poll_interval, duration())
+    poll_interval = _duration(s, "poll_interval", d.poll_interval)
+    staleness = _duration(s, "staleness_threshold", 3 * poll_interval)
     if "staleness_threshold" in s.data and staleness < poll_interval:
         s.problem(
             "staleness_threshold",
@@ -128,8 +142,8 @@ def _interval_or_off(value: object) -> float:
     summary interval would be the log flood it exists to replace)."""
     if isinstance(value, str) and value.strip().lower() == "off":
         return 0.0
-    seconds = duration(inclusive=True)(value)
-    if seconds != 0 and not 1 <= seconds <= 86400:
+    seconds = duration(0.0, 86400.0)(value)
+    if 0 < seconds < 1:
         raise Invalid(f"must be 'off', '0s' or between 1s and 1d, got {value!r}")
     return seconds
 
@@ -138,14 +152,10 @@ def _sampling(s: Section) -> TimestampSamplingSettings:
     d = TimestampSamplingSettings()
     result = TimestampSamplingSettings(
         enabled=s.get("enabled", d.enabled, boolean),
-        cache_ttl=s.get("cache_ttl", d.cache_ttl, duration(inclusive=True)),
-        max_concurrent_fetches=s.get(
-            "max_concurrent_fetches", d.max_concurrent_fetches, integer(1)
-        ),
-        fetch_timeout=s.get("fetch_timeout", d.fetch_timeout, duration()),
-        max_bytes_per_partition=s.get(
-            "max_bytes_per_partition", d.max_bytes_per_partition, integer(1)
-        ),
+        cache_ttl=_duration(s, "cache_ttl", d.cache_ttl),
+        max_concurrent_fetches=_count(s, "max_concurrent_fetches", d.max_concurrent_fetches),
+        fetch_timeout=_duration(s, "fetch_timeout", d.fetch_timeout),
+        max_bytes_per_partition=_count(s, "max_bytes_per_partition", d.max_bytes_per_partition),
     )
     s.finish()
     return result
@@ -158,14 +168,14 @@ def _otel(s: Section) -> OtelSettings:
         enabled=s.get("enabled", d.enabled, boolean),
         endpoint=s.get("endpoint", d.endpoint, url),
         protocol=s.get("protocol", d.protocol, choice(get_args(OtelProtocol))),
-        export_interval=s.get("export_interval", d.export_interval, duration()),
-        timeout=s.get("timeout", d.timeout, duration()),
-        headers=MappingProxyType(s.string_map("headers")),
-        resource_attributes=MappingProxyType(s.string_map("resource_attributes")),
+        export_interval=_duration(s, "export_interval", d.export_interval),
+        timeout=_duration(s, "timeout", d.timeout),
+        headers=MappingProxyType(s.string_map("headers", plain_text=True)),
+        resource_attributes=MappingProxyType(s.string_map("resource_attributes", plain_text=True)),
         insecure=insecure,
-        certificate_file=s.get("certificate_file", None, optional_string),
-        client_certificate_file=s.get("client_certificate_file", None, optional_string),
-        client_key_file=s.get("client_key_file", None, optional_string),
+        certificate_file=s.get("certificate_file", None, optional_printable),
+        client_certificate_file=s.get("client_certificate_file", None, optional_printable),
+        client_key_file=s.get("client_key_file", None, optional_printable),
     )
     if (result.client_certificate_file is None) != (result.client_key_file is None):
         s.problem("client_key_file", "client_certificate_file and client_key_file go together")
@@ -177,11 +187,16 @@ def _jsonl(s: Section) -> JsonlSettings:
     d = JsonlSettings()
     result = JsonlSettings(
         enabled=s.get("enabled", d.enabled, boolean),
-        path=s.get("path", d.path, string),
+        path=s.get("path", d.path, printable),
         only_lagging=s.get("only_lagging", d.only_lagging, boolean),
-        rotate_bytes=s.get("rotate_bytes", d.rotate_bytes, integer(0)),
-        keep_files=s.get("keep_files", d.keep_files, integer(0)),
+        rotate_bytes=_count(s, "rotate_bytes", d.rotate_bytes),
+        keep_files=_count(s, "keep_files", d.keep_files),
     )
+    if 0 < result.rotate_bytes < MIN_ROTATE_BYTES:
+        s.problem(
+            "rotate_bytes",
+            f"must be 0 (never rotate) or at least {MIN_ROTATE_BYTES}, got {result.rotate_bytes}",
+        )
     s.finish()
     return result
 
@@ -189,15 +204,21 @@ def _jsonl(s: Section) -> JsonlSettings:
 def _http(s: Section) -> HttpSettings:
     users = s.string_map("basic_auth_users")
     for user, hashed in users.items():
-        if not (_BCRYPT.fullmatch(hashed) or _SHA256.fullmatch(hashed)):
+        if ":" in user or control_character(user):
+            # RFC 7617: the user-id cannot contain ':' (it ends the user in the credentials).
+            s.ctx.problem(
+                join_path(s.at("basic_auth_users"), user),
+                "a user name must not contain ':' or control characters",
+            )
+        elif not (_BCRYPT.fullmatch(hashed) or _SHA256.fullmatch(hashed)):
             # The value is deliberately not echoed: it may be a plaintext password by mistake.
             s.ctx.problem(
                 join_path(s.at("basic_auth_users"), user),
                 "must be a bcrypt hash ($2b$…) or a hex SHA-256 hash, not a plaintext password",
             )
     result = HttpSettings(
-        tls_cert_file=s.get("tls_cert_file", None, optional_string),
-        tls_key_file=s.get("tls_key_file", None, optional_string),
+        tls_cert_file=s.get("tls_cert_file", None, optional_printable),
+        tls_key_file=s.get("tls_key_file", None, optional_printable),
         basic_auth_users=MappingProxyType(users),
     )
     if (result.tls_cert_file is None) != (result.tls_key_file is None):
@@ -209,34 +230,50 @@ def _http(s: Section) -> HttpSettings:
 def _performance(s: Section) -> PerformanceSettings:
     d = PerformanceSettings()
     result = PerformanceSettings(
-        kafka_timeout=s.get("kafka_timeout", d.kafka_timeout, duration()),
-        offset_fetch_timeout=s.get("offset_fetch_timeout", d.offset_fetch_timeout, duration()),
-        max_concurrent_groups=s.get("max_concurrent_groups", d.max_concurrent_groups, integer(1)),
-        max_concurrent_watermarks=s.get(
-            "max_concurrent_watermarks", d.max_concurrent_watermarks, integer(1)
+        kafka_timeout=_duration(s, "kafka_timeout", d.kafka_timeout),
+        offset_fetch_timeout=_duration(s, "offset_fetch_timeout", d.offset_fetch_timeout),
+        max_concurrent_groups=_count(s, "max_concurrent_groups", d.max_concurrent_groups),
+        max_concurrent_watermarks=_count(
+            s, "max_concurrent_watermarks", d.max_concurrent_watermarks
         ),
-        queue_capacity=s.get("queue_capacity", d.queue_capacity, integer(1)),
+        queue_capacity=_count(s, "queue_capacity", d.queue_capacity),
     )
     s.finish()
     return result
 
 
-def _whole_seconds(value: object) -> float:
+def _duration(s: Section, key: str, default: float) -> float:
+    return s.get(key, default, duration(*DURATIONS[s.at(key)]))
+
+
+def _count(s: Section, key: str, default: int) -> int:
+    return s.get(key, default, integer(*COUNTS[s.at(key)]))
+
+
+def _whole_seconds(low: float, high: float) -> Callable[[object], float]:
     """klag-exporter's ``*_secs`` keys are integer seconds; a duration string is accepted too."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise Invalid(f"must be greater than 0, got {value}")
-        return float(value)
-    return duration()(value)
+    as_duration = duration(low, high)
+
+    def convert(value: object) -> float:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not low <= value <= high:
+                raise Invalid(
+                    f"must be between {format_duration(low)} and {format_duration(high)}, "
+                    f"got {value} seconds"
+                )
+            return float(value)
+        return as_duration(value)
+
+    return convert
 
 
 def _leadership(s: Section) -> LeadershipSettings:
     d = LeadershipSettings()
     lease_duration = _aliased(s, "lease_duration", "lease_duration_secs", d.lease_duration)
-    renew_deadline = s.get("renew_deadline", d.renew_deadline, duration())
+    renew_deadline = _duration(s, "renew_deadline", d.renew_deadline)
     # klag-exporter's grace period is the margin between the leader's last chance to renew and
     # the lease running out, i.e. lease_duration − renew_deadline (15 s − 5 s = our 10 s default).
-    grace = s.get("grace_period_secs", None, _whole_seconds)
+    grace = s.get("grace_period_secs", None, _whole_seconds(*DURATIONS[s.at("renew_deadline")]))
     if grace is not None:
         if "renew_deadline" in s.data:
             s.problem("grace_period_secs", "set either renew_deadline or grace_period_secs")
@@ -247,14 +284,14 @@ def _leadership(s: Section) -> LeadershipSettings:
     result = LeadershipSettings(
         enabled=s.get("enabled", d.enabled, boolean),
         provider=s.get("provider", d.provider, choice(get_args(LeadershipProvider))),
-        lease_name=s.get("lease_name", d.lease_name, string),
-        lease_namespace=s.get("lease_namespace", d.lease_namespace, optional_string),
-        identity=s.get("identity", d.identity, optional_string),
+        lease_name=s.get("lease_name", d.lease_name, printable),
+        lease_namespace=s.get("lease_namespace", d.lease_namespace, optional_printable),
+        identity=s.get("identity", d.identity, optional_printable),
         lease_duration=lease_duration,
         renew_deadline=renew_deadline,
-        retry_period=s.get("retry_period", d.retry_period, duration()),
+        retry_period=_duration(s, "retry_period", d.retry_period),
         cluster=s.get("cluster", d.cluster, optional_string),
-        kubeconfig=s.get("kubeconfig", d.kubeconfig, optional_string),
+        kubeconfig=s.get("kubeconfig", d.kubeconfig, optional_printable),
     )
     if not result.lease_duration > result.renew_deadline > result.retry_period:
         s.problem(
@@ -268,15 +305,16 @@ def _leadership(s: Section) -> LeadershipSettings:
 
 
 def _aliased(s: Section, key: str, alias: str, default: float) -> float:
+    low, high = DURATIONS[s.at(key)]
     if alias not in s.data:
         s.known.append(alias)
-        return s.get(key, default, duration())
+        return s.get(key, default, duration(low, high))
     if key in s.data:
         s.raw(key)
         s.problem(alias, f"set either {key} or {alias}, not both")
     else:
         s.known.append(key)
-    return s.get(alias, default, _whole_seconds)
+    return s.get(alias, default, _whole_seconds(low, high))
 
 
 def _clusters(root: Section, ctx: Context) -> list[ClusterSettings]:
@@ -292,9 +330,7 @@ def _clusters(root: Section, ctx: Context) -> list[ClusterSettings]:
     clusters: list[ClusterSettings] = []
     first_index: dict[str, int] = {}
     for index, data in enumerate(value):
-        cluster = _cluster(Section(ctx, f"clusters[{index}]", data))
-        if cluster is not None:
-            clusters.append(cluster)
+        clusters.append(_cluster(Section(ctx, f"clusters[{index}]", data)))
         name = data.get("name")
         if not isinstance(name, str) or not name.strip():
             continue
@@ -307,18 +343,25 @@ def _clusters(root: Section, ctx: Context) -> list[ClusterSettings]:
     return clusters
 
 
-def _cluster(s: Section) -> ClusterSettings | None:
+def _cluster(s: Section) -> ClusterSettings:
     d = ClusterSettings(name="", bootstrap_servers=())
-    name = s.require("name", string)
+    name = s.require("name", printable)
     servers = s.require("bootstrap_servers", bootstrap_servers)
     properties = s.string_map("consumer_properties")
+    for key in _PATH_PROPERTIES & properties.keys():
+        # A file name with a NUL cannot be opened and one with a newline cannot be named in a
+        # one-line message. (Other values are length-prefixed protocol strings or secrets.)
+        problem = control_character(properties[key])
+        if problem is not None:
+            s.ctx.problem(join_path(s.at("consumer_properties"), key), problem)
+            del properties[key]  # reported; the start-up checks must not echo it again
     for key, allowed in _PROPERTY_CHOICES.items():
         if key in properties and properties[key].upper() not in {a.upper() for a in allowed}:
             s.ctx.problem(
                 join_path(s.at("consumer_properties"), key),
                 f"must be one of {', '.join(allowed)}, got {properties[key]!r}",
             )
-    labels = s.string_map("labels")
+    labels = s.string_map("labels", plain_text=True)
     for label in labels:
         where = join_path(s.at("labels"), label)
         if label in BUILTIN_LABELS:
@@ -339,14 +382,14 @@ def _cluster(s: Section) -> ClusterSettings | None:
         filters[key] = s.regex_list(key, getattr(d, key))
         if key.endswith("whitelist") and s.data.get(key) == []:
             s.problem(key, 'is empty, so nothing would be kept; use [".*"] to keep everything')
-    result = None
-    if name is not None and servers is not None:
-        result = ClusterSettings(
-            name=name,
-            bootstrap_servers=servers,
-            consumer_properties=MappingProxyType(properties),
-            labels=MappingProxyType(labels),
-            **filters,
-        )
+    # Built even when the name or the servers are wrong (their problems are recorded, so these
+    # settings are never used): the start-up checks still see its consumer_properties.
+    result = ClusterSettings(
+        name=name or "",
+        bootstrap_servers=servers or (),
+        consumer_properties=MappingProxyType(properties),
+        labels=MappingProxyType(labels),
+        **filters,
+    )
     s.finish()
     return result

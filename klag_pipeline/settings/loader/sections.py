@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -65,7 +67,9 @@ class Context:
 def join_path(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    shown = key if _BARE_KEY.fullmatch(key) else f'"{key}"'
+    # A quoted key is escaped as TOML writes it, so a key holding a newline or a quote still
+    # makes a one-line, unambiguous path.
+    shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
     return f"{path}.{shown}" if path else shown
 
 
@@ -130,8 +134,11 @@ class Section:
             self.problem(key, f"must be a table, got {describe(value)}")
         return Section(self.ctx, self.at(key), value, compat)
 
-    def string_map(self, key: str) -> dict[str, str]:
-        """A table of scalars; numbers and booleans become their TOML text (``true``, ``10``)."""
+    def string_map(self, key: str, *, plain_text: bool = False) -> dict[str, str]:
+        """A table of scalars; numbers and booleans become their TOML text (``true``, ``10``).
+
+        ``plain_text``: names and values end up in labels or protocol fields, so control
+        characters are rejected in both."""
         value = self.raw(key)
         if isinstance(value, Missing):
             return {}
@@ -139,15 +146,20 @@ class Section:
             self.problem(key, f"must be a table, got {describe(value)}")
             return {}
         result = {}
-        for name, item in value.items():
+        for entry, item in value.items():
+            where = join_path(self.at(key), entry)
             if isinstance(item, bool):
-                result[name] = str(item).lower()
+                result[entry] = str(item).lower()
             elif isinstance(item, (str, int, float)):
-                result[name] = str(item)
+                result[entry] = str(item)
             else:
-                self.ctx.problem(
-                    join_path(self.at(key), name), f"must be a string, got {describe(item)}"
-                )
+                self.ctx.problem(where, f"must be a string, got {describe(item)}")
+                continue
+            if plain_text:
+                problem = control_character(entry) or control_character(result[entry])
+                if problem is not None:
+                    self.ctx.problem(where, problem)
+                    del result[entry]
         return result
 
     def regex_list(
@@ -187,27 +199,36 @@ class Section:
                 self.problem(key, f"unknown key (known: {', '.join(sorted(candidates))})")
 
 
-def duration(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[object], float]:
+def duration(low: float, high: float) -> Callable[[object], float]:
+    """A duration from ``low`` to ``high`` inclusive (every duration has a documented range)."""
+
     def convert(value: object) -> float:
         try:
             seconds = parse_duration(value)
         except DurationError as exc:
             raise Invalid(str(exc)) from exc
-        if seconds < minimum or (seconds == minimum and not inclusive):
-            bound = "at least" if inclusive else "greater than"
-            raise Invalid(f"must be {bound} {format_duration(minimum)}, got {value!r}")
+        if not low <= seconds <= high:
+            shown = value.strip() if isinstance(value, str) else value
+            if isinstance(shown, str) and len(shown) > 40:
+                shown = shown[:40] + "…"
+            if isinstance(shown, str) and control_character(shown):
+                shown = repr(shown)
+            raise Invalid(
+                f"must be between {format_duration(low)} and {format_duration(high)}, got {shown}"
+            )
         return seconds
 
     return convert
 
 
-def integer(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
+def integer(minimum: int, maximum: int) -> Callable[[object], int]:
+    """An integer from ``minimum`` to ``maximum`` inclusive (every count has a documented range)."""
+
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be an integer, got {describe(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            raise Invalid(f"must be at least {minimum}{upper}, got {value}")
+        if not minimum <= value <= maximum:
+            raise Invalid(f"must be at least {minimum} and at most {maximum}, got {value}")
         return value
 
     return convert
@@ -225,6 +246,35 @@ def string(value: object) -> str:
     if not value.strip():
         raise Invalid("must not be empty")
     return value
+
+
+def control_character(text: str) -> str | None:
+    """A description of the first control character in ``text`` (NUL, newline, escape, …), or
+    None. Such characters end up in label values, file names and protocol fields, where they
+    truncate (NUL), split lines or inject headers."""
+    for position, char in enumerate(text):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return f"must not contain control characters (found {char!r} at position {position})"
+    return None
+
+
+def plain(text: str) -> str:
+    """``text`` unchanged, or :class:`Invalid` when it contains a control character."""
+    problem = control_character(text)
+    if problem is not None:
+        raise Invalid(problem)
+    return text
+
+
+def printable(value: object) -> str:
+    """A non-empty string without control characters (cluster names, lease names, …)."""
+    return plain(string(value))
+
+
+def optional_printable(value: object) -> str | None:
+    """Like :func:`optional_string`, without control characters."""
+    text = optional_string(value)
+    return None if text is None else plain(text)
 
 
 def optional_string(value: object) -> str | None:
