@@ -83,6 +83,16 @@ class GroupDescription:
     members: tuple[GroupMember, ...]
     coordinator: int
 
+    def as_listed(self) -> ListedGroup:
+        """The group as a listing would show it: what the offset requests need."""
+        return ListedGroup(
+            group_id=self.group_id,
+            protocol_type=self.protocol_type,
+            state=self.state.name,
+            group_type=self.group_type,
+            coordinator=self.coordinator,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Watermarks:

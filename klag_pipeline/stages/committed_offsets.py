@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from klag_pipeline.events import GroupsDiscovered, OffsetsFetched
 from klag_pipeline.kafka.port import ClusterClient
-from klag_pipeline.model import ListedGroup, TopicPartition
+from klag_pipeline.model import TopicPartition
 from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import ClusterSettings
 
@@ -31,16 +31,7 @@ class CommittedOffsetsStage:
 
     async def process(self, event: GroupsDiscovered) -> OffsetsFetched:
         started = self._monotonic()
-        groups = [
-            ListedGroup(
-                group_id=d.group_id,
-                protocol_type=d.protocol_type,
-                state=d.state.name,
-                group_type=d.group_type,
-                coordinator=d.coordinator,
-            )
-            for d in event.groups.values()
-        ]
+        groups = [d.as_listed() for d in event.groups.values()]
         fetched = await self._client.fetch_committed_offsets(groups) if groups else None
         committed: dict[str, Mapping[TopicPartition, int]] = {}
         if fetched is not None:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from klag_pipeline.errors import KafkaError
 from klag_pipeline.events import OffsetsFetched, WatermarksListed
 from klag_pipeline.kafka.port import ClusterClient
-from klag_pipeline.model import Failure, ListedGroup, TopicPartition, Watermarks
+from klag_pipeline.model import Failure, TopicPartition, Watermarks
 
 
 class WatermarksStage:
@@ -72,17 +72,7 @@ class WatermarksStage:
         if not candidates:
             return event, frozenset(), ()
         described = event.discovered.groups
-        groups = [
-            ListedGroup(
-                group_id=d.group_id,
-                protocol_type=d.protocol_type,
-                state=d.state.name,
-                group_type=d.group_type,
-                coordinator=d.coordinator,
-            )
-            for group_id, d in described.items()
-            if group_id in candidates
-        ]
+        groups = [d.as_listed() for group_id, d in described.items() if group_id in candidates]
         again: Mapping[str, Mapping[TopicPartition, int]] = {}
         failures: tuple[Failure, ...] = ()
         if groups:
