@@ -13,6 +13,8 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import CloseReason, create_conn
+from aiokafka.errors import KafkaConnectionError as AioConnectionError
+from aiokafka.errors import KafkaError as AioKafkaError
 
 from klag_pipeline.errors import (
     KafkaAuthError,
@@ -190,18 +192,41 @@ class Transport:
         )
 
     async def close(self) -> None:
+        """Discard the aiokafka client. Never raises: the client is being thrown away."""
         client, self._client = self._client, None
         self._versions.clear()
         self._not_before.clear()
         if client is not None:
-            await client.close()
+            try:
+                await client.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # AIOKafkaClient.close() re-raises whatever killed its metadata task (e.g. the
+                # AssertionError of a malformed ApiVersions answer). That failure was already
+                # reported: _require_client raised KafkaConnectionError for it, which is why we
+                # are reconnecting or stopping now.
+                pass
 
     # ---------------------------------------------------------------- cluster view
 
     def _require_client(self) -> Any:
         if self._client is None:
             raise KafkaConnectionError(f"cluster {self._cluster.name}: not connected")
+        died = _metadata_task_failure(self._client)
+        if died is not None:
+            # aiokafka's background metadata refresh ended on an exception it does not catch
+            # (it only expects its own errors): the client would never learn of broker or
+            # leader changes again. Fail like a lost connection, so the next cycle reconnects.
+            raise KafkaConnectionError(
+                f"cluster {self._cluster.name}: the Kafka client's metadata refresh stopped "
+                f"({died}); reconnecting"
+            )
         return self._client
+
+    def fetch_sender(self) -> FetchSender:
+        """The connected client's ``send`` for the timestamp sampler (see :class:`FetchSender`)."""
+        return FetchSender(self._require_client())
 
     @property
     def client(self) -> Any:
@@ -320,6 +345,40 @@ class Transport:
     def _observe(self, api: str, broker: str, result: str, started: float) -> None:
         if self._observer is not None:
             self._observer.on_request(api, broker, result, time.monotonic() - started)
+
+
+class FetchSender:
+    """aiokafka's ``send``, for the timestamp sampler, which speaks aiokafka's Fetch directly and
+    handles aiokafka's errors (plus OSError and NotImplementedError).
+
+    Opening a connection runs aiokafka's own version lookup, which *asserts* on a malformed
+    ApiVersions answer (min > max) instead of raising one of its errors. Any such foreign
+    exception becomes an aiokafka ``KafkaConnectionError`` here: the connection was not made,
+    the Fetch's partitions fail for this cycle, and the process carries on.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        try:
+            return await self._client.send(node_id, request)
+        except (AioKafkaError, OSError, NotImplementedError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a foreign exception from inside aiokafka
+            raise AioConnectionError(
+                f"connection to node {node_id} failed: unexpected {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _metadata_task_failure(client: Any) -> str | None:
+    """Why aiokafka's metadata task ended, or None while it runs. There is no public API for
+    this; a client without the attribute (a test fake) counts as running."""
+    task = getattr(client, "_sync_task", None)
+    if not isinstance(task, asyncio.Task) or not task.done() or task.cancelled():
+        return None
+    exc = task.exception()
+    return "it ended" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -1,0 +1,51 @@
+"""Deterministic malformed answers found by the fuzzer, each on the real broker through the
+fault proxy, each with the exact values checked before and after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.faults.broker import FaultsBroker
+from tests.faults.proxy import FaultProxy
+from tests.faults.support import check_series, create_truth, fault_settings, missing_series
+from tests.integration.pipeline_support import running, scrape
+from tests.support.kafka import KafkaTestClient
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+LIST_OFFSETS = 2
+
+
+async def test_inverted_api_versions_on_the_fetch_connection_cost_one_cycle_of_time_lag(
+    faults_broker: FaultsBroker,
+    fault_proxy: FaultProxy,
+    truth: KafkaTestClient,
+    unique: Callable[[str], str],
+) -> None:
+    """The broker drops the connection right after the cycle's ListOffsets answers; the
+    timestamp sampler's Fetch then opens a new connection whose ApiVersions answer (aiokafka's
+    own version lookup) has min > max. aiokafka asserts on that (AssertionError, not one of its
+    errors): the sampler must fail its partitions for this cycle, not crash the process."""
+    state = await create_truth(truth, [unique("av")], [unique("gv")])
+    name = "inverted"
+    config = fault_settings(name, f"127.0.0.1:{faults_broker.proxy_port}", state)
+    # The first cycle's two ListOffsets (earliest, latest): then the connection drops and every
+    # new connection's version lookup is wrong for 2 s.
+    fault_proxy.close_after(LIST_OFFSETS, 2, invert_versions_for=2.0)
+    began = time.time()
+    async with running(config) as run:
+
+        def exact(snapshot: object) -> bool:
+            return getattr(snapshot, "error_count", 1) == 0
+
+        snapshot = await run.recorder.wait_snapshot(name, exact, within=30)
+        await run.wait_rendered(snapshot)
+        assert not run.task.done()
+        series = scrape(run.exporter)
+        assert check_series(series, state, name, oldest_observation=began) == []
+        assert missing_series(series, state, name) == set()
+    assert fault_proxy.stats.faults["close_after"] == 1
+    assert fault_proxy.stats.faults["inverted_versions"] >= 1

@@ -1,0 +1,84 @@
+"""Foreign exceptions from inside aiokafka, met when a broker answers ApiVersions with an inverted
+range (min > max): aiokafka asserts instead of raising one of its errors. Found by the fault
+suite (tests/faults/test_malformed_cases.py); these pin the boundary's translation without Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from klag_pipeline.errors import KafkaConnectionError
+from klag_pipeline.kafka.adapter.transport import FetchSender, Transport
+from klag_pipeline.kafka.sampler import TimestampSampler
+from klag_pipeline.model import TopicPartition
+from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
+from tests.unit.test_kafka_protocol import FakeClient
+
+INVERTED = "13 should be less than or equal to 0 for 0"
+
+
+class DeadMetadataTask(FakeClient):
+    """An aiokafka client whose metadata task died of an AssertionError, which ``close`` then
+    re-raises (as ``AIOKafkaClient.close`` awaits that task)."""
+
+    def __init__(self) -> None:
+        super().__init__([1], {})
+        self._sync_task: asyncio.Task[None] | None = None
+        self.malformed = asyncio.Event()
+
+    async def bootstrap(self) -> None:
+        async def synchronizer() -> None:
+            await self.malformed.wait()
+            raise AssertionError(INVERTED)
+
+        self._sync_task = asyncio.create_task(synchronizer())
+
+    async def close(self) -> None:
+        assert self._sync_task is not None
+        await self._sync_task
+
+
+async def test_a_dead_metadata_task_fails_like_a_lost_connection_and_close_never_raises() -> None:
+    fake = DeadMetadataTask()
+    cluster = ClusterSettings(name="fake", bootstrap_servers=("127.0.0.1:1",))
+    transport = Transport(cluster, PerformanceSettings(kafka_timeout=1.0), None, lambda **_: fake)
+    await transport.connect()
+    assert transport.nodes() == [1]
+    fake.malformed.set()
+    assert fake._sync_task is not None
+    with pytest.raises(AssertionError):
+        await fake._sync_task
+    with pytest.raises(KafkaConnectionError, match=r"metadata refresh stopped.*AssertionError"):
+        transport.nodes()
+    # Reconnecting (or stopping) closes the broken client: never a foreign exception.
+    await transport.close()
+    fresh = DeadMetadataTask()
+    transport._client_factory = lambda **_: fresh
+    await transport.connect()
+    assert transport.nodes() == [1]
+
+
+class AssertingSend:
+    """aiokafka's send when opening the connection meets an inverted ApiVersions range."""
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        raise AssertionError(INVERTED)
+
+
+async def test_a_foreign_exception_while_connecting_fails_the_fetch_not_the_sampler() -> None:
+    sampler = TimestampSampler(
+        FetchSender(AssertingSend()),
+        max_bytes_per_partition=1024,
+        max_concurrent_fetches=2,
+        fetch_timeout=1.0,
+    )
+    tp = TopicPartition("t", 0)
+    result = await sampler.sample({tp: [5]}, {tp: 1})
+    assert result.samples == {}
+    [failure] = result.failures
+    assert failure.target == "t-0"
+    assert "AssertionError" in failure.error
+    assert "offset 5" in failure.error
