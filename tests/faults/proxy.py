@@ -119,6 +119,7 @@ class FaultProxy:
         self._close_after: dict[int, int] = {}
         self._invert_versions_until = 0.0
         self._invert_after_close = 0.0
+        self._stall_next: set[int] = set()
 
     # -- control
 
@@ -145,6 +146,11 @@ class FaultProxy:
         then :meth:`invert_api_versions` for ``invert_versions_for`` seconds."""
         self._close_after[api_key] = count
         self._invert_after_close = invert_versions_for
+
+    def stall_next(self, api_key: int) -> None:
+        """One-shot: the next response to ``api_key`` claims 1 MiB more bytes than it has, so
+        its connection hangs from then on without being closed."""
+        self._stall_next.add(api_key)
 
     def invert_api_versions(self, seconds: float) -> None:
         """For ``seconds``: the first response of every new connection, when it answers
@@ -284,6 +290,14 @@ class FaultProxy:
                 writer.write(item.frame)
                 await writer.drain()
                 return
+            if item.api_key in self._stall_next:
+                # The size prefix promises 1 MiB more than follows: the client waits for bytes
+                # that never come and the connection is silently stuck (a half-open socket).
+                self._stall_next.discard(item.api_key)
+                self._count("stall", item)
+                writer.write(_SIZE.pack(len(item.frame) - 4 + (1 << 20)) + item.frame[4:])
+                await writer.drain()
+                continue
             kind = self._choose_fault(item, rng)
             if kind == "cut":
                 self._count(kind, item)

@@ -12,11 +12,12 @@ from tests.faults.broker import FaultsBroker
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import check_series, create_truth, fault_settings, missing_series
 from tests.integration.pipeline_support import running, scrape
-from tests.support.kafka import KafkaTestClient
+from tests.support.kafka import KafkaTestClient, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
 LIST_OFFSETS = 2
+FETCH = 1
 
 
 async def test_inverted_api_versions_on_the_fetch_connection_cost_one_cycle_of_time_lag(
@@ -49,3 +50,47 @@ async def test_inverted_api_versions_on_the_fetch_connection_cost_one_cycle_of_t
         assert missing_series(series, state, name) == set()
     assert fault_proxy.stats.faults["close_after"] == 1
     assert fault_proxy.stats.faults["inverted_versions"] >= 1
+
+
+LIST_GROUPS = 16
+
+
+@pytest.mark.parametrize("api", [LIST_GROUPS, FETCH])
+async def test_a_connection_that_stops_answering_is_dropped_within_the_cycle_deadline(
+    faults_broker: FaultsBroker,
+    fault_proxy: FaultProxy,
+    truth: KafkaTestClient,
+    unique: Callable[[str], str],
+    api: int,
+) -> None:
+    """One answer whose size prefix overstates its length: from then on the connection is
+    silent (a half-open socket looks the same). With poll_interval shorter than kafka_timeout
+    the cycle deadline, not the request timeout, abandons the waiting request; the connection
+    must still be closed, or every later request queues behind the lost answer for good."""
+    state = await create_truth(truth, [unique("st")], [unique("gs")])
+    name = f"stall{api}"
+    config = fault_settings(
+        name,
+        f"127.0.0.1:{faults_broker.proxy_port}",
+        state,
+        poll_interval=0.5,
+        kafka_timeout=10.0,
+        cache_ttl=0.05,  # every cycle Fetches
+    )
+    async with running(config) as run:
+        began = time.time()
+        await run.fresh_snapshot(name, within=30)
+        fault_proxy.stall_next(api)
+
+        async def stalled_once() -> bool:
+            return fault_proxy.stats.faults["stall"] == 1
+
+        await wait_until(stalled_once, within=10, interval=0.02, message="the stall")
+        stalled = time.time()
+        snapshot = await run.recorder.wait_snapshot(
+            name, lambda s: s.error_count == 0, after=stalled + 0.1, within=15
+        )
+        await run.wait_rendered(snapshot)
+        series = scrape(run.exporter)
+        assert check_series(series, state, name, oldest_observation=began) == []
+        assert missing_series(series, state, name) == set()

@@ -70,7 +70,7 @@ class AssertingSend:
 
 async def test_a_foreign_exception_while_connecting_fails_the_fetch_not_the_sampler() -> None:
     sampler = TimestampSampler(
-        FetchSender(AssertingSend()),
+        FetchSender(AssertingSend(), lambda node: None),
         max_bytes_per_partition=1024,
         max_concurrent_fetches=2,
         fetch_timeout=1.0,

@@ -226,7 +226,7 @@ class Transport:
 
     def fetch_sender(self) -> FetchSender:
         """The connected client's ``send`` for the timestamp sampler (see :class:`FetchSender`)."""
-        return FetchSender(self._require_client())
+        return FetchSender(self._require_client(), self._drop_connection)
 
     @property
     def client(self) -> Any:
@@ -304,6 +304,10 @@ class Transport:
                 else:
                     result = decode(raw)
         except asyncio.CancelledError:
+            # Abandoned by a caller's deadline (the cycle's poll_interval is often shorter
+            # than kafka_timeout): the answer may never come, and later requests would queue
+            # behind it on this connection for good. Same remedy as our own timeout.
+            self._drop_connection(node)
             raise
         except Exception as exc:  # one request's failure, whatever raised it
             err = translate(
@@ -355,15 +359,22 @@ class FetchSender:
     ApiVersions answer (min > max) instead of raising one of its errors. Any such foreign
     exception becomes an aiokafka ``KafkaConnectionError`` here: the connection was not made,
     the Fetch's partitions fail for this cycle, and the process carries on.
+
+    A Fetch abandoned by the sampler's ``fetch_timeout`` (a cancellation, which aiokafka does not
+    act on) closes its connection, as :meth:`Transport.call` does: see there.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, drop_connection: Callable[[int], None]) -> None:
         self._client = client
+        self._drop_connection = drop_connection
 
     async def send(self, node_id: int, request: Any) -> Any:
         try:
             return await self._client.send(node_id, request)
-        except (AioKafkaError, OSError, NotImplementedError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            self._drop_connection(node_id)
+            raise
+        except (AioKafkaError, OSError, NotImplementedError):
             raise
         except Exception as exc:  # a foreign exception from inside aiokafka
             raise AioConnectionError(
