@@ -77,6 +77,9 @@ class FaultPlan:
 class FaultStats:
     responses: int = 0
     connections: int = 0
+    responses_by_api: Counter[str] = field(default_factory=Counter)
+    delayed_now: int = 0
+    """Responses held back by ``latency`` at this moment (a request is in flight)."""
     faults: Counter[str] = field(default_factory=Counter)
     """kind → count of faults actually applied."""
     by_api: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -264,6 +267,7 @@ class FaultProxy:
                 (correlation,) = _SIZE.unpack_from(body)
                 api_key = apis.pop(correlation, -1)
                 self.stats.responses += 1
+                self.stats.responses_by_api[api_name(api_key)] += 1
                 outbox.put_nowait(_Response(time.monotonic(), prefix + body, api_key))
         except asyncio.IncompleteReadError:
             return
@@ -330,7 +334,11 @@ class FaultProxy:
     async def _wait_latency(self, item: _Response) -> None:
         delay = item.arrived + self.plan.latency - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            self.stats.delayed_now += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.stats.delayed_now -= 1
 
     def _choose_fault(self, item: _Response, rng: random.Random) -> str | None:
         plan = self.plan

@@ -77,13 +77,16 @@ async def test_malformed_responses_never_crash_never_lie_and_recovery_is_exact(
             state,
             name,
             began,
-            rate=0.5,
+            rate=0.8,
             apis=frozenset({FETCH}),
-            enough=2,
+            enough=1,
             # One Fetch in flight per connection: nothing to swap or reorder it with.
             kinds=("garble", "truncate", "cut", "bad_length"),
         )
-        assert fetch_faults(fault_proxy) - fetch_before >= 3, dict(fault_proxy.stats.by_api)
+        assert fetch_faults(fault_proxy) - fetch_before >= 3, (
+            dict(fault_proxy.stats.by_api),
+            dict(fault_proxy.stats.responses_by_api),
+        )
 
         fault_proxy.behave()
         recovered_from = time.time()
