@@ -123,6 +123,7 @@ class FaultProxy:
         self._invert_versions_until = 0.0
         self._invert_after_close = 0.0
         self._stall_next: set[int] = set()
+        self._throttle_next: dict[int, tuple[int, int]] = {}
 
     # -- control
 
@@ -154,6 +155,12 @@ class FaultProxy:
         """One-shot: the next response to ``api_key`` claims 1 MiB more bytes than it has, so
         its connection hangs from then on without being closed."""
         self._stall_next.add(api_key)
+
+    def throttle_next(self, api_key: int, throttle_ms: int, at: int) -> None:
+        """One-shot: the next response to ``api_key`` gets ``throttle_ms`` written as its
+        throttle time, an int32 at byte ``at`` of the frame (8 after a v0 response header, 9
+        after a flexible v1 header with no tags)."""
+        self._throttle_next[api_key] = (throttle_ms, at)
 
     def invert_api_versions(self, seconds: float) -> None:
         """For ``seconds``: the first response of every new connection, when it answers
@@ -294,6 +301,12 @@ class FaultProxy:
                 writer.write(item.frame)
                 await writer.drain()
                 return
+            if item.api_key in self._throttle_next:
+                throttle_ms, at = self._throttle_next.pop(item.api_key)
+                frame = bytearray(item.frame)
+                _SIZE.pack_into(frame, at, throttle_ms)
+                item = _Response(item.arrived, bytes(frame), item.api_key)
+                self._count("throttle", item)
             if item.api_key in self._stall_next:
                 # The size prefix promises 1 MiB more than follows: the client waits for bytes
                 # that never come and the connection is silently stuck (a half-open socket).

@@ -94,3 +94,39 @@ async def test_a_connection_that_stops_answering_is_dropped_within_the_cycle_dea
         series = scrape(run.exporter)
         assert check_series(series, state, name, oldest_observation=began) == []
         assert missing_series(series, state, name) == set()
+
+
+@pytest.mark.parametrize(("api", "at"), [(FETCH, 8), (LIST_GROUPS, 9)])
+async def test_an_absurd_throttle_time_is_malformed_not_a_24_day_pause(
+    faults_broker: FaultsBroker,
+    fault_proxy: FaultProxy,
+    truth: KafkaTestClient,
+    unique: Callable[[str], str],
+    api: int,
+    at: int,
+) -> None:
+    """One answer whose throttle_time_ms reads 2^31 - 1 (garbage that still decodes): honoured,
+    it would hold every later request to that broker for 24 days (every cycle failing, or
+    never a time lag again). It must count as a malformed answer for that one request."""
+    state = await create_truth(truth, [unique("th")], [unique("gt")])
+    name = f"throttle{api}"
+    config = fault_settings(
+        name, f"127.0.0.1:{faults_broker.proxy_port}", state, poll_interval=0.5, cache_ttl=0.05
+    )
+    async with running(config) as run:
+        began = time.time()
+        await run.fresh_snapshot(name, within=30)
+        fault_proxy.throttle_next(api, 2**31 - 1, at)
+
+        async def throttled() -> bool:
+            return fault_proxy.stats.faults["throttle"] == 1
+
+        await wait_until(throttled, within=10, interval=0.02, message="the throttle")
+        after = time.time()
+        snapshot = await run.recorder.wait_snapshot(
+            name, lambda s: s.error_count == 0, after=after + 0.1, within=15
+        )
+        await run.wait_rendered(snapshot)
+        series = scrape(run.exporter)
+        assert check_series(series, state, name, oldest_observation=began) == []
+        assert missing_series(series, state, name) == set()

@@ -1,21 +1,31 @@
-"""Foreign exceptions from inside aiokafka, met when a broker answers ApiVersions with an inverted
-range (min > max): aiokafka asserts instead of raising one of its errors. Found by the fault
-suite (tests/faults/test_malformed_cases.py); these pin the boundary's translation without Kafka.
+"""Malformed answers the fault suite found (tests/faults/test_malformed_cases.py), pinned at the
+kafka/ boundary without Kafka: an ApiVersions answer with an inverted range (min > max), on which
+aiokafka asserts instead of raising one of its errors, and a throttle time of 2^31 - 1 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaProtocolError as AioProtocolError
 
-from klag_pipeline.errors import KafkaConnectionError
-from klag_pipeline.kafka.adapter.transport import FetchSender, Transport
+from klag_pipeline.errors import KafkaConnectionError, KafkaProtocolError
+from klag_pipeline.kafka.adapter.fetch_sender import FetchSender
+from klag_pipeline.kafka.adapter.groups import GroupOps
+from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.kafka.sampler import TimestampSampler
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
-from tests.unit.test_kafka_protocol import FakeClient
+from tests.unit.test_kafka_protocol import (
+    FakeClient,
+    Recorder,
+    Script,
+    _list_groups_v5,
+    _transport,
+)
 
 INVERTED = "13 should be less than or equal to 0 for 0"
 
@@ -82,3 +92,33 @@ async def test_a_foreign_exception_while_connecting_fails_the_fetch_not_the_samp
     assert failure.target == "t-0"
     assert "AssertionError" in failure.error
     assert "offset 5" in failure.error
+
+
+async def test_an_absurd_throttle_time_fails_the_request_instead_of_pausing_the_broker() -> None:
+    script: Script = {(1, 16): [_list_groups_v5(throttle=2**31 - 1), _list_groups_v5()]}
+    observer = Recorder()
+    transport = await _transport(FakeClient([1], script), observer)
+    ops = GroupOps(transport)
+    with pytest.raises(KafkaProtocolError, match="implausible throttle_time_ms"):
+        await ops.list_groups()
+    assert observer.throttles == []
+    async with asyncio.timeout(1):  # not paused: the next answer comes at once
+        await ops.list_groups()
+
+
+class ThrottledFetch:
+    SCHEMA = SimpleNamespace(names=("throttle_time_ms", "topics"))
+
+    def get_item(self, name: str) -> int:
+        return 2**31 - 1
+
+
+class SendsThrottled:
+    async def send(self, node_id: int, request: Any) -> Any:
+        return ThrottledFetch()
+
+
+async def test_an_absurd_fetch_throttle_fails_the_fetch_not_every_later_one() -> None:
+    sender = FetchSender(SendsThrottled(), lambda node: None)
+    with pytest.raises(AioProtocolError, match="implausible throttle_time_ms"):
+        await sender.send(1, object())

@@ -13,8 +13,6 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import CloseReason, create_conn
-from aiokafka.errors import KafkaConnectionError as AioConnectionError
-from aiokafka.errors import KafkaError as AioKafkaError
 
 from klag_pipeline.errors import (
     KafkaAuthError,
@@ -23,6 +21,7 @@ from klag_pipeline.errors import (
     KafkaProtocolError,
     KafkaTimeoutError,
 )
+from klag_pipeline.kafka.adapter.fetch_sender import MAX_THROTTLE_MS, FetchSender
 from klag_pipeline.kafka.client_config import (
     client_kwargs,
     isolation_level,
@@ -303,6 +302,8 @@ class Transport:
                     result = await asyncio.to_thread(decode, raw)
                 else:
                     result = decode(raw)
+                if not 0 <= result.throttle_ms <= MAX_THROTTLE_MS:
+                    raise ProtocolDecodeError(f"implausible throttle_time_ms {result.throttle_ms}")
         except asyncio.CancelledError:
             # Abandoned by a caller's deadline (the cycle's poll_interval is often shorter
             # than kafka_timeout): the answer may never come, and later requests would queue
@@ -349,37 +350,6 @@ class Transport:
     def _observe(self, api: str, broker: str, result: str, started: float) -> None:
         if self._observer is not None:
             self._observer.on_request(api, broker, result, time.monotonic() - started)
-
-
-class FetchSender:
-    """aiokafka's ``send``, for the timestamp sampler, which speaks aiokafka's Fetch directly and
-    handles aiokafka's errors (plus OSError and NotImplementedError).
-
-    Opening a connection runs aiokafka's own version lookup, which *asserts* on a malformed
-    ApiVersions answer (min > max) instead of raising one of its errors. Any such foreign
-    exception becomes an aiokafka ``KafkaConnectionError`` here: the connection was not made,
-    the Fetch's partitions fail for this cycle, and the process carries on.
-
-    A Fetch abandoned by the sampler's ``fetch_timeout`` (a cancellation, which aiokafka does not
-    act on) closes its connection, as :meth:`Transport.call` does: see there.
-    """
-
-    def __init__(self, client: Any, drop_connection: Callable[[int], None]) -> None:
-        self._client = client
-        self._drop_connection = drop_connection
-
-    async def send(self, node_id: int, request: Any) -> Any:
-        try:
-            return await self._client.send(node_id, request)
-        except asyncio.CancelledError:
-            self._drop_connection(node_id)
-            raise
-        except (AioKafkaError, OSError, NotImplementedError):
-            raise
-        except Exception as exc:  # a foreign exception from inside aiokafka
-            raise AioConnectionError(
-                f"connection to node {node_id} failed: unexpected {type(exc).__name__}: {exc}"
-            ) from exc
 
 
 def _metadata_task_failure(client: Any) -> str | None:
