@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import random
 import struct
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench.proxy import (
     REQUEST_HEADER_BYTES,
@@ -46,48 +44,20 @@ from bench.proxy import (
     api_name,
     parse_request_header,
 )
+from tests.faults.frames import (
+    API_VERSIONS_KEY,
+    KINDS,
+    MAX_FRAME_BYTES,
+    FaultPlan,
+    FaultStats,
+    damage,
+    invert_first_range,
+    require_loopback,
+)
 
-KINDS: tuple[str, ...] = ("garble", "truncate", "cut", "bad_length", "swap", "reorder")
-MAX_FRAME_BYTES = 64 * 1024 * 1024
-API_VERSIONS_KEY = 18
 HOLD_SECONDS = 0.5
 """How long ``swap``/``reorder`` wait for a next response before delivering the held one as is."""
 _SIZE = struct.Struct(">i")
-
-
-@dataclass
-class FaultPlan:
-    """What the proxy does to responses from now on (mutable at run time)."""
-
-    latency: float = 0.0
-    fuzz_rate: float = 0.0
-    kinds: tuple[str, ...] = KINDS
-    apis: frozenset[int] | None = None
-    """Only responses to these API keys are fuzzed (None: every API)."""
-
-    def __post_init__(self) -> None:
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown or not self.kinds:
-            raise ValueError(f"fault kinds must be a non-empty subset of {KINDS}, got {unknown}")
-        if not 0.0 <= self.fuzz_rate <= 1.0 or self.latency < 0:
-            raise ValueError("fuzz_rate must be in [0, 1] and latency >= 0")
-
-
-@dataclass
-class FaultStats:
-    responses: int = 0
-    connections: int = 0
-    responses_by_api: Counter[str] = field(default_factory=Counter)
-    delayed_now: int = 0
-    """Responses held back by ``latency`` at this moment (a request is in flight)."""
-    faults: Counter[str] = field(default_factory=Counter)
-    """kind → count of faults actually applied."""
-    by_api: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(kind, API name) → count."""
-
-    @property
-    def total_faults(self) -> int:
-        return sum(self.faults.values())
 
 
 @dataclass(slots=True)
@@ -109,7 +79,7 @@ class FaultProxy:
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
     ) -> None:
-        _require_loopback(upstream[0])
+        require_loopback(upstream[0])
         self.upstream = upstream
         self.plan = FaultPlan()
         self.stats = FaultStats()
@@ -171,7 +141,7 @@ class FaultProxy:
     # -- lifecycle
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        _require_loopback(host)
+        require_loopback(host)
         self._server = await asyncio.start_server(self._accept, host, port)
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
@@ -184,12 +154,6 @@ class FaultProxy:
             task.cancel()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def __aenter__(self) -> FaultProxy:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- one connection
 
@@ -294,7 +258,7 @@ class FaultProxy:
                 return
             await self._wait_latency(item)
             if first and item.api_key == API_VERSIONS_KEY and self._inverting():
-                item = _Response(item.arrived, _invert_first_range(item.frame), item.api_key)
+                item = _Response(item.arrived, invert_first_range(item.frame), item.api_key)
                 self._count("inverted_versions", item)
             first = False
             if self._closing_after(item):
@@ -368,23 +332,8 @@ class FaultProxy:
         self.stats.by_api[(kind, api_name(item.api_key))] += 1
 
     def _damage(self, kind: str, item: _Response, rng: random.Random) -> bytes:
-        body = item.frame[4:]
         self._count(kind, item)
-        if kind == "garble":
-            return item.frame[:8] + rng.randbytes(len(body) - 4)
-        if kind == "truncate":
-            keep = rng.randrange(4, len(body)) if len(body) > 4 else 4
-            return _SIZE.pack(keep) + body[:keep]
-        if kind == "bad_length":
-            choice = rng.randrange(3)
-            if choice == 0:
-                size = -rng.randrange(1, 1 << 20)
-            elif choice == 1:
-                size = rng.randrange(0, len(body))
-            else:
-                size = len(body) + rng.randrange(1, 1 << 16)
-            return _SIZE.pack(size) + body
-        raise AssertionError(f"not a single-frame fault: {kind}")
+        return damage(kind, item.frame, rng)
 
     async def _pair(
         self,
@@ -414,29 +363,3 @@ class FaultProxy:
             second = following.frame[:4] + held.frame[4:8] + following.frame[8:]
             writer.write(first + second)
         return True
-
-
-def _invert_first_range(frame: bytes) -> bytes:
-    """An ApiVersions response (v0..v2 layout: error code, [api key, min, max], ...) whose first
-    entry has min and max exchanged; unchanged when there is no entry with min < max."""
-    # size (4), correlation id (4), error code (2), entry count (4), entries of 6 bytes.
-    (count,) = _SIZE.unpack_from(frame, 10)
-    out = bytearray(frame)
-    for index in range(max(0, min(count, (len(frame) - 14) // 6))):
-        at = 14 + 6 * index
-        low, high = struct.unpack_from(">hh", frame, at + 2)
-        if low < high:
-            struct.pack_into(">hh", out, at + 2, high, low)
-            break
-    return bytes(out)
-
-
-def _require_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"{host!r} is not a loopback address: the fault proxy is for tests")
