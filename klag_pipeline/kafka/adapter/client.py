@@ -52,6 +52,9 @@ class AiokafkaClusterClient:
         self._watermarks = WatermarkOps(self._transport, max_age)
 
     async def connect(self) -> None:
+        # A reconnect replaces the aiokafka client: the sampler (built on the old one) must go
+        # too, or its Fetches keep using the discarded client and its frozen metadata.
+        self._sampler = None
         await self._transport.connect()
 
     async def close(self) -> None:
@@ -81,7 +84,7 @@ class AiokafkaClusterClient:
             # Built per connection: it holds the aiokafka client, learned batch sizes and
             # per-broker throttle state.
             self._sampler = TimestampSampler(
-                self._transport.client,
+                self._transport.fetch_sender(),
                 max_bytes_per_partition=self._sampling.max_bytes_per_partition,
                 max_concurrent_fetches=self._sampling.max_concurrent_fetches,
                 fetch_timeout=self._sampling.fetch_timeout,

@@ -22,6 +22,7 @@ from klag_pipeline.errors import (
     KafkaProtocolError,
     KafkaTimeoutError,
 )
+from klag_pipeline.kafka.adapter.fetch_sender import MAX_THROTTLE_MS, FetchSender
 from klag_pipeline.kafka.client_config import (
     client_kwargs,
     isolation_level,
@@ -198,18 +199,41 @@ class Transport:
         )
 
     async def close(self) -> None:
+        """Discard the aiokafka client. Never raises: the client is being thrown away."""
         client, self._client = self._client, None
         self._versions.clear()
         self._not_before.clear()
         if client is not None:
-            await client.close()
+            try:
+                await client.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # AIOKafkaClient.close() re-raises whatever killed its metadata task (e.g. the
+                # AssertionError of a malformed ApiVersions answer). That failure was already
+                # reported: _require_client raised KafkaConnectionError for it, which is why we
+                # are reconnecting or stopping now.
+                pass
 
     # ---------------------------------------------------------------- cluster view
 
     def _require_client(self) -> Any:
         if self._client is None:
             raise KafkaConnectionError(f"cluster {self._cluster.name}: not connected")
+        died = _metadata_task_failure(self._client)
+        if died is not None:
+            # aiokafka's background metadata refresh ended on an exception it does not catch
+            # (it only expects its own errors): the client would never learn of broker or
+            # leader changes again. Fail like a lost connection, so the next cycle reconnects.
+            raise KafkaConnectionError(
+                f"cluster {self._cluster.name}: the Kafka client's metadata refresh stopped "
+                f"({died}); reconnecting"
+            )
         return self._client
+
+    def fetch_sender(self) -> FetchSender:
+        """The connected client's ``send`` for the timestamp sampler (see :class:`FetchSender`)."""
+        return FetchSender(self._require_client(), self._drop_connection)
 
     @property
     def client(self) -> Any:
@@ -299,7 +323,13 @@ class Transport:
                     result = await asyncio.to_thread(decode, raw)
                 else:
                     result = decode(raw)
+                if not 0 <= result.throttle_ms <= MAX_THROTTLE_MS:
+                    raise ProtocolDecodeError(f"implausible throttle_time_ms {result.throttle_ms}")
         except asyncio.CancelledError:
+            # Abandoned by a caller's deadline (the cycle's poll_interval is often shorter
+            # than kafka_timeout): the answer may never come, and later requests would queue
+            # behind it on this connection for good. Same remedy as our own timeout.
+            self._drop_connection(node)
             raise
         except Exception as exc:  # one request's failure, whatever raised it
             err = translate(
@@ -343,6 +373,16 @@ class Transport:
     def _observe(self, api: str, broker: str, result: str, started: float) -> None:
         if self._observer is not None:
             self._observer.on_request(api, broker, result, time.monotonic() - started)
+
+
+def _metadata_task_failure(client: Any) -> str | None:
+    """Why aiokafka's metadata task ended, or None while it runs. There is no public API for
+    this; a client without the attribute (a test fake) counts as running."""
+    task = getattr(client, "_sync_task", None)
+    if not isinstance(task, asyncio.Task) or not task.done() or task.cancelled():
+        return None
+    exc = task.exception()
+    return "it ended" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
