@@ -1,0 +1,339 @@
+"""The 3-broker cluster of the multi-broker tests: a request-logging proxy in front of every
+broker (in a thread of its own, for the whole session), and ground truth about coordinators,
+leaders and replicas read with plain aiokafka clients and the Java tools — never with the code
+under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from bench.proxy import CountingProxy, RequestHeader, TrafficStats, api_name
+from devtools import kafka_local
+from klag_pipeline.model import TopicPartition
+
+BROKERS = 3
+MULTIBROKER_PROPERTIES = {
+    **kafka_local.TEST_BROKER_PROPERTIES,
+    # A SIGKILLed broker is fenced (its leaderships moved) 3 s after its last heartbeat, not 9 s.
+    "broker.session.timeout.ms": "3000",
+    "broker.heartbeat.interval.ms": "500",
+    # Leaders move only when a test moves them (the controller would otherwise rebalance
+    # leadership back to preferred replicas in the middle of another test).
+    "auto.leader.rebalance.enable": "false",
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    # Client quotas are measured over 2 windows of 1 s, so a throttle lasts about a second and
+    # a throttled exporter still finishes cycles within a test's patience.
+    "quota.window.num": "2",
+    "quota.window.size.seconds": "1",
+}
+TOPIC_CONFIG = {"min.insync.replicas": "2"}
+LEADER_ELECTION_COMMAND = "org.apache.kafka.tools.LeaderElectionCommand"
+REASSIGN_COMMAND = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
+CONFIG_COMMAND = "kafka.admin.ConfigCommand"
+
+# api key → (first version whose response body starts with throttle_time_ms, first flexible
+# version, whose response header carries a tagged-field count after the correlation id).
+_THROTTLE_LAYOUT: dict[int, tuple[int, int]] = {
+    1: (1, 12),  # Fetch
+    2: (2, 6),  # ListOffsets
+    3: (3, 9),  # Metadata
+    9: (3, 6),  # OffsetFetch
+    10: (1, 3),  # FindCoordinator
+    15: (1, 5),  # DescribeGroups
+    16: (1, 3),  # ListGroups
+    69: (0, 0),  # ConsumerGroupDescribe
+}
+PEEK_BYTES = 9
+"""Correlation id (4), an empty tagged-field count (1), throttle_time_ms (4)."""
+
+
+def throttle_ms(header: RequestHeader, head: bytes) -> int | None:
+    """throttle_time_ms of a response, from its first bytes; None when this API/version has
+    none at the start of its body (or the bytes are not there)."""
+    layout = _THROTTLE_LAYOUT.get(header.api_key)
+    if layout is None or header.api_version < layout[0]:
+        return None
+    at = 4
+    if header.api_version >= layout[1]:
+        if len(head) < 5 or head[4] != 0:  # tagged fields in a response header: not expected
+            return None
+        at = 5
+    if len(head) < at + 4:
+        return None
+    return int.from_bytes(head[at : at + 4], "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request the exporter sent through a broker's proxy, and its answer."""
+
+    broker: int
+    api: str
+    version: int
+    sent_at: float  # unix seconds when the proxy saw the request
+    answered_at: float | None  # None: no answer (yet)
+    throttle_ms: int | None
+
+
+class RequestLog(TrafficStats):
+    """TrafficStats that also keeps every exchange with wall-clock times and throttle_time_ms.
+
+    Lives in the proxy thread; :meth:`exchanges` copies under a lock for the test thread."""
+
+    def __init__(self, broker: int) -> None:
+        super().__init__()
+        self.broker = broker
+        self._lock = threading.Lock()
+        # (api key, correlation id) → indexes of unanswered requests, oldest first. Correlation
+        # ids are per connection; should two connections have the same API and id in flight,
+        # their answers may be paired crosswise, which moves no time by much.
+        self._open: dict[tuple[int, int], list[int]] = {}
+        self._exchanges: list[Exchange] = []
+
+    def request(self, header: RequestHeader, wire_bytes: int) -> None:
+        super().request(header, wire_bytes)
+        with self._lock:
+            self._exchanges.append(
+                Exchange(
+                    self.broker,
+                    api_name(header.api_key),
+                    header.api_version,
+                    time.time(),
+                    None,
+                    None,
+                )
+            )
+            key = (header.api_key, header.correlation_id)
+            self._open.setdefault(key, []).append(len(self._exchanges) - 1)
+
+    def response(
+        self, header: RequestHeader, wire_bytes: int, latency: float, head: bytes = b""
+    ) -> None:
+        super().response(header, wire_bytes, latency, head)
+        with self._lock:
+            waiting = self._open.get((header.api_key, header.correlation_id))
+            if not waiting:
+                return
+            index = waiting.pop(0)
+            if not waiting:
+                del self._open[(header.api_key, header.correlation_id)]
+            entry = self._exchanges[index]
+            self._exchanges[index] = Exchange(
+                entry.broker,
+                entry.api,
+                entry.version,
+                entry.sent_at,
+                time.time(),
+                throttle_ms(header, head),
+            )
+
+    def exchanges(self) -> list[Exchange]:
+        with self._lock:
+            return list(self._exchanges)
+
+
+class ProxyThread:
+    """One request-logging proxy per broker, served by an event loop in a daemon thread so they
+    outlive every test's own event loop. Proxies listen before the cluster starts (the brokers
+    advertise their ports) and learn their upstream once it has."""
+
+    def __init__(self, brokers: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="multibroker-proxies", daemon=True
+        )
+        self.logs = [RequestLog(node) for node in range(1, brokers + 1)]
+        self._proxies = [
+            CountingProxy(("127.0.0.1", 1), stats=log, response_header_bytes=PEEK_BYTES)
+            for log in self.logs
+        ]
+        self.ports: list[int] = []
+
+    def start(self) -> list[int]:
+        self._thread.start()
+        self.ports = [self._run(proxy.start("127.0.0.1", 0))[1] for proxy in self._proxies]
+        return self.ports
+
+    def set_upstreams(self, upstreams: Sequence[tuple[str, int]]) -> None:
+        for proxy, upstream in zip(self._proxies, upstreams, strict=True):
+            proxy.upstream = upstream
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def exchanges(self) -> list[Exchange]:
+        return [e for log in self.logs for e in log.exchanges()]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            for proxy in self._proxies:
+                self._run(proxy.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def _run(self, coroutine: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout=30)
+
+
+@dataclass
+class ThreeBrokers:
+    """The session's 3-broker cluster and its proxies."""
+
+    cluster: kafka_local.KafkaCluster
+    proxies: ProxyThread
+
+    @property
+    def bootstrap(self) -> str:
+        """Every broker's PLAINTEXT listener, directly (tests' own clients, and an exporter
+        whose traffic need not be counted)."""
+        return self.cluster.bootstrap
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """The proxies: an exporter bootstrapped here talks to every broker through them."""
+        return self.proxies.bootstrap
+
+
+def per_cycle(
+    exchanges: Iterable[Exchange], started: float, finished: float
+) -> Counter[tuple[str, int]]:
+    """(api, broker) → requests sent within [started, finished]."""
+    return Counter((e.api, e.broker) for e in exchanges if started <= e.sent_at <= finished)
+
+
+# -- ground truth -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str) -> Any:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def _retrying(what: str, call: Any, *, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                return await call()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: no answer within {within:g}s ({exc!r})") from exc
+            await asyncio.sleep(0.2)
+
+
+async def coordinators(bootstrap: str, groups: Collection[str]) -> dict[str, int]:
+    """group → coordinator node id, from FindCoordinator (aiokafka admin)."""
+    async with admin_client(bootstrap) as admin:
+        found: dict[str, int] = {}
+        for group in sorted(groups):
+
+            async def find(group: str = group) -> int:
+                return int(await admin.find_coordinator(group))
+
+            found[group] = await _retrying(f"FindCoordinator {group}", find)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionTruth:
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+async def partitions(bootstrap: str, topics: Collection[str] | None = None) -> dict[
+    TopicPartition, PartitionTruth
+]:
+    """Leader, replicas and ISR of every partition of ``topics`` (None: every topic)."""
+    async with admin_client(bootstrap) as admin:
+        described = await _retrying(
+            "Metadata", lambda: admin.describe_topics(list(topics) if topics else None)
+        )
+    out: dict[TopicPartition, PartitionTruth] = {}
+    for topic in described:
+        if topic["error_code"] != 0:
+            continue
+        for p in topic["partitions"]:
+            out[TopicPartition(topic["topic"], p["partition"])] = PartitionTruth(
+                int(p["leader"]), tuple(p["replicas"]), tuple(p["isr"])
+            )
+    return out
+
+
+async def wait_whole(bootstrap: str, *, within: float = 60.0, preferred: bool = False) -> None:
+    """Until Metadata lists every broker and every partition of every topic has all its
+    replicas in sync (and, with ``preferred``, its first replica as leader)."""
+    deadline = time.monotonic() + within
+    problem = "no answer"
+    while True:
+        try:
+            async with admin_client(bootstrap) as admin:
+                brokers = (await admin.describe_cluster())["brokers"]
+            truth = await partitions(bootstrap)
+        except (AssertionError, KafkaError, OSError, TimeoutError) as exc:
+            problem = repr(exc)
+        else:
+            lagging = [
+                tp
+                for tp, p in truth.items()
+                if set(p.isr) != set(p.replicas) or (preferred and p.leader != p.replicas[0])
+            ]
+            if len(brokers) == BROKERS and not lagging:
+                return
+            problem = f"{len(brokers)} brokers, not whole: {lagging[:5]}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"cluster not whole within {within:g}s: {problem}")
+        await asyncio.sleep(0.3)
+
+
+async def elect_preferred_leaders(bootstrap: str) -> None:
+    """Move every partition's leadership back to its preferred (first) replica."""
+    await asyncio.to_thread(
+        kafka_local.run_tool,
+        LEADER_ELECTION_COMMAND,
+        ["--bootstrap-server", bootstrap, "--election-type", "PREFERRED", "--all-topic-partitions"],
+        timeout=60.0,
+        check=False,  # exits non-zero when some partition already has its preferred leader
+    )
+    await wait_whole(bootstrap, preferred=True)
+
+
+async def spread_groups(bootstrap: str, prefix: str, count: int) -> dict[str, int]:
+    """``count`` new group ids (→ their coordinator) covering every broker that coordinates
+    anything: ids are drawn until each such broker has at least one, bounded."""
+    offsets_leaders = {
+        p.leader
+        for tp, p in (await partitions(bootstrap, ["__consumer_offsets"])).items()
+        if tp.topic == "__consumer_offsets"
+    }
+    chosen: dict[str, int] = {}
+    for _ in range(20):
+        candidates = [f"{prefix}-{secrets.token_hex(3)}" for _ in range(count)]
+        found = await coordinators(bootstrap, candidates)
+        chosen = found
+        if set(found.values()) >= offsets_leaders:
+            return chosen
+    raise AssertionError(f"no {count} group ids covering coordinators {sorted(offsets_leaders)}")
