@@ -1165,9 +1165,9 @@ class KafkaCluster:
         if len(set(names)) != len(names) or reserved & set(names):
             raise ValueError(f"listener names must be unique and not {sorted(reserved)}")
         for listener in listeners:
-            if isinstance(listener, PlaintextListener) and listener.advertised_ports:
-                if len(listener.advertised_ports) != brokers:
-                    raise ValueError(f"listener {listener.name}: one advertised port per broker")
+            ports = listener.advertised_ports if isinstance(listener, PlaintextListener) else ()
+            if ports and len(ports) != brokers:
+                raise ValueError(f"listener {listener.name}: one advertised port per broker")
             if isinstance(listener, SaslListener):
                 if not listener.mechanisms:
                     raise ValueError(f"listener {listener.name} has no SASL mechanism enabled")

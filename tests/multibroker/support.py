@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from bench.proxy import CountingProxy, RequestHeader, TrafficStats, api_name
 from devtools import kafka_local
 from klag_pipeline.model import TopicPartition
+from tests.support.kafka import KafkaTestClient, Rec
 
 BROKERS = 3
 MULTIBROKER_PROPERTIES = {
@@ -264,9 +265,9 @@ class PartitionTruth:
     isr: tuple[int, ...]
 
 
-async def partitions(bootstrap: str, topics: Collection[str] | None = None) -> dict[
-    TopicPartition, PartitionTruth
-]:
+async def partitions(
+    bootstrap: str, topics: Collection[str] | None = None
+) -> dict[TopicPartition, PartitionTruth]:
     """Leader, replicas and ISR of every partition of ``topics`` (None: every topic)."""
     async with admin_client(bootstrap) as admin:
         described = await _retrying(
@@ -337,3 +338,108 @@ async def spread_groups(bootstrap: str, prefix: str, count: int) -> dict[str, in
         if set(found.values()) >= offsets_leaders:
             return chosen
     raise AssertionError(f"no {count} group ids covering coordinators {sorted(offsets_leaders)}")
+
+
+# -- a scenario: replicated topics, records of known timestamps, groups on every coordinator ---
+
+RECORDS_PER_PARTITION = 20
+RECORD_SPACING_MS = 1000
+
+
+@dataclass
+class Scenario:
+    """Topics, groups and commits a test created, with the ground truth read back."""
+
+    topics: list[str]
+    groups: dict[str, int]  # group → coordinator
+    commits: dict[str, dict[TopicPartition, int]]
+    timestamps: dict[TopicPartition, dict[int, int]]  # offset → timestamp (ms)
+    leaders: dict[TopicPartition, int]
+    base_ms: int
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        return sorted(self.timestamps)
+
+    def high(self, tp: TopicPartition) -> int:
+        return max(self.timestamps[tp]) + 1
+
+    def lag(self, group: str, tp: TopicPartition) -> int:
+        return self.high(tp) - self.commits[group][tp]
+
+    async def produce(self, kafka: KafkaTestClient, count: int = RECORDS_PER_PARTITION) -> None:
+        """``count`` more records on every partition, timestamps continuing one second apart
+        (plus the partition number, so no two partitions share a timestamp)."""
+        by_topic: dict[str, list[Rec]] = {}
+        for tp in self.partitions:
+            first = self.high(tp) if self.timestamps[tp] else 0
+            by_topic.setdefault(tp.topic, []).extend(
+                Rec(b"v", tp.partition, self.base_ms + o * RECORD_SPACING_MS + tp.partition)
+                for o in range(first, first + count)
+            )
+        for topic, records in by_topic.items():
+            offsets = await kafka.produce(topic, records)
+            for record, offset in zip(records, offsets, strict=True):
+                assert record.timestamp_ms is not None
+                tp = TopicPartition(topic, record.partition)
+                self.timestamps[tp][offset] = record.timestamp_ms
+
+    async def verify(self, kafka: KafkaTestClient, groups: int = 3) -> None:
+        """The broker holds what this scenario says: watermarks of every partition, and the
+        commits of a few groups (read back with plain clients)."""
+        for topic in self.topics:
+            marks = await kafka.watermarks(topic)
+            assert marks == {
+                tp.partition: (0, self.high(tp)) for tp in self.partitions if tp.topic == topic
+            }
+        for group in sorted(self.commits)[:groups]:
+            assert await kafka.committed(group) == self.commits[group], group
+
+    async def advance(self, kafka: KafkaTestClient) -> None:
+        """New records on every partition and every commit moved onto them (the same lag, at
+        offsets no cycle has sampled yet)."""
+        await self.produce(kafka)
+        self.commits = {
+            group: {tp: offset + RECORDS_PER_PARTITION for tp, offset in offsets.items()}
+            for group, offsets in self.commits.items()
+        }
+        await kafka.commit_many(self.commits)
+        await self.verify(kafka)
+
+
+async def build_scenario(
+    kafka: KafkaTestClient,
+    bootstrap: str,
+    unique: Callable[[str], str],
+    *,
+    topics: int,
+    partitions_per_topic: int,
+    groups: int,
+) -> Scenario:
+    """Replicated topics of ``RECORDS_PER_PARTITION`` records with distinct, known timestamps
+    (an hour old, one second apart), and ``groups`` groups spread over every coordinator, each
+    committed on every partition at an offset with lag > 0."""
+    names = [unique(f"t{i}") for i in range(topics)]
+    for name in names:
+        await kafka.create_topic(
+            name, partitions=partitions_per_topic, replication_factor=3, config=TOPIC_CONFIG
+        )
+    scenario = Scenario(
+        names,
+        await spread_groups(bootstrap, unique("g"), groups),
+        {},
+        {TopicPartition(n, p): {} for n in names for p in range(partitions_per_topic)},
+        {},
+        int(time.time() * 1000) - 3600 * 1000,
+    )
+    await scenario.produce(kafka)
+    span = RECORDS_PER_PARTITION - 1
+    scenario.commits = {
+        group: {tp: 1 + (i * 7 + j * 3) % span for j, tp in enumerate(scenario.partitions)}
+        for i, group in enumerate(sorted(scenario.groups))
+    }
+    await kafka.commit_many(scenario.commits)
+    await scenario.verify(kafka)
+    truth = await partitions(bootstrap, names)
+    scenario.leaders = {tp: p.leader for tp, p in truth.items()}
+    return scenario
