@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -23,6 +25,9 @@ from aiokafka.errors import KafkaError
 from bench.proxy import CountingProxy, RequestHeader, TrafficStats, api_name
 from devtools import kafka_local
 from klag_pipeline.model import TopicPartition
+from klag_pipeline.settings.schema import Settings
+from klag_pipeline.snapshot import ClusterSnapshot
+from tests.integration.pipeline_support import Running, cluster, exactly, settings
 from tests.support.kafka import KafkaTestClient, Rec
 
 BROKERS = 3
@@ -443,3 +448,82 @@ async def build_scenario(
     truth = await partitions(bootstrap, names)
     scenario.leaders = {tp: p.leader for tp, p in truth.items()}
     return scenario
+
+
+# -- the exporter under test ---------------------------------------------------------------
+
+CLUSTER = "three"
+POLL = 1.0
+
+
+def exporter_settings(
+    bootstrap: str,
+    scenario: Scenario,
+    *,
+    poll_interval: float = POLL,
+    kafka_timeout: float = 5.0,
+    consumer_properties: Mapping[str, str] | None = None,
+) -> Settings:
+    """One cluster ``CLUSTER`` on every address of ``bootstrap``, exactly the scenario's groups
+    and topics, staleness far beyond any outage a test makes."""
+    return settings(
+        replace(
+            cluster(
+                CLUSTER,
+                bootstrap,
+                groups=[exactly(*scenario.groups)],
+                topics=[exactly(*scenario.topics)],
+            ),
+            bootstrap_servers=tuple(bootstrap.split(",")),
+            consumer_properties=MappingProxyType(dict(consumer_properties or {})),
+        ),
+        poll_interval=poll_interval,
+        staleness_threshold=60.0,
+        kafka_timeout=kafka_timeout,
+    )
+
+
+def cycle_windows(snapshots: list[ClusterSnapshot]) -> list[tuple[ClusterSnapshot, float, float]]:
+    """Each snapshot with its window: from its cycle's start to the next cycle's start (a cycle
+    never outlives its poll interval)."""
+    return [(s, s.started_at, nxt.started_at) for s, nxt in itertools.pairwise(snapshots)]
+
+
+def counts_of(three: ThreeBrokers, start: float, end: float) -> Counter[tuple[str, int]]:
+    return per_cycle(three.proxies.exchanges(), start, end - 1e-6)
+
+
+def assert_values_exact(snapshot: ClusterSnapshot, scenario: Scenario) -> None:
+    """Every (group, partition) row equals the ground truth the test created."""
+    rows = {(r.group, r.topic_partition): r for r in snapshot.rows}
+    expected = {(g, tp) for g, offsets in scenario.commits.items() for tp in offsets}
+    missing = sorted({g for g, _ in expected - set(rows)})
+    extra = sorted({g for g, _ in set(rows) - expected})
+    assert set(rows) == expected, (
+        f"cycle {snapshot.cycle}: rows differ from ground truth; groups with rows missing "
+        f"{missing}, groups with extra rows {extra}"
+    )
+    for (group, tp), row in rows.items():
+        committed = scenario.commits[group][tp]
+        assert (row.committed, row.low, row.high) == (committed, 0, scenario.high(tp)), (group, tp)
+        assert row.lag == scenario.lag(group, tp)
+        assert row.lag_seconds is not None, (snapshot.cycle, group, tp)
+        stamp = scenario.timestamps[tp][committed] / 1000
+        # "now" is some instant of the cycle that produced (or first sampled) the value.
+        assert snapshot.started_at - stamp - 1.0 <= row.lag_seconds, (group, tp)
+        assert row.lag_seconds <= snapshot.observed_at - stamp + 1.0, (group, tp)
+    for summary in snapshot.groups:
+        lags = [scenario.lag(summary.group, tp) for tp in scenario.commits[summary.group]]
+        assert (summary.max_lag, summary.sum_lag) == (max(lags), sum(lags))
+
+
+async def wait_snapshots(
+    run: Running, count: int, *, after: float, within: float = 20.0
+) -> list[ClusterSnapshot]:
+    """At least ``count`` snapshots of cycles that started at or after ``after``."""
+
+    def enough() -> bool:
+        return len([s for s in run.recorder.snapshots(CLUSTER) if s.started_at >= after]) >= count
+
+    await run.recorder.wait_for(enough, within=within, what=f"{count} snapshots")
+    return [s for s in run.recorder.snapshots(CLUSTER) if s.started_at >= after]

@@ -5,83 +5,24 @@ many groups there are. And the values of the same cycles, exact against ground t
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
-from klag_pipeline.settings.schema import Settings
-from klag_pipeline.snapshot import ClusterSnapshot
-from tests.integration.pipeline_support import Running, cluster, exactly, running, settings
+from tests.integration.pipeline_support import running
 from tests.multibroker.support import (
-    Scenario,
     ThreeBrokers,
+    assert_values_exact,
     build_scenario,
-    per_cycle,
+    counts_of,
+    cycle_windows,
+    exporter_settings,
+    wait_snapshots,
 )
 from tests.support.kafka import KafkaTestClient
 
 pytestmark = pytest.mark.kafka
-
-CLUSTER = "three"
-POLL = 1.0
-
-
-def exporter_settings(bootstrap: str, scenario: Scenario) -> Settings:
-    return settings(
-        replace(
-            cluster(
-                CLUSTER,
-                bootstrap,
-                groups=[exactly(*scenario.groups)],
-                topics=[exactly(*scenario.topics)],
-            ),
-            bootstrap_servers=tuple(bootstrap.split(",")),
-        ),
-        poll_interval=POLL,
-        staleness_threshold=60.0,
-        kafka_timeout=5.0,
-    )
-
-
-def cycle_windows(snapshots: list[ClusterSnapshot]) -> list[tuple[ClusterSnapshot, float, float]]:
-    """Each snapshot with its window: from its cycle's start to the next cycle's start (a cycle
-    never outlives its poll interval)."""
-    return [(s, s.started_at, nxt.started_at) for s, nxt in itertools.pairwise(snapshots)]
-
-
-def counts_of(three: ThreeBrokers, start: float, end: float) -> Counter[tuple[str, int]]:
-    return per_cycle(three.proxies.exchanges(), start, end - 1e-6)
-
-
-def assert_values_exact(snapshot: ClusterSnapshot, scenario: Scenario) -> None:
-    """Every (group, partition) row equals the ground truth the test created."""
-    rows = {(r.group, r.topic_partition): r for r in snapshot.rows}
-    expected = {(g, tp) for g, offsets in scenario.commits.items() for tp in offsets}
-    assert set(rows) == expected, f"cycle {snapshot.cycle}: rows differ from ground truth"
-    for (group, tp), row in rows.items():
-        committed = scenario.commits[group][tp]
-        assert (row.committed, row.low, row.high) == (committed, 0, scenario.high(tp)), (group, tp)
-        assert row.lag == scenario.lag(group, tp)
-        assert row.lag_seconds is not None, (snapshot.cycle, group, tp)
-        stamp = scenario.timestamps[tp][committed] / 1000
-        # "now" is some instant of the cycle that produced (or first sampled) the value.
-        assert snapshot.started_at - stamp - 1.0 <= row.lag_seconds, (group, tp)
-        assert row.lag_seconds <= snapshot.observed_at - stamp + 1.0, (group, tp)
-    for summary in snapshot.groups:
-        lags = [scenario.lag(summary.group, tp) for tp in scenario.commits[summary.group]]
-        assert (summary.max_lag, summary.sum_lag) == (max(lags), sum(lags))
-
-
-async def wait_snapshots(run: Running, count: int, *, after: float) -> list[ClusterSnapshot]:
-    def enough() -> bool:
-        return len([s for s in run.recorder.snapshots(CLUSTER) if s.started_at >= after]) >= count
-
-    await run.recorder.wait_for(enough, within=10 + count * POLL * 3, what=f"{count} snapshots")
-    return [s for s in run.recorder.snapshots(CLUSTER) if s.started_at >= after]
 
 
 async def test_requests_per_cycle_scale_with_brokers_not_groups(

@@ -59,6 +59,8 @@ class AiokafkaClusterClient:
         await self._transport.close()
 
     async def list_groups(self) -> GroupListing:
+        # Discovery starts each cycle: a broker that came back must be asked for its groups.
+        await self._transport.sync_brokers()
         return await self._groups.list_groups()
 
     async def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
