@@ -1,6 +1,7 @@
-"""A partition's leader moves between the cycle's ListOffsets and its timestamp Fetch (preferred
-leader election, raw ElectLeaders request): the Fetch goes to the old leader. That costs at most that partition's time lag for that one cycle; every
-other partition keeps its time lag, offsets stay exact, and the next cycle has it again.
+"""A partition's leader moves between the cycle's ListOffsets and its timestamp Fetch (a
+preferred leader election, sent as a raw ElectLeaders request): the Fetch goes to the old
+leader. That costs at most that partition's time lag for that one cycle; every other partition
+keeps its time lag, offsets stay exact, and the next cycle has it again.
 """
 
 from __future__ import annotations
