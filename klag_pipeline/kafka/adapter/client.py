@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from klag_pipeline.kafka.adapter.groups import GroupOps
 from klag_pipeline.kafka.adapter.transport import Transport
@@ -79,7 +80,7 @@ class AiokafkaClusterClient:
             # Built per connection: it holds the aiokafka client, learned batch sizes and
             # per-broker throttle state.
             self._sampler = TimestampSampler(
-                self._transport.client,
+                _ThrottleSharingSender(self._transport, self._observer),
                 max_bytes_per_partition=self._sampling.max_bytes_per_partition,
                 max_concurrent_fetches=self._sampling.max_concurrent_fetches,
                 fetch_timeout=self._sampling.fetch_timeout,
@@ -111,3 +112,53 @@ class AiokafkaClusterClient:
             group_count=len(listing.groups),
             api_versions=MappingProxyType(api_versions),
         )
+
+
+class _ThrottleSharingSender:
+    """The sampler's way to the brokers: aiokafka's ``send``, behind the transport's per-node
+    throttle. A broker mutes a connection after a throttled answer, whichever part of the
+    adapter sent the request; without this a Fetch went out right after a throttled
+    ListOffsets answer (and the next cycle's ListGroups right after a throttled Fetch).
+
+    A broker over a client's *request* quota answers a Fetch with throttle_time_ms and no
+    partitions at all (Kafka's KafkaApis): that is "come back later", not an answer, so the
+    same request is sent again once the throttle time has passed (at most
+    :data:`THROTTLED_FETCH_RETRIES` times; the sampler's ``fetch_timeout`` bounds the whole)."""
+
+    def __init__(self, transport: Transport, observer: RequestObserver | None) -> None:
+        self._transport = transport
+        self._observer = observer
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        for attempt in range(THROTTLED_FETCH_RETRIES + 1):
+            await self._transport.wait_throttle(node_id)
+            response = await self._transport.client.send(node_id, request)
+            throttle_ms = _throttle_ms(response)
+            self._transport.note_throttle(node_id, throttle_ms)
+            if throttle_ms <= 0 or attempt == THROTTLED_FETCH_RETRIES:
+                return response
+            if not _withheld(request, response):
+                return response
+            # The sampler reports the answer it gets; the withheld ones are only seen here.
+            if self._observer is not None:
+                self._observer.on_throttle("Fetch", str(node_id), throttle_ms)
+        raise AssertionError("unreachable")
+
+
+THROTTLED_FETCH_RETRIES = 3
+
+
+def _throttle_ms(response: Any) -> int:
+    schema = getattr(response, "SCHEMA", None)
+    if schema is None or "throttle_time_ms" not in schema.names:
+        return 0
+    return int(response.get_item("throttle_time_ms"))
+
+
+def _withheld(request: Any, response: Any) -> bool:
+    """A Fetch answered with no topics although it asked for some."""
+    asked = getattr(request, "topics", None)
+    schema = getattr(response, "SCHEMA", None)
+    if not asked or schema is None or "topics" not in schema.names:
+        return False
+    return not response.get_item("topics")

@@ -329,9 +329,7 @@ class Transport:
         started = time.monotonic()
         try:
             async with asyncio.timeout(seconds or self.performance.kafka_timeout):
-                wait = self._not_before.get(node, 0.0) - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await self.wait_throttle(node)
                 raw: Any = await self._require_client().send(node, WireRequest(spec, version, body))
                 if not isinstance(raw, bytes):
                     raise ProtocolDecodeError(f"unexpected response object {type(raw).__name__}")
@@ -357,12 +355,27 @@ class Transport:
             self._observe(spec.name, broker, outcome(err), started)
             raise err from exc
         if result.throttle_ms > 0:
-            self._not_before[node] = time.monotonic() + result.throttle_ms / 1000
+            self.note_throttle(node, result.throttle_ms)
             if self._observer is not None:
                 self._observer.on_throttle(spec.name, broker, result.throttle_ms)
         code = result.error_code
         self._observe(spec.name, broker, "ok" if code == 0 else error_name(code), started)
         return result
+
+    async def wait_throttle(self, node: int) -> None:
+        """Sleep until ``node``'s last throttle_time_ms has passed (aiokafka ignores it)."""
+        wait = self._not_before.get(node, 0.0) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def note_throttle(self, node: int, throttle_ms: int) -> None:
+        """A response from ``node`` asked for a pause: no request goes there before it ends.
+
+        The broker mutes the whole connection for that long (KIP-219), whichever of our
+        components sent the request, so the pause is kept per node for all of them."""
+        if throttle_ms > 0:
+            until = time.monotonic() + throttle_ms / 1000
+            self._not_before[node] = max(self._not_before.get(node, 0.0), until)
 
     def _drop_connection(self, node: int) -> None:
         """Close ``node``'s connection after one of our deadlines expired.
