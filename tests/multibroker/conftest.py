@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from devtools.kafka_local import KafkaCluster, PlaintextListener
+from tests.multibroker.proxies import ProxyThread, ThreeBrokers
 from tests.multibroker.support import (
     BROKERS,
     MULTIBROKER_PROPERTIES,
-    ProxyThread,
-    ThreeBrokers,
     wait_whole,
 )
 from tests.support.kafka import KafkaTestClient

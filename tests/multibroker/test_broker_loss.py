@@ -17,11 +17,11 @@ import pytest
 
 from klag_pipeline.app import Exporter
 from tests.integration.pipeline_support import running, scrape
+from tests.multibroker.proxies import ThreeBrokers
 from tests.multibroker.support import (
     CLUSTER,
     RECORDS_PER_PARTITION,
     Scenario,
-    ThreeBrokers,
     assert_values_exact,
     build_scenario,
     coordinators,

@@ -19,11 +19,11 @@ import pytest
 
 from devtools import kafka_local
 from tests.integration.pipeline_support import Running, running
+from tests.multibroker.proxies import ThreeBrokers
 from tests.multibroker.support import (
     CLUSTER,
     LEADER_ELECTION_COMMAND,
     Scenario,
-    ThreeBrokers,
     assert_values_exact,
     build_scenario,
     coordinators,

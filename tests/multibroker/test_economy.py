@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.integration.pipeline_support import running
+from tests.multibroker.proxies import ThreeBrokers
 from tests.multibroker.support import (
-    ThreeBrokers,
     assert_values_exact,
     build_scenario,
     counts_of,

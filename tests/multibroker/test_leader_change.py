@@ -23,11 +23,11 @@ from klag_pipeline.kafka.protocol import ApiSpec, WireRequest
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.integration.pipeline_support import WrappedClient, running, wrapping
+from tests.multibroker.proxies import ThreeBrokers
 from tests.multibroker.support import (
     CLUSTER,
     REASSIGN_COMMAND,
     Scenario,
-    ThreeBrokers,
     build_scenario,
     exporter_settings,
     partitions,

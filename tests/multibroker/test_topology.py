@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from tests.multibroker.proxies import ThreeBrokers
 from tests.multibroker.support import (
     TOPIC_CONFIG,
-    ThreeBrokers,
     admin_client,
     partitions,
     spread_groups,

@@ -1,14 +1,16 @@
-"""The sampler's sender shares the transport's per-broker throttle, and sends a Fetch again when
-a broker over a request quota withheld its data (throttle_time_ms > 0 and no partitions)."""
+"""The sampler's sender shares the transport's per-broker throttle, and turns a Fetch a broker
+over a quota withheld (throttle_time_ms > 0 and no partitions) into an error naming the quota."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pytest
+from aiokafka.errors import KafkaError as AioKafkaError
 from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v4
 
-from klag_pipeline.kafka.adapter.client import THROTTLED_FETCH_RETRIES, _ThrottleSharingSender
+from klag_pipeline.kafka.adapter.client import _ThrottleSharingSender
 from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 
@@ -50,24 +52,23 @@ def request() -> FetchRequest:
     return FetchRequest(0, 1, 1 << 20, 0, [("t", [(0, 5, 1024)])])
 
 
-async def test_a_withheld_fetch_is_sent_again_after_the_throttle_time() -> None:
-    withheld = FetchResponse_v4(200, [])
-    served = FetchResponse_v4(0, [("t", [PARTITION])])
-    broker = Broker([withheld, served])
+async def test_a_withheld_fetch_fails_with_the_quota_named_and_pauses_the_broker() -> None:
+    broker = Broker([FetchResponse_v4(200, [])])
     observer = Observer()
-    sender = _ThrottleSharingSender(transport_with(broker), observer)
-    assert await sender.send(1, request()) is served
-    assert len(broker.sent_at) == 2
-    assert broker.sent_at[1] - broker.sent_at[0] >= 0.19
+    transport = transport_with(broker)
+    sender = _ThrottleSharingSender(transport, observer)
+    with pytest.raises(AioKafkaError, match=r"broker 1 withheld .*quota.*200"):
+        await sender.send(1, request())
     assert observer.throttles == [("Fetch", "1", 200)]
+    began = time.monotonic()
+    await transport.wait_throttle(1)
+    assert time.monotonic() - began >= 0.15
 
 
-async def test_retries_are_bounded_and_the_last_answer_is_returned() -> None:
-    answers = [FetchResponse_v4(10, []) for _ in range(THROTTLED_FETCH_RETRIES + 1)]
-    broker = Broker(list(answers))
-    sender = _ThrottleSharingSender(transport_with(broker), None)
-    assert await sender.send(1, request()) is answers[-1]
-    assert len(broker.sent_at) == THROTTLED_FETCH_RETRIES + 1
+async def test_a_served_fetch_is_returned_as_it_is() -> None:
+    served = FetchResponse_v4(0, [("t", [PARTITION])])
+    sender = _ThrottleSharingSender(transport_with(Broker([served])), None)
+    assert await sender.send(1, request()) is served
 
 
 async def test_a_throttled_answer_with_data_delays_the_transports_next_request() -> None:

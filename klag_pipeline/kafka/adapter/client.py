@@ -6,6 +6,8 @@ from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from aiokafka.errors import KafkaError as AioKafkaError
+
 from klag_pipeline.kafka.adapter.groups import GroupOps
 from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.kafka.adapter.watermarks import WatermarkOps
@@ -120,32 +122,30 @@ class _ThrottleSharingSender:
     adapter sent the request; without this a Fetch went out right after a throttled
     ListOffsets answer (and the next cycle's ListGroups right after a throttled Fetch).
 
-    A broker over a client's *request* quota answers a Fetch with throttle_time_ms and no
-    partitions at all (Kafka's KafkaApis): that is "come back later", not an answer, so the
-    same request is sent again once the throttle time has passed (at most
-    :data:`THROTTLED_FETCH_RETRIES` times; the sampler's ``fetch_timeout`` bounds the whole)."""
+    A broker over a client's quota answers a Fetch with throttle_time_ms and no partitions at
+    all (Kafka's KafkaApis): "come back later", not an answer. That is raised as an error naming
+    the quota, so the sampler fails those partitions' time lag for this cycle with a true reason;
+    the next cycle asks again after the throttle time. (Asking again within the cycle would
+    wait out the throttle inside the cycle's deadline and can cost the whole cycle.)"""
 
     def __init__(self, transport: Transport, observer: RequestObserver | None) -> None:
         self._transport = transport
         self._observer = observer
 
     async def send(self, node_id: int, request: Any) -> Any:
-        for attempt in range(THROTTLED_FETCH_RETRIES + 1):
-            await self._transport.wait_throttle(node_id)
-            response = await self._transport.client.send(node_id, request)
-            throttle_ms = _throttle_ms(response)
-            self._transport.note_throttle(node_id, throttle_ms)
-            if throttle_ms <= 0 or attempt == THROTTLED_FETCH_RETRIES:
-                return response
-            if not _withheld(request, response):
-                return response
-            # The sampler reports the answer it gets; the withheld ones are only seen here.
+        await self._transport.wait_throttle(node_id)
+        response = await self._transport.client.send(node_id, request)
+        throttle_ms = _throttle_ms(response)
+        self._transport.note_throttle(node_id, throttle_ms)
+        if throttle_ms > 0 and _withheld(request, response):
+            # The sampler only reports throttles of answers it reads; this one it never sees.
             if self._observer is not None:
                 self._observer.on_throttle("Fetch", str(node_id), throttle_ms)
-        raise AssertionError("unreachable")
-
-
-THROTTLED_FETCH_RETRIES = 3
+            raise AioKafkaError(
+                f"broker {node_id} withheld the data: client quota exceeded "
+                f"(throttle_time_ms {throttle_ms})"
+            )
+        return response
 
 
 def _throttle_ms(response: Any) -> int:
