@@ -170,23 +170,25 @@ class FrameScanner:
     """Finds Kafka frame boundaries in a byte stream without buffering frame bodies.
 
     ``feed`` takes bytes as they arrive, in chunks of any size, and returns the frames whose
-    first ``header_bytes`` after the size field have now been seen. Only the size field and the
-    header are ever copied; the rest of a frame is skipped by counting.
+    first ``header_bytes`` after the size field (or the whole frame, when it is shorter but at
+    least ``min_size`` bytes) have now been seen. Only the size field and the header are ever
+    copied; the rest of a frame is skipped by counting.
     """
 
-    def __init__(self, header_bytes: int) -> None:
+    def __init__(self, header_bytes: int, *, min_size: int | None = None) -> None:
         self._header_bytes = header_bytes
+        self._min_size = header_bytes if min_size is None else min_size
         self._pending = bytearray()
+        self._size: int | None = None
         self._skip = 0
 
     @property
     def idle(self) -> bool:
         """True between frames (nothing of a started frame is outstanding)."""
-        return self._skip == 0 and not self._pending
+        return self._skip == 0 and not self._pending and self._size is None
 
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
-        wanted = 4 + self._header_bytes
         position = 0
         end = len(data)
         while position < end:
@@ -195,16 +197,26 @@ class FrameScanner:
                 self._skip -= step
                 position += step
                 continue
+            if self._size is None:
+                take = min(4 - len(self._pending), end - position)
+                self._pending += data[position : position + take]
+                position += take
+                if len(self._pending) < 4:
+                    break
+                size = int.from_bytes(self._pending, "big", signed=True)
+                if size < self._min_size or size > MAX_FRAME_BYTES:
+                    raise FrameError(f"frame size {size} is not a Kafka frame")
+                self._size = size
+                self._pending.clear()
+            wanted = min(self._header_bytes, self._size)
             take = min(wanted - len(self._pending), end - position)
             self._pending += data[position : position + take]
             position += take
             if len(self._pending) < wanted:
                 break
-            size = int.from_bytes(self._pending[:4], "big", signed=True)
-            if size < self._header_bytes or size > MAX_FRAME_BYTES:
-                raise FrameError(f"frame size {size} is not a Kafka frame")
-            frames.append(Frame(size + 4, bytes(self._pending[4:])))
-            self._skip = size - self._header_bytes
+            frames.append(Frame(self._size + 4, bytes(self._pending)))
+            self._skip = self._size - wanted
+            self._size = None
             self._pending.clear()
         return frames
 
@@ -260,7 +272,11 @@ class TrafficStats:
         counters.requests += 1
         counters.request_bytes += wire_bytes
 
-    def response(self, header: RequestHeader, wire_bytes: int, latency: float) -> None:
+    def response(
+        self, header: RequestHeader, wire_bytes: int, latency: float, head: bytes = b""
+    ) -> None:
+        """``head``: the response's first bytes after the size (correlation id, then as much of
+        the body as the connection peeks at; see ``response_header_bytes``)."""
         counters = self._counters(header.api_key, header.api_version)
         counters.responses += 1
         counters.response_bytes += wire_bytes
@@ -297,10 +313,16 @@ class ConnectionCounter:
     """Counts one client connection's frames in both directions (correlation ids are unique
     per connection, so the in-flight map is per connection)."""
 
-    def __init__(self, stats: TrafficStats) -> None:
+    def __init__(
+        self, stats: TrafficStats, *, response_header_bytes: int = RESPONSE_HEADER_BYTES
+    ) -> None:
         self._stats = stats
         self._requests = FrameScanner(REQUEST_HEADER_BYTES)
-        self._responses = FrameScanner(RESPONSE_HEADER_BYTES)
+        # Peeking further than the correlation id (e.g. at throttle_time_ms) is for a
+        # TrafficStats subclass; a shorter response is still a frame.
+        self._responses = FrameScanner(
+            max(RESPONSE_HEADER_BYTES, response_header_bytes), min_size=RESPONSE_HEADER_BYTES
+        )
         self._in_flight: dict[int, tuple[RequestHeader, float]] = {}
         self._broken = False
 
@@ -331,7 +353,7 @@ class ConnectionCounter:
                 self._stats.unmatched_responses += 1
                 continue
             header, sent = request
-            self._stats.response(header, frame.wire_bytes, now - sent)
+            self._stats.response(header, frame.wire_bytes, now - sent, frame.header)
 
     def _give_up(self) -> None:
         # Still forward the bytes (the client decides what the stream is), just stop counting.
@@ -348,9 +370,14 @@ class CountingProxy:
         *,
         connect_timeout: float = 10.0,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        stats: TrafficStats | None = None,
+        response_header_bytes: int = RESPONSE_HEADER_BYTES,
     ) -> None:
+        """``stats``: a :class:`TrafficStats` (subclass) to count into; ``response_header_bytes``:
+        how many bytes of each response it gets to see (see :meth:`TrafficStats.response`)."""
         self.upstream = upstream
-        self.stats = TrafficStats()
+        self.stats = stats if stats is not None else TrafficStats()
+        self._response_header_bytes = response_header_bytes
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
@@ -395,7 +422,7 @@ class CountingProxy:
             return
         stats.connections_opened += 1
         stats.connections_open += 1
-        counter = ConnectionCounter(stats)
+        counter = ConnectionCounter(stats, response_header_bytes=self._response_header_bytes)
         try:
             pumps = [
                 asyncio.create_task(

@@ -1084,6 +1084,15 @@ class PlaintextListener:
 
     name: str = "PROXIED"
     advertised_port: int | None = None
+    advertised_ports: tuple[int, ...] = ()
+    """One advertised port per node (node ids 1, 2, 3 in order), for a proxy per broker in a
+    multi-broker cluster; overrides ``advertised_port``."""
+
+    def port_for(self, node_id: int) -> int | None:
+        """The port node ``node_id`` advertises on this listener (None: its own)."""
+        if self.advertised_ports:
+            return self.advertised_ports[node_id - 1]
+        return self.advertised_port
 
     @property
     def security_protocol(self) -> str:
@@ -1156,6 +1165,9 @@ class KafkaCluster:
         if len(set(names)) != len(names) or reserved & set(names):
             raise ValueError(f"listener names must be unique and not {sorted(reserved)}")
         for listener in listeners:
+            ports = listener.advertised_ports if isinstance(listener, PlaintextListener) else ()
+            if ports and len(ports) != brokers:
+                raise ValueError(f"listener {listener.name}: one advertised port per broker")
             if isinstance(listener, SaslListener):
                 if not listener.mechanisms:
                     raise ValueError(f"listener {listener.name} has no SASL mechanism enabled")
@@ -1264,6 +1276,66 @@ class KafkaCluster:
     ) -> None:
         self.stop()
 
+    # -- single nodes (fault tests)
+
+    @property
+    def node_ids(self) -> list[int]:
+        return [node.node_id for node in self._nodes]
+
+    def node_address(self, node_id: int, listener: str = "PLAINTEXT") -> str:
+        """``127.0.0.1:port`` of one node's ``listener``."""
+        return f"{_LOOPBACK}:{self._node(node_id).ports[listener]}"
+
+    def node_running(self, node_id: int) -> bool:
+        process = self._node(node_id).process
+        return process is not None and process.alive()
+
+    def kill_node(
+        self, node_id: int, sig: signal.Signals = signal.SIGKILL, timeout: float = 15.0
+    ) -> None:
+        """Send ``sig`` to one node's process group and wait until it is gone (SIGKILL: no
+        controlled shutdown, the controller fences it after ``broker.session.timeout.ms``).
+        Its data directory stays, for :meth:`restart_node`."""
+        node = self._node(node_id)
+        process = node.process
+        if process is None:
+            raise HarnessError(f"node {node_id} is not running")
+        process.signal(sig)
+        if not process.wait_gone(timeout):
+            process.signal(signal.SIGKILL)
+            process.wait_gone(10.0)
+        _unregister(process)
+        node.process = None
+
+    def restart_node(self, node_id: int, *, wait: bool = True) -> None:
+        """Launch a stopped node again on its own ports and data. With ``wait`` (blocking: call
+        it from a worker thread under an event loop) return once Metadata lists every broker;
+        otherwise call :meth:`wait_ready` later. Launching from the main thread arms
+        PDEATHSIG, so prefer ``wait=False`` there and wait elsewhere."""
+        node = self._node(node_id)
+        if node.process is not None:
+            raise HarnessError(f"node {node_id} is already running")
+        node.process = launch_jvm(
+            "kafka.Kafka",
+            [str(node.directory / "server.properties")],
+            name=f"kafka-broker-{node.node_id}",
+            log_path=node.directory / "broker.log",
+            jvm_options=self._jvm_options(),
+            cleanup_dir=self._data_dir,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every node accepts connections and Metadata lists every broker."""
+        self._wait_ready()
+
+    def _node(self, node_id: int) -> _Node:
+        for node in self._nodes:
+            if node.node_id == node_id:
+                return node
+        raise HarnessError(f"no node {node_id} (nodes: {self.node_ids or 'not started'})")
+
     # -- internals
 
     def _start_once(self, attempt: int) -> None:
@@ -1323,9 +1395,10 @@ class KafkaCluster:
         protocol_map += [f"{spec.name}:{spec.security_protocol}" for spec in self.listener_specs]
         replication = str(self.brokers)
         advertised_ports = {
-            spec.name: spec.advertised_port
+            spec.name: port
             for spec in self.listener_specs
-            if isinstance(spec, PlaintextListener) and spec.advertised_port is not None
+            if isinstance(spec, PlaintextListener)
+            and (port := spec.port_for(node.node_id)) is not None
         }
         properties = {
             "process.roles": "broker,controller",

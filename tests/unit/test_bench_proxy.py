@@ -14,6 +14,7 @@ from bench.proxy import (
     CountingProxy,
     FrameError,
     FrameScanner,
+    RequestHeader,
     TrafficStats,
     api_name,
 )
@@ -61,6 +62,43 @@ def test_scanner_rejects_a_stream_that_is_not_kafka() -> None:
     with pytest.raises(FrameError):
         # A TLS ClientHello: record type 0x16, version 0x0301, ... → an absurd frame size.
         scanner.feed(bytes.fromhex("160301020001000200000000"))
+
+
+def test_scanner_peeking_past_the_header_still_frames_shorter_responses() -> None:
+    # A Heartbeat v0 answer is 6 bytes: shorter than a 9-byte peek, but still a frame.
+    short = response_frame(5, b"\x00\x00")
+    long = response_frame(6, b"\x00\x00\x03\xe8" + b"z" * 100)
+    stream = short + long + short
+    scanner = FrameScanner(9, min_size=RESPONSE_HEADER_BYTES)
+    frames = []
+    for i in range(len(stream)):
+        frames += scanner.feed(stream[i : i + 1])
+    assert [(f.wire_bytes, f.header) for f in frames] == [
+        (len(short), short[4:]),
+        (len(long), long[4:13]),
+        (len(short), short[4:]),
+    ]
+    assert scanner.idle
+    with pytest.raises(FrameError):
+        FrameScanner(9, min_size=RESPONSE_HEADER_BYTES).feed(struct.pack(">i", 3) + b"abc")
+
+
+def test_stats_see_the_peeked_response_bytes() -> None:
+    heads: list[bytes] = []
+
+    class Peeking(TrafficStats):
+        def response(
+            self, header: RequestHeader, wire_bytes: int, latency: float, head: bytes = b""
+        ) -> None:
+            super().response(header, wire_bytes, latency, head)
+            heads.append(head)
+
+    stats = Peeking()
+    counter = ConnectionCounter(stats, response_header_bytes=8)
+    counter.client_bytes(request_frame(16, 4, 1) + request_frame(12, 0, 2), now=0.0)
+    counter.broker_bytes(response_frame(1, b"\x00\x00\x00\x07rest") + response_frame(2), now=1.0)
+    assert heads == [struct.pack(">ii", 1, 7), struct.pack(">i", 2)]
+    assert stats.unparsable_streams == 0
 
 
 def test_counter_maps_responses_to_requests_by_correlation_id() -> None:

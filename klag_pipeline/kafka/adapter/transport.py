@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from aiokafka.client import AIOKafkaClient
@@ -35,12 +36,15 @@ from klag_pipeline.kafka.kerberos import ensure_login
 from klag_pipeline.kafka.port import RequestObserver
 from klag_pipeline.kafka.protocol import (
     API_VERSIONS,
+    METADATA,
     ApiSpec,
     ProtocolDecodeError,
     WireRequest,
     choose_version,
     decode_api_versions,
+    decode_metadata,
     encode_api_versions,
+    encode_metadata,
 )
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 
@@ -50,6 +54,9 @@ from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 # (100+ ms event-loop stalls at 2,000 groups, bench/results/large.json).
 _THREAD_DECODE_BYTES = 64 * 1024
 _API_VERSIONS_VERSION = 2
+# aiokafka's own default metadata.max.age.ms: how long it may take aiokafka to notice a broker
+# that came back by itself.
+_AIOKAFKA_METADATA_MAX_AGE = 300.0
 # aiokafka's connection kwargs (create_conn) among the client kwargs.
 _CONN_KWARGS = (
     "client_id",
@@ -114,6 +121,12 @@ class Transport:
         # ("no answer from broker B"): bootstrap, or requests in flight per node.
         self._bootstrapping = False
         self._in_flight: Counter[int] = Counter()
+        self._seen_nodes: set[int] = set()
+        self._missing_since: float | None = None
+        max_age_ms = kwargs.get("metadata_max_age_ms")
+        self._aiokafka_max_age = (
+            int(max_age_ms) / 1000 if max_age_ms is not None else _AIOKAFKA_METADATA_MAX_AGE
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -203,6 +216,8 @@ class Transport:
         client, self._client = self._client, None
         self._versions.clear()
         self._not_before.clear()
+        self._seen_nodes.clear()
+        self._missing_since = None
         if client is not None:
             try:
                 await client.close()
@@ -267,6 +282,52 @@ class Transport:
         if self._client is not None:
             self._client.force_metadata_update()
 
+    async def sync_brokers(self) -> None:
+        """Make aiokafka learn a broker that came back, before it is needed.
+
+        aiokafka drops a broker from its list when a connection fails, and lists it again only
+        at its next full metadata refresh (``metadata.max.age.ms``, 5 min by default). Until
+        then a restarted broker gets no ListGroups, so groups whose coordinator moves onto it
+        vanish without any error. While a broker seen since connect is missing, this asks one
+        broker for the broker list (a Metadata request for no topics, once per call) and makes
+        aiokafka refresh as soon as the missing broker is back. In steady state it sends nothing.
+        """
+        client = self._require_client()
+        known = {int(b.nodeId) for b in client.cluster.brokers()}
+        self._seen_nodes |= known
+        if not self._seen_nodes - known:
+            self._missing_since = None
+            return
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        elif now - self._missing_since > self._aiokafka_max_age:
+            # aiokafka's own refresh has run since: the broker is gone for good.
+            self._seen_nodes = known
+            self._missing_since = None
+            return
+        for node in sorted(known):
+            try:
+                version = await self.choose(node, METADATA)
+                if version is None:
+                    return
+                response = await self.call(
+                    node,
+                    METADATA,
+                    version,
+                    encode_metadata(version, []),
+                    partial(decode_metadata, version),
+                )
+            except KafkaError:
+                continue
+            if {b.node_id for b in response.brokers} - known:
+                try:
+                    async with asyncio.timeout(self.performance.kafka_timeout):
+                        await client.force_metadata_update()
+                except TimeoutError:
+                    return
+            return
+
     async def versions(self, node: int) -> Mapping[int, tuple[int, int]]:
         """The node's supported API versions (ApiVersions once per node and connection)."""
         known = self._versions.get(node)
@@ -313,9 +374,7 @@ class Transport:
         self._in_flight[node] += 1
         try:
             async with asyncio.timeout(seconds or self.performance.kafka_timeout):
-                wait = self._not_before.get(node, 0.0) - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await self.wait_throttle(node)
                 raw: Any = await self._require_client().send(node, WireRequest(spec, version, body))
                 if not isinstance(raw, bytes):
                     raise ProtocolDecodeError(f"unexpected response object {type(raw).__name__}")
@@ -349,12 +408,27 @@ class Transport:
         finally:
             self._in_flight[node] -= 1
         if result.throttle_ms > 0:
-            self._not_before[node] = time.monotonic() + result.throttle_ms / 1000
+            self.note_throttle(node, result.throttle_ms)
             if self._observer is not None:
                 self._observer.on_throttle(spec.name, broker, result.throttle_ms)
         code = result.error_code
         self._observe(spec.name, broker, "ok" if code == 0 else error_name(code), started)
         return result
+
+    async def wait_throttle(self, node: int) -> None:
+        """Sleep until ``node``'s last throttle_time_ms has passed (aiokafka ignores it)."""
+        wait = self._not_before.get(node, 0.0) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def note_throttle(self, node: int, throttle_ms: int) -> None:
+        """A response from ``node`` asked for a pause: no request goes there before it ends.
+
+        The broker mutes the whole connection for that long (KIP-219), whichever of our
+        components sent the request, so the pause is kept per node for all of them."""
+        if throttle_ms > 0:
+            until = time.monotonic() + throttle_ms / 1000
+            self._not_before[node] = max(self._not_before.get(node, 0.0), until)
 
     def _drop_connection(self, node: int) -> None:
         """Close ``node``'s connection after one of our deadlines expired.
