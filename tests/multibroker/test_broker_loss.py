@@ -112,6 +112,9 @@ async def test_a_killed_coordinator_and_leader_is_followed_and_never_shows_false
         async with running(config) as run:
             [healthy] = await wait_snapshots(run, 1, after=began)
             assert_values_exact(healthy, scenario)
+            # The watch starts from what /metrics shows: the Prometheus sink has this snapshot too
+            # (the recording sink can be a moment ahead of it).
+            await run.wait_rendered(healthy)
             async with watching(run.exporter, scenario) as watch:
                 killed_at = time.time()
                 watch.phase = "broker killed"
@@ -151,6 +154,8 @@ async def test_a_killed_coordinator_and_leader_is_followed_and_never_shows_false
                 )
                 down = [s for s in run.recorder.snapshots(CLUSTER) if s.started_at >= killed_at]
                 assert any(s.error_count > 0 for s in down), "the outage left no partial failure"
+                # The rows it could not read were shown with their last good values, marked.
+                assert any(s.carried_rows > 0 for s in down), "nothing was carried"
 
                 # Restart: the cluster is whole again; the next two cycles are exact.
                 watch.phase = "restarting"
@@ -175,9 +180,9 @@ async def test_a_killed_coordinator_and_leader_is_followed_and_never_shows_false
             assert run.recorder.withdrawals() == []
             assert watch.scrapes > 20
             assert watch.wrong == [], watch.wrong[:10]
-            # Needs "a group whose data this cycle is untrustworthy keeps its last good rows":
-            # until the controller fences the killed broker (broker.session.timeout.ms) its
-            # groups have no coordinator and its partitions no leader.
+            # Until the controller fences the killed broker (broker.session.timeout.ms) its
+            # groups have no coordinator and its partitions no leader: their last good rows are
+            # kept, marked carried (klag_pipeline/carry.py), never withdrawn.
             withdrawn = {f"{phase}: {group}": n for (phase, group), n in watch.missing.items()}
             assert not withdrawn, f"lag series withdrawn (partition-scrapes): {withdrawn}"
     finally:
