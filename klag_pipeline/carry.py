@@ -28,14 +28,19 @@ RowKey = tuple[str, TopicPartition]
 
 @dataclass(frozen=True, slots=True)
 class CarryState:
-    """The last good value of every row, group and partition, with when it was read."""
+    """The last published snapshot, and when its repeated values were really read.
 
-    rows: Mapping[RowKey, tuple[PartitionRow, float]]
-    groups: Mapping[str, tuple[GroupSummary, float]]
-    partitions: Mapping[TopicPartition, tuple[PartitionOffsets, float]]
+    A value that was read in that cycle was read at ``previous.observed_at``; only the carried
+    ones need their own time. Keeping the snapshot itself (not a copy of its rows) makes a cycle
+    that read everything cost nothing here."""
+
+    previous: ClusterSnapshot | None
+    rows_read_at: Mapping[RowKey, float]
+    groups_read_at: Mapping[str, float]
+    partitions_read_at: Mapping[TopicPartition, float]
 
 
-EMPTY = CarryState(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
+EMPTY = CarryState(None, MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,63 +59,82 @@ def carry_over(
 ) -> tuple[ClusterSnapshot, CarryState]:
     """``snapshot`` with the rows, groups and partitions this cycle could not read filled in from
     ``state`` (while younger than ``max_age``), and the state for the next cycle."""
-    now = snapshot.observed_at
-    rows: dict[RowKey, tuple[PartitionRow, float]] = {
-        (row.group, row.topic_partition): (row, now) for row in snapshot.rows
-    }
-    carried_rows: list[PartitionRow] = []
-    for key, (row, read_at) in state.rows.items():
-        if key in rows or now - read_at > max_age:
-            continue
-        group, tp = key
-        whole_group = group in unanswered.groups
-        partition_only = tp in unanswered.partitions and tp in unanswered.committed.get(group, {})
-        if whole_group or partition_only:
-            carried_rows.append(dataclasses.replace(row, carried=True))
-            rows[key] = (row, read_at)
+    previous = state.previous
+    if previous is None or not (unanswered.groups or unanswered.partitions):
+        return snapshot, CarryState(snapshot, *(MappingProxyType({}),) * 3)
+    now, then = snapshot.observed_at, previous.observed_at
 
-    partitions: dict[TopicPartition, tuple[PartitionOffsets, float]] = {
-        TopicPartition(po.topic, po.partition): (po, now) for po in snapshot.partitions
-    }
-    carried_partitions = []
-    for tp, (po, read_at) in state.partitions.items():
-        if tp not in partitions and tp in unanswered.partitions and now - read_at <= max_age:
+    fresh = {(row.group, row.topic, row.partition) for row in snapshot.rows}
+    carried_rows: list[PartitionRow] = []
+    rows_read_at: dict[RowKey, float] = {}
+    for row in previous.rows:
+        if (row.group, row.topic, row.partition) in fresh:
+            continue
+        tp = row.topic_partition
+        read_at = state.rows_read_at.get((row.group, tp), then) if row.carried else then
+        if now - read_at > max_age:
+            continue
+        partition_only = tp in unanswered.partitions and tp in unanswered.committed.get(
+            row.group, {}
+        )
+        if row.group in unanswered.groups or partition_only:
+            carried_rows.append(row if row.carried else dataclasses.replace(row, carried=True))
+            rows_read_at[(row.group, tp)] = read_at
+
+    shown = {(po.topic, po.partition) for po in snapshot.partitions}
+    carried_partitions: list[PartitionOffsets] = []
+    partitions_read_at: dict[TopicPartition, float] = {}
+    for po in previous.partitions:
+        tp = TopicPartition(po.topic, po.partition)
+        read_at = state.partitions_read_at.get(tp, then)
+        unread = (po.topic, po.partition) not in shown and tp in unanswered.partitions
+        if unread and now - read_at <= max_age:
             carried_partitions.append(po)
-            partitions[tp] = (po, read_at)
+            partitions_read_at[tp] = read_at
 
     carried_by_group: dict[str, list[PartitionRow]] = {}
     for row in carried_rows:
         carried_by_group.setdefault(row.group, []).append(row)
     fresh_rows_by_group: dict[str, list[PartitionRow]] = {}
     for row in snapshot.rows:
-        fresh_rows_by_group.setdefault(row.group, []).append(row)
+        if row.group in carried_by_group:
+            fresh_rows_by_group.setdefault(row.group, []).append(row)
 
-    groups: dict[str, tuple[GroupSummary, float]] = {}
     summaries: list[GroupSummary] = []
     for summary in snapshot.groups:
         extra = carried_by_group.pop(summary.group, None)
         if extra:
             # Aggregates over every row the group shows, carried ones included: a partition
             # whose watermarks failed must not make the group's lag read lower.
-            shown = [*fresh_rows_by_group.get(summary.group, ()), *extra]
-            summary = _with_rows(summary, shown, snapshot.timestamp_sampling)
+            rows = [*fresh_rows_by_group.get(summary.group, ()), *extra]
+            summary = _with_rows(summary, rows, snapshot.timestamp_sampling)
         summaries.append(summary)
-        groups[summary.group] = (summary, now)
-    for group, (summary, read_at) in state.groups.items():
-        if group in groups or group not in unanswered.groups or now - read_at > max_age:
+    summarised = {summary.group for summary in snapshot.groups}
+    groups_read_at: dict[str, float] = {}
+    for summary in previous.groups:
+        if summary.group in summarised or summary.group not in unanswered.groups:
+            continue
+        read_at = state.groups_read_at.get(summary.group, then)
+        if now - read_at > max_age:
             continue
         summaries.append(summary)
-        groups[group] = (summary, read_at)
-        carried_by_group.pop(group, None)
+        groups_read_at[summary.group] = read_at
+        carried_by_group.pop(summary.group, None)
     # Carried rows of a group without any summary this cycle (its summary was older): keep the
     # rows, and give the group the aggregates of what it shows.
     for group, extra in carried_by_group.items():
         summaries.append(_orphan_summary(group, extra, snapshot.timestamp_sampling))
+        groups_read_at[group] = min(rows_read_at[(group, r.topic_partition)] for r in extra)
 
-    if not carried_rows and not carried_partitions and len(summaries) == len(snapshot.groups):
-        return snapshot, CarryState(
-            MappingProxyType(rows), MappingProxyType(groups), MappingProxyType(partitions)
-        )
+    carried_groups = len(summaries) - len(snapshot.groups)
+    next_state = CarryState(
+        None,
+        MappingProxyType(rows_read_at),
+        MappingProxyType(groups_read_at),
+        MappingProxyType(partitions_read_at),
+    )
+    if not carried_rows and not carried_partitions and not carried_groups:
+        return snapshot, dataclasses.replace(next_state, previous=snapshot)
     all_rows = _sorted_rows([*snapshot.rows, *carried_rows])
     result = dataclasses.replace(
         snapshot,
@@ -124,11 +148,9 @@ def carry_over(
         compaction_detected_count=sum(1 for row in all_rows if row.compaction_detected),
         data_loss_partition_count=sum(1 for row in all_rows if row.data_loss_detected),
         carried_rows=len(carried_rows),
-        carried_groups=len(summaries) - len(snapshot.groups),
+        carried_groups=carried_groups,
     )
-    return result, CarryState(
-        MappingProxyType(rows), MappingProxyType(groups), MappingProxyType(partitions)
-    )
+    return result, dataclasses.replace(next_state, previous=result)
 
 
 def _sorted_rows(rows: Iterable[PartitionRow]) -> tuple[PartitionRow, ...]:
