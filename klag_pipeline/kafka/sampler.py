@@ -133,7 +133,6 @@ class TimestampSampler:
         self._oversized: TTLCache[tuple[TopicPartition, int], int] = TTLCache(
             maxsize=_OVERSIZED_MAX, ttl=_OVERSIZED_TTL, timer=monotonic
         )
-        self._not_before: dict[int, float] = {}
 
     async def sample(
         self,
@@ -301,10 +300,8 @@ class TimestampSampler:
             started = self._monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
-                    # aiokafka ignores throttle_time_ms; a broker asking for a pause gets it.
-                    pause = self._not_before.get(request.leader, 0.0) - self._monotonic()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
+                    # Throttles (aiokafka ignores them) are honoured by the sender, on the
+                    # adapter's one per-broker table (adapter/fetch_sender.py).
                     response = await self._client.send(request.leader, self._build(request))
             except TimeoutError:
                 self._observe(request, "timeout", started)
@@ -343,10 +340,8 @@ class TimestampSampler:
         # What a consumer of this isolation level can reach: the high watermark, or the last
         # stable offset under read_committed.
         end_name = "last_stable_offset" if self._isolation else "highwater_offset"
-        if throttle_ms > 0:
-            self._not_before[request.leader] = self._monotonic() + throttle_ms / 1000
-            if self._observer is not None:
-                self._observer.on_throttle("Fetch", str(request.leader), throttle_ms)
+        if throttle_ms > 0 and self._observer is not None:
+            self._observer.on_throttle("Fetch", str(request.leader), throttle_ms)
         top_error = int(_field(response, "error_code", 0))
         if top_error:
             return _all(request, f"Fetch failed: {_error_name(top_error)}")

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 
+from klag_pipeline.kafka.adapter.fetch_sender import FetchSender, Throttles
 from klag_pipeline.kafka.fetch_plan import DEFAULT_REQUEST_BYTES
 from klag_pipeline.kafka.sampler import IsolationLevel, SampleResult, TimestampSampler
 from klag_pipeline.model import TimestampSample, TopicPartition
@@ -420,8 +421,10 @@ async def test_broker_throttle_is_honoured_before_the_next_request(
     throttling = ThrottlingFirstResponse(transport, pause_ms=300)
     observed = Observed()
     leaders = await leaders_of(transport, topic)
+    # The sampler's sender in the adapter: throttles are honoured on the shared table.
+    sender = FetchSender(throttling, lambda node: None, Throttles())
     subject = TimestampSampler(
-        throttling,
+        sender,
         max_bytes_per_partition=CAP,
         max_concurrent_fetches=1,
         fetch_timeout=5.0,

@@ -10,7 +10,6 @@ import pytest
 from aiokafka.errors import KafkaError as AioKafkaError
 from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v4
 
-from klag_pipeline.kafka.adapter.client import _ThrottleSharingSender
 from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 
@@ -56,7 +55,7 @@ async def test_a_withheld_fetch_fails_with_the_quota_named_and_pauses_the_broker
     broker = Broker([FetchResponse_v4(200, [])])
     observer = Observer()
     transport = transport_with(broker)
-    sender = _ThrottleSharingSender(transport.fetch_sender(), transport, observer)
+    sender = transport.fetch_sender(observer)
     with pytest.raises(AioKafkaError, match=r"broker 1 withheld .*quota.*200"):
         await sender.send(1, request())
     assert observer.throttles == [("Fetch", "1", 200)]
@@ -68,14 +67,14 @@ async def test_a_withheld_fetch_fails_with_the_quota_named_and_pauses_the_broker
 async def test_a_served_fetch_is_returned_as_it_is() -> None:
     served = FetchResponse_v4(0, [("t", [PARTITION])])
     served_by = transport_with(Broker([served]))
-    sender = _ThrottleSharingSender(served_by.fetch_sender(), served_by, None)
+    sender = served_by.fetch_sender()
     assert await sender.send(1, request()) is served
 
 
 async def test_a_throttled_answer_with_data_delays_the_transports_next_request() -> None:
     broker = Broker([FetchResponse_v4(150, [("t", [PARTITION])])])
     transport = transport_with(broker)
-    sender = _ThrottleSharingSender(transport.fetch_sender(), transport, None)
+    sender = transport.fetch_sender()
     await sender.send(2, request())
     began = time.monotonic()
     await transport.wait_throttle(2)

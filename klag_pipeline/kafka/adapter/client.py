@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
 
-from aiokafka.errors import KafkaError as AioKafkaError
-
-from klag_pipeline.kafka.adapter.fetch_sender import FetchSender
 from klag_pipeline.kafka.adapter.groups import GroupOps
 from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.kafka.adapter.watermarks import WatermarkOps
@@ -90,9 +86,7 @@ class AiokafkaClusterClient:
             # Built per connection: it holds the aiokafka client, learned batch sizes and
             # per-broker throttle state.
             self._sampler = TimestampSampler(
-                _ThrottleSharingSender(
-                    self._transport.fetch_sender(), self._transport, self._observer
-                ),
+                self._transport.fetch_sender(self._observer),
                 max_bytes_per_partition=self._sampling.max_bytes_per_partition,
                 max_concurrent_fetches=self._sampling.max_concurrent_fetches,
                 fetch_timeout=self._sampling.fetch_timeout,
@@ -124,55 +118,3 @@ class AiokafkaClusterClient:
             group_count=len(listing.groups),
             api_versions=MappingProxyType(api_versions),
         )
-
-
-class _ThrottleSharingSender:
-    """The sampler's way to the brokers: aiokafka's ``send``, behind the transport's per-node
-    throttle. A broker mutes a connection after a throttled answer, whichever part of the
-    adapter sent the request; without this a Fetch went out right after a throttled
-    ListOffsets answer (and the next cycle's ListGroups right after a throttled Fetch).
-
-    A broker over a client's quota answers a Fetch with throttle_time_ms and no partitions at
-    all (Kafka's KafkaApis): "come back later", not an answer. That is raised as an error naming
-    the quota, so the sampler fails those partitions' time lag for this cycle with a true reason;
-    the next cycle asks again after the throttle time. (Asking again within the cycle would
-    wait out the throttle inside the cycle's deadline and can cost the whole cycle.)"""
-
-    def __init__(
-        self, inner: FetchSender, transport: Transport, observer: RequestObserver | None
-    ) -> None:
-        self._inner = inner
-        self._transport = transport
-        self._observer = observer
-
-    async def send(self, node_id: int, request: Any) -> Any:
-        await self._transport.wait_throttle(node_id)
-        # The guarded send: foreign errors, abandoned requests and absurd throttles (FetchSender).
-        response = await self._inner.send(node_id, request)
-        throttle_ms = _throttle_ms(response)
-        self._transport.note_throttle(node_id, throttle_ms)
-        if throttle_ms > 0 and _withheld(request, response):
-            # The sampler only reports throttles of answers it reads; this one it never sees.
-            if self._observer is not None:
-                self._observer.on_throttle("Fetch", str(node_id), throttle_ms)
-            raise AioKafkaError(
-                f"broker {node_id} withheld the data: client quota exceeded "
-                f"(throttle_time_ms {throttle_ms})"
-            )
-        return response
-
-
-def _throttle_ms(response: Any) -> int:
-    schema = getattr(response, "SCHEMA", None)
-    if schema is None or "throttle_time_ms" not in schema.names:
-        return 0
-    return int(response.get_item("throttle_time_ms"))
-
-
-def _withheld(request: Any, response: Any) -> bool:
-    """A Fetch answered with no topics although it asked for some."""
-    asked = getattr(request, "topics", None)
-    schema = getattr(response, "SCHEMA", None)
-    if not asked or schema is None or "topics" not in schema.names:
-        return False
-    return not response.get_item("topics")

@@ -23,7 +23,7 @@ from klag_pipeline.errors import (
     KafkaProtocolError,
     KafkaTimeoutError,
 )
-from klag_pipeline.kafka.adapter.fetch_sender import MAX_THROTTLE_MS, FetchSender
+from klag_pipeline.kafka.adapter.fetch_sender import MAX_THROTTLE_MS, FetchSender, Throttles
 from klag_pipeline.kafka.client_config import (
     client_kwargs,
     isolation_level,
@@ -116,7 +116,7 @@ class Transport:
         self._client_factory = client_factory
         self._client: Any = None
         self._versions: dict[int, Mapping[int, tuple[int, int]]] = {}
-        self._not_before: dict[int, float] = {}
+        self._throttles = Throttles()
         # What is awaited right now, for the one-shot commands' progress and timeout messages
         # ("no answer from broker B"): bootstrap, or requests in flight per node.
         self._bootstrapping = False
@@ -215,7 +215,7 @@ class Transport:
         """Discard the aiokafka client. Never raises: the client is being thrown away."""
         client, self._client = self._client, None
         self._versions.clear()
-        self._not_before.clear()
+        self._throttles.clear()
         self._seen_nodes.clear()
         self._missing_since = None
         if client is not None:
@@ -246,9 +246,10 @@ class Transport:
             )
         return self._client
 
-    def fetch_sender(self) -> FetchSender:
-        """The connected client's ``send`` for the timestamp sampler (see :class:`FetchSender`)."""
-        return FetchSender(self._require_client(), self._drop_connection)
+    def fetch_sender(self, observer: RequestObserver | None = None) -> FetchSender:
+        """The connected client's ``send`` for the timestamp sampler, behind this transport's
+        throttle table (see :class:`FetchSender`)."""
+        return FetchSender(self._require_client(), self._drop_connection, self._throttles, observer)
 
     @property
     def client(self) -> Any:
@@ -416,19 +417,12 @@ class Transport:
         return result
 
     async def wait_throttle(self, node: int) -> None:
-        """Sleep until ``node``'s last throttle_time_ms has passed (aiokafka ignores it)."""
-        wait = self._not_before.get(node, 0.0) - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        """Sleep until ``node``'s last throttle_time_ms has passed (see :class:`Throttles`)."""
+        await self._throttles.wait_throttle(node)
 
     def note_throttle(self, node: int, throttle_ms: int) -> None:
-        """A response from ``node`` asked for a pause: no request goes there before it ends.
-
-        The broker mutes the whole connection for that long (KIP-219), whichever of our
-        components sent the request, so the pause is kept per node for all of them."""
-        if throttle_ms > 0:
-            until = time.monotonic() + throttle_ms / 1000
-            self._not_before[node] = max(self._not_before.get(node, 0.0), until)
+        """A response from ``node`` asked for a pause: no request goes there before it ends."""
+        self._throttles.note_throttle(node, throttle_ms)
 
     def _drop_connection(self, node: int) -> None:
         """Close ``node``'s connection after one of our deadlines expired.
