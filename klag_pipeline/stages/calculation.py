@@ -72,11 +72,16 @@ def _unanswered(event: TimestampsSampled) -> carry.Unanswered:
     committed = fetched.committed
     # A committed partition without watermarks whose topic still exists: its ListOffsets failed
     # (leader moving, timeout). A deleted topic is a confirmed disappearance.
-    failed = frozenset(
-        tp
-        for offsets in committed.values()
-        for tp in offsets
-        if tp not in listed.watermarks and tp.topic not in listed.missing_topics
+    # Only a failed lookup leaves such a partition, so a cycle without failures skips the walk.
+    failed = (
+        frozenset(
+            tp
+            for offsets in committed.values()
+            for tp in offsets
+            if tp not in listed.watermarks and tp.topic not in listed.missing_topics
+        )
+        if listed.failures
+        else frozenset()
     )
     return carry.Unanswered(
         groups=fetched.discovered.uncertain | fetched.unanswered,

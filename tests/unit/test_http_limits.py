@@ -32,6 +32,7 @@ from klag_pipeline.settings.schema import HttpSettings
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
+from tests.support.kafka import wait_until
 from tests.unit.test_http import snapshot
 from tests.unit.test_http_auth import _server_files
 
@@ -85,7 +86,11 @@ class Server:
             return response.status
 
 
+SLOW_HANDLERS_ENTERED = [0]  # how many /slow requests have reached their handler
+
+
 async def _slow(request: web.Request) -> web.Response:
+    SLOW_HANDLERS_ENTERED[0] += 1
     await asyncio.sleep(SLOW_HANDLER_SECONDS)
     return web.Response(text="done")
 
@@ -197,11 +202,21 @@ async def test_a_slow_handler_is_not_cut_by_the_header_timeout(server: Server) -
 
 async def test_over_the_cap_the_connection_idle_longest_is_closed(capped_server: Server) -> None:
     server = capped_server
+    entered = SLOW_HANDLERS_ENTERED[0]
     busy = asyncio.create_task(server.get("/slow"))  # inside a handler: never closed for the cap
-    await asyncio.sleep(0.2)
+
+    async def busy_in_handler() -> bool:
+        return SLOW_HANDLERS_ENTERED[0] > entered
+
+    await wait_until(busy_in_handler, within=5, interval=0.02, message="/slow in its handler")
     with structlog.testing.capture_logs() as logs:
         silent = [await server.connect() for _ in range(CAP_LIMITS.max_connections + 2)]
-        await asyncio.sleep(0.1)  # the server side of the last connections
+
+        async def three_closed() -> bool:
+            return [await is_open(reader) for reader, _ in silent[:3]] == [False] * 3
+
+        # The server has admitted (and evicted for) all of them.
+        await wait_until(three_closed, within=5, interval=0.02, message="three evicted")
     try:
         states = [await is_open(reader) for reader, _ in silent]
         # 1 busy + 7 silent = 8 > 5: the three silent ones that came first are closed.
