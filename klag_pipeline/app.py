@@ -7,90 +7,39 @@ live in :mod:`klag_pipeline.commands`. Nothing else wires the exporter's compone
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
 
 import structlog
 
 from klag_pipeline import __version__
+from klag_pipeline.cluster_pipeline import ClusterPipeline
+from klag_pipeline.collection import collection_chain
 from klag_pipeline.errors import ConfigError, KlagError
-from klag_pipeline.events import (
-    CycleStarted,
-    GroupsDiscovered,
-    OffsetsFetched,
-    TimestampsSampled,
-    WatermarksListed,
-)
 from klag_pipeline.kafka.factory import ClientFactory, default_client_factory
-from klag_pipeline.kafka.port import ClusterClient
-from klag_pipeline.leadership import (
-    LeaderElector,
-    LeadershipProvider,
-    NotLeader,
-    StandbyGate,
-    build_provider,
-    resolve_identity,
-)
-from klag_pipeline.pipeline.channel import Channel, ChannelClosed, DroppingChannel
+from klag_pipeline.leadership import LeadershipProvider
+from klag_pipeline.pipeline.channel import Channel, DroppingChannel
 from klag_pipeline.pipeline.clock import Clock, SystemClock
 from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
-from klag_pipeline.pipeline.ticker import Ticker
 from klag_pipeline.settings.redaction import redact_settings
 from klag_pipeline.settings.schema import ClusterSettings, Settings
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
-from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
-from klag_pipeline.stages.calculation import CalculationStage
-from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
-from klag_pipeline.stages.discovery import BackingOff, DiscoveryStage
-from klag_pipeline.stages.loop import run_stage
-from klag_pipeline.stages.timestamps import TimestampStage
-from klag_pipeline.stages.watermarks import WatermarksStage
+from klag_pipeline.snapshot import SinkUpdate
+from klag_pipeline.staleness import watch_staleness
+from klag_pipeline.standby import LeadershipGate
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry import runtime
-from klag_pipeline.telemetry.cluster_log import ClusterLog, log_summaries
+from klag_pipeline.telemetry.cluster_log import log_summaries
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 log = structlog.get_logger("klag_pipeline")
 
 # Shutdown: time allowed for in-flight cycles to finish and sinks to flush after SIGTERM.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
-
-
-def cycle_start(event: object) -> CycleStarted:
-    """The CycleStarted at the root of any stage event."""
-    while not isinstance(event, CycleStarted):
-        if isinstance(event, GroupsDiscovered):
-            event = event.start
-        elif isinstance(event, OffsetsFetched):
-            event = event.discovered
-        elif isinstance(event, WatermarksListed):
-            event = event.offsets
-        elif isinstance(event, TimestampsSampled):
-            event = event.watermarks
-        else:
-            raise TypeError(f"not a cycle event: {type(event).__name__}")
-    return event
-
-
-@dataclass
-class ClusterPipeline:
-    """One cluster's chain: ticker → discovery → offsets → watermarks → timestamps → calculation."""
-
-    settings: ClusterSettings
-    client: ClusterClient
-    ticker: Ticker
-    stages: tuple[Any, ...]
-    channels: tuple[Channel[Any], ...]
-    log: ClusterLog
-    withdrawn: bool = False
-    ticks_reported: int = 0
 
 
 class Exporter:
@@ -117,10 +66,10 @@ class Exporter:
             clock=self.clock,
         )
         self.self_metrics = SelfMetrics()
-        self.elector = self._build_elector(leadership_provider)
-        # Held while a snapshot is handed to the sinks and while a demotion withdraws: a snapshot
-        # that passed the leader check can never land after the withdrawals.
-        self._leadership_lock = asyncio.Lock()
+        self.leadership = LeadershipGate(
+            settings, self.status, self.self_metrics, self.clock, leadership_provider
+        )
+        self.elector = self.leadership.elector
         self.prometheus = PrometheusSink(
             exporter.granularity,
             self.status,
@@ -142,6 +91,7 @@ class Exporter:
         self.pipelines = [
             self._build_pipeline(cluster, client_factory) for cluster in settings.clusters
         ]
+        self.leadership.attach(self.pipelines, self.snapshots)
         self._publishers_left = len(self.pipelines)
         self.self_metrics.register_queue("snapshots", self.snapshots.qsize)
         for name, inbox in self.inboxes.items():
@@ -175,40 +125,6 @@ class Exporter:
             sinks.append(JsonlSink(exporter.jsonl, on_error=self.self_metrics.sink_error))
         return sinks
 
-    def _build_elector(self, provider: LeadershipProvider | None) -> LeaderElector | None:
-        """Active-passive HA (SPEC §8): start as a standby and collect only while leading."""
-        leadership = self.settings.exporter.leadership
-        if not leadership.enabled:
-            return None
-        if provider is None:
-            provider = build_provider(self.settings, resolve_identity(leadership))
-        self.status.identity = provider.identity
-        self.status.set_leader(False)
-        return LeaderElector(
-            provider,
-            leadership,
-            clock=self.clock,
-            on_elected=self._elected,
-            on_demoted=self._demoted,
-            metrics=self.self_metrics.leadership(provider.kind),
-        )
-
-    async def _elected(self) -> None:
-        self.status.set_leader(True)
-        # Collect now rather than at the next tick: the standby's data is a lease old already.
-        for pipeline in self.pipelines:
-            pipeline.ticker.kick()
-
-    async def _demoted(self) -> None:
-        self.status.set_leader(False)
-        async with self._leadership_lock:
-            for pipeline in self.pipelines:
-                pipeline.withdrawn = True
-                try:
-                    await self.snapshots.send(ClusterWithdrawn(pipeline.settings.name, "standby"))
-                except ChannelClosed:
-                    return  # shutting down: the sinks are finishing anyway
-
     def _dropper(self, sink: str) -> Callable[[SinkUpdate], None]:
         def dropped(_: SinkUpdate) -> None:
             self.self_metrics.snapshot_dropped(sink)
@@ -219,205 +135,69 @@ class Exporter:
         self, cluster: ClusterSettings, client_factory: ClientFactory
     ) -> ClusterPipeline:
         exporter = self.settings.exporter
-        capacity = exporter.performance.queue_capacity
         client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
-        clock = self.clock
-        stages: tuple[Any, ...] = (
-            DiscoveryStage(
-                client,
-                cluster,
-                time_fn=clock.time,
-                monotonic=clock.monotonic,
-                on_cycle_start=partial(self.status.cycle_attempted, cluster.name),
-                recheck_for=exporter.staleness_threshold,
-            ),
-            CommittedOffsetsStage(client, cluster, time_fn=clock.time, monotonic=clock.monotonic),
-            WatermarksStage(client, time_fn=clock.time, monotonic=clock.monotonic),
-            TimestampStage(
-                client,
-                exporter.timestamp_sampling,
-                cache_lookup=self.self_metrics.cache_lookup,
-                clock=clock,
-            ),
-            CalculationStage(
-                cluster,
-                time_fn=clock.time,
-                monotonic=clock.monotonic,
-                carry_for=exporter.staleness_threshold,
-            ),
+        attempted = partial(self.status.cycle_attempted, cluster.name)
+        chain = collection_chain(
+            client,
+            cluster,
+            exporter,
+            self.clock,
+            long_running=True,
+            on_cycle_start=attempted,
+            cache_lookup=self.self_metrics.cache_lookup,
         )
-        if self.elector is not None:
-            # A standby's ticks stop at the gate (no Kafka traffic), yet still prove the loop
-            # alive to /health; the election kicks the ticker so collection starts at once.
-            gate = StandbyGate(
-                stages[0],
-                lambda: self.status.is_leader,
-                partial(self.status.cycle_attempted, cluster.name),
-            )
-            stages = (gate, *stages[1:])
-        # The tick channel holds one tick: a busy pipeline makes the ticker skip ticks, never
-        # queue a burst of them.
-        channels: list[Channel[Any]] = [Channel(1, f"{cluster.name}.ticks")]
-        for stage in stages:
-            channels.append(Channel(capacity, f"{cluster.name}.{stage.name}"))
-        for channel in channels:
-            self.self_metrics.register_queue(channel.name, channel.qsize)
         return ClusterPipeline(
-            settings=cluster,
-            client=client,
-            ticker=Ticker(cluster.name, exporter.poll_interval, clock),
-            stages=stages,
-            channels=tuple(channels),
-            log=ClusterLog(cluster.name, clock.monotonic),
+            cluster,
+            client,
+            self.leadership.gate(chain, on_skipped=attempted),
+            poll_interval=exporter.poll_interval,
+            queue_capacity=exporter.performance.queue_capacity,
+            clock=self.clock,
+            status=self.status,
+            self_metrics=self.self_metrics,
         )
 
-    # -- cycle outcome --------------------------------------------------------------------------
-
-    def _deadline(self, event: object) -> float:
-        # The event loop's clock is time.monotonic, the same clock CycleStarted records. A tick
-        # may have waited in the tick channel; its cycle starts when discovery takes it (and
-        # discovery re-stamps it), so the first stage's deadline counts from now.
-        if isinstance(event, CycleStarted):
-            return self.clock.monotonic() + self.settings.exporter.poll_interval
-        return cycle_start(event).started_monotonic + self.settings.exporter.poll_interval
-
-    def _report_skipped_ticks(self, pipeline: ClusterPipeline) -> None:
-        skipped = pipeline.ticker.skipped
-        self.self_metrics.ticks_skipped(pipeline.settings.name, skipped - pipeline.ticks_reported)
-        pipeline.ticks_reported = skipped
-
-    def _on_failure(self, pipeline: ClusterPipeline) -> Callable[[str, int, str, KlagError], None]:
-        def failed(cluster: str, cycle: int, stage: str, error: KlagError) -> None:
-            if isinstance(error, NotLeader):
-                return
-            self._report_skipped_ticks(pipeline)
-            message = f"{stage}: {error}"
-            self.status.cycle_failed(cluster, message)
-            self.self_metrics.stage_failed(cluster, stage)
-            self.self_metrics.cycle_finished(cluster, "error")
-            # A back-off restates the failure that started it: the last error stays that cause.
-            restated = isinstance(error, BackingOff) and pipeline.log.failing
-            pipeline.log.cycle_failed(cycle, stage, error, restated=restated)
-
-        return failed
-
-    async def _publish(self, pipeline: ClusterPipeline) -> None:
-        """Record the cycle's success and hand its snapshot to the sinks."""
-        inbox: Channel[ClusterSnapshot] = pipeline.channels[-1]
-        name = pipeline.settings.name
-        try:
-            async for snapshot in inbox:
-                self._report_skipped_ticks(pipeline)
-                self.status.cycle_succeeded(name, snapshot.duration_seconds)
-                self.self_metrics.cycle_finished(name, "ok")
-                self.self_metrics.partial_failures(name, "cycle", snapshot.error_count)
-                self.self_metrics.carried(name, snapshot.carried_rows, snapshot.carried_groups)
-                pipeline.log.cycle_succeeded(snapshot)
-                if pipeline.withdrawn:
-                    log.info("cluster_fresh_again", cluster=name, cycle=snapshot.cycle)
-                    pipeline.withdrawn = False
-                log.debug(
-                    "cycle_completed",
-                    cluster=name,
-                    cycle=snapshot.cycle,
-                    duration_seconds=round(snapshot.duration_seconds, 3),
-                    groups=len(snapshot.groups),
-                    rows=len(snapshot.rows),
-                    errors=snapshot.error_count,
-                    carried_rows=snapshot.carried_rows,
-                )
-                async with self._leadership_lock:
-                    if self.status.is_leader:
-                        await self.snapshots.send(snapshot)
-        finally:
-            self._publishers_left -= 1
-            if self._publishers_left == 0:
-                self.snapshots.close()
-
-    async def _watch_staleness(self, stop: asyncio.Event) -> None:
-        """Withdraw a cluster's series from every sink once its data is older than the threshold."""
-        exporter = self.settings.exporter
-        period = max(0.1, min(exporter.poll_interval, exporter.staleness_threshold) / 4)
-        while not stop.is_set():
-            for pipeline in self.pipelines:
-                name = pipeline.settings.name
-                if pipeline.withdrawn or self.status.is_fresh(name):
-                    continue
-                if not self.status.has_data(name):
-                    continue
-                pipeline.withdrawn = True
-                log.warning(
-                    "cluster_stale",
-                    cluster=name,
-                    staleness_threshold=exporter.staleness_threshold,
-                    error=pipeline.log.last_error or None,
-                )
-                try:
-                    await self.snapshots.send(ClusterWithdrawn(name, "stale"))
-                except ChannelClosed:
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=period)
+    def _publisher_done(self) -> None:
+        self._publishers_left -= 1
+        if self._publishers_left == 0:
+            self.snapshots.close()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def add_to(self, runner: Runner, stop: asyncio.Event) -> None:
+        exporter = self.settings.exporter
         for pipeline in self.pipelines:
-            name = pipeline.settings.name
-            ticks = pipeline.channels[0]
-            runner.add(f"{name}.ticker", _bind(pipeline.ticker.run, ticks))
-            runner.on_stop(pipeline.ticker.stop)
-            on_failure = self._on_failure(pipeline)
-            for index, stage in enumerate(pipeline.stages):
-                runner.add(
-                    f"{name}.{stage.name}",
-                    _stage_runner(
-                        stage,
-                        pipeline.channels[index],
-                        pipeline.channels[index + 1],
-                        self._deadline,
-                        on_failure,
-                    ),
-                )
-            runner.add(f"{name}.publish", _bind(self._publish, pipeline))
-        runner.add("staleness", _bind(self._watch_staleness, stop))
-        summary_interval = self.settings.exporter.log_summary_interval
-        if summary_interval > 0:
+            pipeline.add_to(runner, self.leadership.publish, self._publisher_done)
+        runner.add(
+            "staleness",
+            lambda: watch_staleness(
+                self.pipelines,
+                self.status,
+                self.snapshots,
+                staleness_threshold=exporter.staleness_threshold,
+                poll_interval=exporter.poll_interval,
+                stop=stop,
+            ),
+        )
+        if exporter.log_summary_interval > 0:
             logs = [pipeline.log for pipeline in self.pipelines]
-            runner.add("log_summary", _bind(log_summaries, logs, summary_interval, stop))
+            runner.add(
+                "log_summary", lambda: log_summaries(logs, exporter.log_summary_interval, stop)
+            )
         if self.elector is not None:
-            runner.add("leadership", _bind(self.elector.run, stop))
+            elector = self.elector
+            runner.add("leadership", lambda: elector.run(stop))
         fanout = FanOut(self.inboxes)
-        runner.add("fanout", _bind(fanout.run, self.snapshots))
+        runner.add("fanout", lambda: fanout.run(self.snapshots))
         for sink in self.sinks:
-            runner.add(f"sink.{sink.name}", _bind(sink.run, self.inboxes[sink.name]))
+            runner.add(f"sink.{sink.name}", partial(sink.run, self.inboxes[sink.name]))
 
     async def close_clients(self) -> None:
         for pipeline in self.pipelines:
             try:
                 await pipeline.client.close()
             except KlagError as exc:
-                log.warning("cluster_close_failed", cluster=pipeline.settings.name, error=str(exc))
-
-
-def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
-    def factory() -> Awaitable[None]:
-        return function(*args)
-
-    return factory
-
-
-def _stage_runner(
-    stage: Any,
-    inbox: Channel[Any],
-    outbox: Channel[Any],
-    deadline_of: Callable[[object], float],
-    on_failure: Callable[[str, int, str, KlagError], None],
-) -> Callable[[], Awaitable[None]]:
-    def factory() -> Awaitable[None]:
-        return run_stage(stage, inbox, outbox, deadline_of=deadline_of, on_failure=on_failure)
-
-    return factory
+                log.warning("cluster_close_failed", cluster=pipeline.name, error=str(exc))
 
 
 async def serve(

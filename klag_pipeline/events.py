@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from klag_pipeline.model import (
     Failure,
@@ -18,6 +19,20 @@ from klag_pipeline.model import (
 )
 
 
+class CycleEvent(Protocol):
+    """What every event entering a stage offers: its cluster, its cycle and the cycle's start
+    (for the cycle deadline and for failure reports)."""
+
+    @property
+    def cluster(self) -> str: ...
+
+    @property
+    def cycle(self) -> int: ...
+
+    @property
+    def start(self) -> CycleStarted: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CycleStarted:
     """The ticker fired for ``cluster``. ``observed_at`` is the wall-clock start of the cycle."""
@@ -26,6 +41,10 @@ class CycleStarted:
     cycle: int
     observed_at: float
     started_monotonic: float
+
+    @property
+    def start(self) -> CycleStarted:
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +93,10 @@ class OffsetsFetched:
     def cycle(self) -> int:
         return self.discovered.cycle
 
+    @property
+    def start(self) -> CycleStarted:
+        return self.discovered.start
+
 
 @dataclass(frozen=True, slots=True)
 class WatermarksListed:
@@ -100,6 +123,10 @@ class WatermarksListed:
     def cycle(self) -> int:
         return self.offsets.cycle
 
+    @property
+    def start(self) -> CycleStarted:
+        return self.offsets.start
+
 
 @dataclass(frozen=True, slots=True)
 class TimestampsSampled:
@@ -123,3 +150,7 @@ class TimestampsSampled:
     @property
     def cycle(self) -> int:
         return self.watermarks.cycle
+
+    @property
+    def start(self) -> CycleStarted:
+        return self.watermarks.start

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 
+from klag_pipeline.collection import collection_chain
 from klag_pipeline.commands import DEFAULT_TIMEOUT, EXIT_INTERRUPTED
 from klag_pipeline.commands.progress import (
     ClusterFailure,
@@ -24,11 +25,6 @@ from klag_pipeline.kafka.factory import ClientFactory, default_client_factory
 from klag_pipeline.pipeline.clock import SystemClock
 from klag_pipeline.settings.schema import ClusterSettings, Settings
 from klag_pipeline.snapshot import ClusterSnapshot
-from klag_pipeline.stages.calculation import CalculationStage
-from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
-from klag_pipeline.stages.discovery import DiscoveryStage
-from klag_pipeline.stages.timestamps import TimestampStage
-from klag_pipeline.stages.watermarks import WatermarksStage
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 log = structlog.get_logger("klag_pipeline")
@@ -47,18 +43,8 @@ async def collect(
     exporter = settings.exporter
 
     async def cycle(cluster: ClusterSettings, client: TrackedClient) -> ClusterSnapshot:
-        stages: tuple[Any, ...] = (
-            DiscoveryStage(client, cluster),
-            CommittedOffsetsStage(client, cluster),
-            WatermarksStage(client),
-            TimestampStage(client, exporter.timestamp_sampling, clock=clock),
-            CalculationStage(cluster),
-        )
-        event: Any = CycleStarted(cluster.name, 1, clock.time(), clock.monotonic())
-        for stage in stages:
-            event = await stage.process(event)
-        assert isinstance(event, ClusterSnapshot)
-        return event
+        chain = collection_chain(client, cluster, exporter, clock, long_running=False)
+        return await chain.process(CycleStarted(cluster.name, 1, clock.time(), clock.monotonic()))
 
     results = await run_per_cluster(
         settings.clusters,

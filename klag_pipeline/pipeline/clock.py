@@ -6,11 +6,11 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 
-class Clock(Protocol):
-    """Wall time for timestamps, monotonic time for scheduling."""
+class TimeSource(Protocol):
+    """Wall time for timestamps, monotonic time for durations (what a stage needs)."""
 
     def time(self) -> float:
         """Unix wall-clock seconds."""
@@ -19,6 +19,10 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a clock that never goes backwards; only differences are meaningful."""
         ...
+
+
+class Clock(TimeSource, Protocol):
+    """A :class:`TimeSource` that can also sleep (for scheduling: ticker, elector)."""
 
     async def sleep_until(self, deadline: float) -> None:
         """Return once :meth:`monotonic` has reached ``deadline`` (at once if already past)."""
@@ -99,3 +103,7 @@ class FakeClock:
             f"{self.sleepers} task(s) sleeping on the fake clock after {max_iterations} "
             f"loop iterations, expected {count}"
         )
+
+
+SYSTEM_CLOCK: Final = SystemClock()
+"""The one system clock, the default of every component that takes a clock."""

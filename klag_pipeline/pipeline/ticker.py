@@ -105,12 +105,13 @@ class Ticker:
         """Sleep on the clock, but wake at once when :meth:`stop` or :meth:`kick` is called."""
         if self._stopped or self._kicked:
             return
-        self._wake = asyncio.get_running_loop().create_future()
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
+        wake = self._wake = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait({sleeper, self._wake}, return_when=asyncio.FIRST_COMPLETED)
+            # The sleep is a task of a TaskGroup local to this call: it never outlives the await,
+            # and a cancellation of the ticker cancels it too.
+            async with asyncio.TaskGroup() as group:
+                sleeper = group.create_task(self._clock.sleep_until(deadline))
+                await asyncio.wait({sleeper, wake}, return_when=asyncio.FIRST_COMPLETED)
+                sleeper.cancel()
         finally:
-            sleeper.cancel()
-            # The sleeper is ours alone: reap it so it never outlives this await.
-            await asyncio.gather(sleeper, return_exceptions=True)
             self._wake = None

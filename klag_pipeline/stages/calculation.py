@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
-from collections.abc import Callable
 from types import MappingProxyType
 
 from klag_pipeline import carry, lag
 from klag_pipeline.events import TimestampsSampled
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.settings.schema import ClusterSettings
 from klag_pipeline.snapshot import ClusterSnapshot
 
@@ -21,15 +20,13 @@ class CalculationStage:
         self,
         cluster: ClusterSettings,
         *,
-        time_fn: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: TimeSource = SYSTEM_CLOCK,
         carry_for: float = 0.0,
     ) -> None:
         """``carry_for``: how long (seconds, the staleness threshold) values this cycle could not
         read are repeated from the last cycle that read them; 0 repeats nothing (``once``)."""
         self._labels = MappingProxyType(dict(cluster.labels))
-        self._time = time_fn
-        self._monotonic = monotonic
+        self._clock = clock
         self._carry_for = carry_for
         self._carried = carry.EMPTY
 
@@ -50,8 +47,8 @@ class CalculationStage:
             lag.calculate,
             event,
             labels=self._labels,
-            now=self._time(),
-            duration_seconds=self._monotonic() - started,
+            now=self._clock.time(),
+            duration_seconds=self._clock.monotonic() - started,
             poll_time_ms=kafka_seconds * 1000.0,
         )
         if self._carry_for > 0:
@@ -63,7 +60,7 @@ class CalculationStage:
                 max_age=self._carry_for,
             )
         # The cycle's duration includes its calculation (a quarter second at 20,000 rows).
-        return dataclasses.replace(snapshot, duration_seconds=self._monotonic() - started)
+        return dataclasses.replace(snapshot, duration_seconds=self._clock.monotonic() - started)
 
 
 def _unanswered(event: TimestampsSampled) -> carry.Unanswered:

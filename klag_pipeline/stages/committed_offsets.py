@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from klag_pipeline.events import GroupsDiscovered, OffsetsFetched
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import TopicPartition
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import ClusterSettings
 
@@ -21,16 +21,14 @@ class CommittedOffsetsStage:
         client: ClusterClient,
         cluster: ClusterSettings,
         *,
-        time_fn: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: TimeSource = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
         self._cluster = cluster
-        self._time = time_fn
-        self._monotonic = monotonic
+        self._clock = clock
 
     async def process(self, event: GroupsDiscovered) -> OffsetsFetched:
-        started = self._monotonic()
+        started = self._clock.monotonic()
         groups = [d.as_listed() for d in event.groups.values()]
         fetched = await self._client.fetch_committed_offsets(groups) if groups else None
         committed: dict[str, Mapping[TopicPartition, int]] = {}
@@ -53,7 +51,7 @@ class CommittedOffsetsStage:
             discovered=event,
             committed=MappingProxyType(committed),
             failures=fetched.failures if fetched is not None else (),
-            kafka_seconds=self._monotonic() - started,
-            observed_at=self._time(),
+            kafka_seconds=self._clock.monotonic() - started,
+            observed_at=self._clock.time(),
             unanswered=frozenset(g.group_id for g in groups if g.group_id not in answered),
         )

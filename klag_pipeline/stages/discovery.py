@@ -13,6 +13,7 @@ from klag_pipeline.errors import KafkaError, KafkaTimeoutError
 from klag_pipeline.events import CycleStarted, GroupsDiscovered
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, GroupState, ListedGroup
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.settings.schema import ClusterSettings
 
 
@@ -60,8 +61,7 @@ class DiscoveryStage:
         client: ClusterClient,
         cluster: ClusterSettings,
         *,
-        time_fn: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: TimeSource = SYSTEM_CLOCK,
         backoff: ConnectionBackoff | None = None,
         on_cycle_start: Callable[[], None] | None = None,
         recheck_for: float = math.inf,
@@ -77,9 +77,8 @@ class DiscoveryStage:
         self._on_cycle_start = on_cycle_start
         self._client = client
         self._cluster = cluster
-        self._time = time_fn
-        self._monotonic = monotonic
-        self._backoff = backoff or ConnectionBackoff(monotonic=monotonic)
+        self._clock = clock
+        self._backoff = backoff or ConnectionBackoff(monotonic=clock.monotonic)
         self._connected = False
 
     async def _ensure_connected(self) -> None:
@@ -102,11 +101,11 @@ class DiscoveryStage:
         self._connected = True
 
     async def process(self, event: CycleStarted) -> GroupsDiscovered:
-        started = self._monotonic()
+        started = self._clock.monotonic()
         if self._on_cycle_start is not None:
             self._on_cycle_start()
         # A tick may have waited for a busy pipeline: the cycle starts now, not when it ticked.
-        event = replace(event, observed_at=self._time(), started_monotonic=started)
+        event = replace(event, observed_at=self._clock.time(), started_monotonic=started)
         await self._ensure_connected()
         try:
             listing = await self._client.list_groups()
@@ -156,7 +155,7 @@ class DiscoveryStage:
             start=event,
             groups=MappingProxyType(dict(sorted(groups.items()))),
             failures=listing.failures + described.failures,
-            kafka_seconds=self._monotonic() - started,
-            observed_at=self._time(),
+            kafka_seconds=self._clock.monotonic() - started,
+            observed_at=self._clock.time(),
             uncertain=frozenset(uncertain),
         )

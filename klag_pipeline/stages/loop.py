@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from klag_pipeline.errors import KlagError
+from klag_pipeline.events import CycleEvent
+from klag_pipeline.pipeline.chain import Stage
 from klag_pipeline.pipeline.channel import Channel
 
-In = TypeVar("In", contravariant=True)
-Out = TypeVar("Out", covariant=True)
-
-
-class Stage(Protocol[In, Out]):
-    name: str
-
-    async def process(self, event: In) -> Out: ...
-
-
-class CycleEvent(Protocol):
-    @property
-    def cluster(self) -> str: ...
-
-    @property
-    def cycle(self) -> int: ...
-
+E = TypeVar("E", bound=CycleEvent)
+R = TypeVar("R")
 
 StageFailed = Callable[[str, int, str, KlagError], None]
 """(cluster, cycle, stage name, error) — the cycle is dropped; nothing more flows for it."""
 
 
 async def run_stage(
-    stage: Stage[Any, Any],
-    inbox: Channel[Any],
-    outbox: Channel[Any],
+    stage: Stage[E, R],
+    inbox: Channel[E],
+    outbox: Channel[R],
     *,
-    deadline_of: Callable[[Any], float],
+    deadline_of: Callable[[E], float],
     on_failure: StageFailed,
     close_outbox: bool = True,
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Protocol
 
 from cachetools import TTLCache
 
@@ -18,18 +17,12 @@ from klag_pipeline.errors import KafkaError
 from klag_pipeline.events import TimestampsSampled, WatermarksListed
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import Failure, TimestampSample, TopicPartition
-from klag_pipeline.pipeline.clock import SystemClock
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import TimestampSamplingSettings
 
 DEFAULT_CACHE_SIZE = 100_000
 """(partition, offset) entries kept at most; beyond it the least recently used go first."""
-
-
-class StageClock(Protocol):
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
 
 
 CacheLookup = Callable[[bool], None]
@@ -47,13 +40,13 @@ class TimestampStage:
         settings: TimestampSamplingSettings,
         *,
         cache_lookup: CacheLookup | None = None,
-        clock: StageClock | None = None,
+        clock: TimeSource = SYSTEM_CLOCK,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self._client = client
         self._settings = settings
         self._cache_lookup = cache_lookup
-        self._clock: StageClock = clock or SystemClock()
+        self._clock = clock
         self._cache: TTLCache[tuple[TopicPartition, int], TimestampSample] = TTLCache(
             maxsize=cache_size, ttl=settings.cache_ttl, timer=self._clock.monotonic
         )
@@ -134,4 +127,4 @@ async def _offsets_to_read(
     return reads
 
 
-__all__ = ["DEFAULT_CACHE_SIZE", "CacheLookup", "StageClock", "TimestampStage"]
+__all__ = ["DEFAULT_CACHE_SIZE", "CacheLookup", "TimestampStage"]

@@ -12,8 +12,7 @@ Extra requests happen only in cycles with candidates: one OffsetFetch per coordi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -21,6 +20,7 @@ from klag_pipeline.errors import KafkaError
 from klag_pipeline.events import OffsetsFetched, WatermarksListed
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import Failure, TopicPartition, Watermarks
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 
 
 class WatermarksStage:
@@ -30,15 +30,13 @@ class WatermarksStage:
         self,
         client: ClusterClient,
         *,
-        time_fn: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: TimeSource = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
-        self._time = time_fn
-        self._monotonic = monotonic
+        self._clock = clock
 
     async def process(self, event: OffsetsFetched) -> WatermarksListed:
-        started = self._monotonic()
+        started = self._clock.monotonic()
         topics = {tp.topic for offsets in event.committed.values() for tp in offsets}
         if topics:
             listing = await self._client.list_watermarks(sorted(topics))
@@ -55,8 +53,8 @@ class WatermarksStage:
             watermarks=watermarks,
             missing_topics=missing,
             failures=failures + confirm_failures,
-            kafka_seconds=self._monotonic() - started,
-            observed_at=self._time(),
+            kafka_seconds=self._clock.monotonic() - started,
+            observed_at=self._clock.time(),
             loss_unconfirmed=unconfirmed,
         )
 

@@ -10,8 +10,11 @@ import pytest
 from klag_pipeline.errors import KafkaConnectionError, KlagError
 from klag_pipeline.events import CycleStarted
 from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, GroupState, TopicPartition, Watermarks
+from klag_pipeline.pipeline.chain import Chain
 from klag_pipeline.pipeline.channel import Channel
+from klag_pipeline.pipeline.clock import FakeClock
 from klag_pipeline.settings.schema import ClusterSettings, TimestampSamplingSettings
+from klag_pipeline.snapshot import ClusterSnapshot
 from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import ConnectionBackoff, DiscoveryStage
@@ -52,17 +55,15 @@ def populated() -> FakeCluster:
     return fake
 
 
-async def run_chain(fake: FakeCluster, cluster: ClusterSettings) -> object:
-    event: object = start()
-    for stage in (
-        DiscoveryStage(fake, cluster),
-        CommittedOffsetsStage(fake, cluster),
-        WatermarksStage(fake),
-        TimestampStage(fake, TimestampSamplingSettings(enabled=False)),
-        CalculationStage(cluster),
-    ):
-        event = await stage.process(event)  # type: ignore[attr-defined]
-    return event
+async def run_chain(fake: FakeCluster, cluster: ClusterSettings) -> ClusterSnapshot:
+    chain = (
+        Chain.of(DiscoveryStage(fake, cluster))
+        .then(CommittedOffsetsStage(fake, cluster))
+        .then(WatermarksStage(fake))
+        .then(TimestampStage(fake, TimestampSamplingSettings(enabled=False)))
+        .then(CalculationStage(cluster))
+    )
+    return await chain.process(start())
 
 
 async def test_group_and_topic_filters_apply_before_any_offset_is_read() -> None:
@@ -72,13 +73,13 @@ async def test_group_and_topic_filters_apply_before_any_offset_is_read() -> None
         topic_blacklist=(re.compile("^__"), re.compile("audit")),
     )
     snapshot = await run_chain(fake, cluster)
-    rows = {(r.group, r.topic, r.partition): r.lag for r in snapshot.rows}  # type: ignore[attr-defined]
+    rows = {(r.group, r.topic, r.partition): r.lag for r in snapshot.rows}
     assert rows == {
         ("app", "orders", 0): 60,
         ("app", "orders", 1): 0,
         ("batch-job", "orders", 0): 0,
     }
-    assert {g.group for g in snapshot.groups} == {"app", "batch-job"}  # type: ignore[attr-defined]
+    assert {g.group for g in snapshot.groups} == {"app", "batch-job"}
 
 
 async def test_committed_offsets_are_read_before_watermarks() -> None:
@@ -91,7 +92,7 @@ async def test_watermarks_are_asked_only_for_topics_with_kept_commits() -> None:
     fake = populated()
     fake.partitions[TopicPartition("unrelated", 0)] = Watermarks(0, 1)
     snapshot = await run_chain(fake, cluster_settings())
-    topics = {p.topic for p in snapshot.partitions}  # type: ignore[attr-defined]
+    topics = {p.topic for p in snapshot.partitions}
     assert topics == {"orders", "audit"}
 
 
@@ -99,26 +100,26 @@ async def test_commit_on_deleted_topic_produces_no_row() -> None:
     fake = populated()
     fake.groups["app"].committed[TopicPartition("gone", 0)] = 5
     snapshot = await run_chain(fake, cluster_settings())
-    assert all(r.topic != "gone" for r in snapshot.rows)  # type: ignore[attr-defined]
+    assert all(r.topic != "gone" for r in snapshot.rows)
 
 
 async def test_unreachable_cluster_backs_off_instead_of_retrying_every_cycle() -> None:
-    now = [0.0]
+    clock = FakeClock()
     fake = FakeCluster(reachable=False)
     stage = DiscoveryStage(
         fake,
         cluster_settings(),
-        monotonic=lambda: now[0],
-        backoff=ConnectionBackoff(initial=10.0, monotonic=lambda: now[0]),
+        clock=clock,
+        backoff=ConnectionBackoff(initial=10.0, monotonic=clock.monotonic),
     )
     with pytest.raises(KafkaConnectionError):
         await stage.process(start(1))
     for cycle in range(2, 6):  # within the back-off window: no connection attempt at all
-        now[0] += 1.0
+        clock.advance(1.0)
         with pytest.raises(KlagError, match="backing off"):
             await stage.process(start(cycle))
     assert fake.calls.count("connect") == 1
-    now[0] += 10.0
+    clock.advance(10.0)
     fake.reachable = True
     discovered = await stage.process(start(7))
     assert fake.calls.count("connect") == 2
@@ -183,5 +184,5 @@ async def test_the_leadership_group_of_our_own_replicas_is_never_exported() -> N
     fake = populated()
     fake.groups["klag-pipeline"] = FakeGroup(protocol_type=LEADERSHIP_PROTOCOL_TYPE)
     snapshot = await run_chain(fake, cluster_settings())
-    groups = {g.group for g in snapshot.groups}  # type: ignore[attr-defined]
+    groups = {g.group for g in snapshot.groups}
     assert groups == {"app", "batch-job", "ignored"}

@@ -1,0 +1,63 @@
+"""A cluster's collection chain, typed end to end: ``CycleStarted`` → ``ClusterSnapshot``.
+
+discovery → committed offsets → watermarks → timestamps → calculation. Committed offsets are
+read before watermarks so lag cannot go negative through a race (docs/pipeline.md). The
+exporter wires this chain with channels; ``once`` runs it directly. A stage whose input is not the
+previous stage's output does not type-check here (:class:`klag_pipeline.pipeline.chain.Chain`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from klag_pipeline.events import CycleStarted
+from klag_pipeline.kafka.port import ClusterClient
+from klag_pipeline.pipeline.chain import Chain
+from klag_pipeline.pipeline.clock import TimeSource
+from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings
+from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.stages.calculation import CalculationStage
+from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
+from klag_pipeline.stages.discovery import DiscoveryStage
+from klag_pipeline.stages.timestamps import CacheLookup, TimestampStage
+from klag_pipeline.stages.watermarks import WatermarksStage
+
+CollectionChain = Chain[CycleStarted, ClusterSnapshot]
+
+
+def collection_chain(
+    client: ClusterClient,
+    cluster: ClusterSettings,
+    exporter: ExporterSettings,
+    clock: TimeSource,
+    *,
+    long_running: bool,
+    on_cycle_start: Callable[[], None] | None = None,
+    cache_lookup: CacheLookup | None = None,
+) -> CollectionChain:
+    """The five stages for one cluster.
+
+    ``long_running``: the exporter's chain remembers across cycles for ``staleness_threshold``
+    (vanished groups are asked about again, values a cycle could not read are carried); a
+    one-shot chain (``once``) has no previous cycle to remember."""
+    remember_for = exporter.staleness_threshold if long_running else 0.0
+    return (
+        Chain.of(
+            DiscoveryStage(
+                client,
+                cluster,
+                clock=clock,
+                on_cycle_start=on_cycle_start,
+                recheck_for=remember_for if long_running else math.inf,
+            )
+        )
+        .then(CommittedOffsetsStage(client, cluster, clock=clock))
+        .then(WatermarksStage(client, clock=clock))
+        .then(
+            TimestampStage(
+                client, exporter.timestamp_sampling, cache_lookup=cache_lookup, clock=clock
+            )
+        )
+        .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
+    )
