@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -66,16 +67,8 @@ class Runner:
         stop: asyncio.Event,
         shutdown_timeout: float,
     ) -> None:
-        pending = set(tasks)
         stop_requested = group.create_task(stop.wait(), name="runner-stop-signal")
-        try:
-            while pending and not stop_requested.done():
-                done, _ = await asyncio.wait(
-                    pending | {stop_requested}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
-        finally:
-            stop_requested.cancel()
+        pending = await _until_done_or(set(tasks), stop_requested)
         if not pending:
             return
         _log.info("shutdown_started", tasks=len(pending), timeout_seconds=shutdown_timeout)
@@ -85,14 +78,7 @@ class Runner:
             self._clock.sleep_until(self._clock.monotonic() + shutdown_timeout),
             name="runner-shutdown-deadline",
         )
-        try:
-            while pending and not deadline.done():
-                done, _ = await asyncio.wait(
-                    pending | {deadline}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
-        finally:
-            deadline.cancel()
+        pending = await _until_done_or(pending, deadline)
         if pending:
             _log.warning(
                 "shutdown_deadline_exceeded",
@@ -106,6 +92,20 @@ class Runner:
 async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:
     # TaskGroup.create_task wants a coroutine; a factory may return any awaitable.
     await factory()
+
+
+async def _until_done_or(
+    pending: set[asyncio.Task[None]], sentinel: asyncio.Task[Any]
+) -> set[asyncio.Task[None]]:
+    """Wait until every task of ``pending`` is done or ``sentinel`` is; the tasks still running
+    are returned and ``sentinel`` is cancelled on the way out."""
+    try:
+        while pending and not sentinel.done():
+            done, _ = await asyncio.wait(pending | {sentinel}, return_when=asyncio.FIRST_COMPLETED)
+            pending = pending - done
+    finally:
+        sentinel.cancel()
+    return pending
 
 
 def install_signal_handlers(loop: asyncio.AbstractEventLoop, stop_event: asyncio.Event) -> None:
