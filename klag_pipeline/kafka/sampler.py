@@ -3,7 +3,7 @@
 Reads run in passes. A pass reads each partition once, from the lowest offset still wanted
 there (:mod:`fetch_plan` batches the reads per leader), sends the requests concurrently (at most
 ``max_concurrent_fetches`` in flight, each bounded by ``fetch_timeout``) and scans each
-partition's bytes (:mod:`records`) for *every* offset wanted on it: groups of one partition
+partition's bytes (:mod:`record_batches`) for *every* offset wanted on it: groups of one partition
 usually sit close together, so the bytes read for the lowest offset often hold the records of
 the others too, and those cost no request of their own. Offsets the bytes did not reach, reads
 that need more bytes and reads that found only transaction markers go to the next pass; an
@@ -33,7 +33,7 @@ from cachetools import LRUCache, TTLCache
 
 from klag_pipeline.kafka.fetch_plan import DEFAULT_REQUEST_BYTES, FetchRequestPlan, plan_fetches
 from klag_pipeline.kafka.port import RequestObserver
-from klag_pipeline.kafka.records import (
+from klag_pipeline.kafka.record_batches import (
     Found,
     NeedMoreBytes,
     NoDataRecord,
