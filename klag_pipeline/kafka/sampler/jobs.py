@@ -37,8 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from aiokafka.errors import for_code
-
+from klag_pipeline.kafka.errors import error_name
 from klag_pipeline.kafka.record_batches import (
     Found,
     NeedMoreBytes,
@@ -189,8 +188,11 @@ def failure(job: Job, error: str) -> Failure:
 
 
 def code_failure(code: int) -> str:
-    """The failure text of a Kafka error code."""
-    return f"{for_code(code).message} (error code {code})"
+    """The failure text of a Kafka error code, named from Kafka's own table (aiokafka's stops
+    near code 80 and calls the rest UNKNOWN). A code fails the offset for this cycle whether
+    or not Kafka calls it retriable (``errors.is_retriable``): a retry within the call would
+    most likely meet the same answer a pass later, and the next cycle reads it again anyway."""
+    return f"{error_name(code)} (error code {code})"
 
 
 def _ride_along(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -> Step:
