@@ -11,7 +11,7 @@ names and files the results::
                  |   more bytes    read_from := the cut batch, size learned (a read) |
                  |   at the head   head := True, nothing came               (a read) |
                  |   starved       unchanged, budget spent on others        (a read) |
-                 |   waits         unchanged, bytes did not reach it     (not a read) |
+                 |   waits         unchanged, bytes did not reach it    (not a read) |
                  v                                                                   |
     sample() --> WANTED --admit()--> IN FLIGHT --advance()--+--> WANTED -------------+
                    |                     |                  +--> SAMPLED     record found
