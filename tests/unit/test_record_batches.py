@@ -12,7 +12,7 @@ from aiokafka.record.util import calc_crc32c, encode_varint
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klag_pipeline.kafka.records import (
+from klag_pipeline.kafka.record_batches import (
     Found,
     NeedMoreBytes,
     NoDataRecord,
