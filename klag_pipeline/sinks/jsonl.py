@@ -47,7 +47,8 @@ def withdrawn_line(update: ClusterWithdrawn, now: float) -> bytes:
 
 
 def _is_sequence_number(text: str) -> bool:
-    return text.isascii() and text.isdigit() and str(int(text)) == text
+    """``1``, ``2``, … as RotatingFile writes them (not ``0``, ``007``, ``bak`` or ``²``)."""
+    return text.isascii() and text.isdigit() and not text.startswith("0")
 
 
 class RotatingFile:
@@ -89,7 +90,7 @@ class RotatingFile:
             with os.scandir(self._path.parent) as entries:
                 for entry in entries:
                     suffix = entry.name.removeprefix(prefix)
-                    # Only names this class writes (path.7, not path.007, path.bak or path.²).
+                    # Only names this class writes: other files next to it are not ours.
                     if entry.name.startswith(prefix) and _is_sequence_number(suffix):
                         numbers.append(int(suffix))
             self._rotated = collections.deque(sorted(numbers))

@@ -301,7 +301,7 @@ async def test_a_restart_continues_the_sequence_and_leaves_other_files_alone(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "lag.jsonl"
-    others = ["lag.jsonl.bak", "lag.jsonl.007", "lag.jsonl.1.gz", "other.jsonl.1"]
+    others = ["lag.jsonl.bak", "lag.jsonl.007", "lag.jsonl.0", "lag.jsonl.1.gz", "other.jsonl.1"]
     for name in others:
         (tmp_path / name).write_text("not the sink's\n")
     await write_cycles(path, range(1, 21), rotate_bytes=4096, keep_files=5)
