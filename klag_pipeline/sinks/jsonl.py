@@ -9,6 +9,7 @@ disk is logged on transition and counted; the exporter keeps running.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import io
@@ -45,8 +46,20 @@ def withdrawn_line(update: ClusterWithdrawn, now: float) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
+def _is_sequence_number(text: str) -> bool:
+    """``1``, ``2``, … as RotatingFile writes them (not ``0``, ``007``, ``bak`` or ``²``)."""
+    return text.isascii() and text.isdigit() and not text.startswith("0")
+
+
 class RotatingFile:
-    """Append-only file with size rotation: ``path`` → ``path.1`` → … → ``path.<keep_files>``.
+    """Append-only file ``path`` with size rotation to ``path.1``, ``path.2``, … (oldest first).
+
+    A rotation renames the live file once, to the next number of the sequence (one more than the
+    highest already on disk, so a restart continues it), and deletes the oldest numbered files
+    beyond ``keep_files``: one rename and, in a steady state, one unlink per rotation, whatever
+    ``keep_files`` is. ``logging.handlers.RotatingFileHandler`` is not used: it renames every kept
+    file on every rotation (``path.1`` → ``path.2`` …, ``keep_files`` renames each time), and it
+    writes through a buffered text stream, which gives up the guarantee below.
 
     Unbuffered: a write either lands whole or, when the disk fills up half-way, is truncated
     back, so the file always ends on a whole line and nothing is left in a buffer to fail later.
@@ -57,12 +70,31 @@ class RotatingFile:
         self._rotate_bytes = rotate_bytes
         self._keep = keep_files
         self._file: io.FileIO | None = None
+        # Numbers of the rotated files on disk, oldest first; read from the directory at the
+        # first rotation (in the worker thread, and only when the file does rotate).
+        self._rotated: collections.deque[int] | None = None
 
     def _open(self) -> io.FileIO:
         if self._file is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._file = io.FileIO(self._path, "ab")
         return self._file
+
+    def _numbered(self, number: int) -> Path:
+        return self._path.with_name(f"{self._path.name}.{number}")
+
+    def _rotated_on_disk(self) -> collections.deque[int]:
+        if self._rotated is None:
+            prefix = f"{self._path.name}."
+            numbers = []
+            with os.scandir(self._path.parent) as entries:
+                for entry in entries:
+                    suffix = entry.name.removeprefix(prefix)
+                    # Only names this class writes: other files next to it are not ours.
+                    if entry.name.startswith(prefix) and _is_sequence_number(suffix):
+                        numbers.append(int(suffix))
+            self._rotated = collections.deque(sorted(numbers))
+        return self._rotated
 
     def _rotate(self) -> None:
         if self._file is not None:
@@ -71,12 +103,15 @@ class RotatingFile:
         if self._keep <= 0:
             self._path.unlink(missing_ok=True)
             return
-        for index in range(self._keep - 1, 0, -1):
-            older = self._path.with_name(f"{self._path.name}.{index}")
-            if older.exists():
-                os.replace(older, self._path.with_name(f"{self._path.name}.{index + 1}"))
+        rotated = self._rotated_on_disk()
         if self._path.exists():
-            os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+            number = rotated[-1] + 1 if rotated else 1
+            os.replace(self._path, self._numbered(number))
+            rotated.append(number)
+        # More than one only after keep_files was lowered since the files were written.
+        while len(rotated) > self._keep:
+            self._numbered(rotated[0]).unlink(missing_ok=True)
+            rotated.popleft()
 
     def write(self, data: bytes) -> None:
         handle = self._open()

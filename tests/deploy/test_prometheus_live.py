@@ -32,6 +32,7 @@ from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, Settings
 from tests.deploy.test_dashboard import concrete_query, load_dashboard, panel_queries
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "klag-pipeline"
@@ -153,14 +154,7 @@ async def running_exporter(settings: Settings) -> AsyncIterator[asyncio.Event]:
 
 async def wait_for(what: str, check: Any, within: float = DEADLINE) -> Any:
     """Poll the async ``check`` until it returns something truthy; fail after ``within``."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {within:.0f}s (last: {result!r})")
-        await asyncio.sleep(0.5)
+    return await wait_until(check, within=within, interval=0.5, message=what)
 
 
 async def test_dashboard_and_alerts_against_a_real_prometheus(
@@ -222,13 +216,19 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
                     ]
                     return missing or None
 
-                # Truthy while panels are still empty; wait until none are.
-                deadline = time.monotonic() + DEADLINE
-                missing = await empty_panels()
-                while missing and time.monotonic() < deadline:
-                    await asyncio.sleep(1.0)
-                    missing = await empty_panels()
-                assert not missing, "dashboard panels without data:\n" + "\n".join(missing)
+                missing: list[str] = []
+
+                async def every_panel_has_data() -> bool:
+                    missing[:] = await empty_panels() or []
+                    return not missing
+
+                await wait_until(
+                    every_panel_has_data,
+                    within=DEADLINE,
+                    interval=1.0,
+                    message="data in every dashboard panel",
+                    details=lambda: "panels without data:\n" + "\n".join(missing),
+                )
 
                 # The exported values are the ground truth the scenario created.
                 lost = await api.query(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from bench.processes import free_port
 from devtools import kafka_local
 from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster, PlaintextListener
+from tests.support.waiting import wait_until
 
 RESTART_WITHIN = 90.0
 
@@ -72,16 +73,15 @@ class FaultsBroker:
             cleanup_dir=self.cluster.data_dir,
         )
         self.restarted.append(new)
-        deadline = time.monotonic() + RESTART_WITHIN
-        while True:
+
+        async def back() -> bool:
             if not new.alive():
                 raise AssertionError(f"restarted broker exited:\n{new.log_tail()}")
             seen = await asyncio.to_thread(kafka_local._metadata_broker_count, self.bootstrap, 5.0)
-            if seen == 1:
-                return time.monotonic() - began
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"broker not back within {RESTART_WITHIN:g}s")
-            await asyncio.sleep(0.2)
+            return seen == 1
+
+        await wait_until(back, within=RESTART_WITHIN, interval=0.2, message="broker back")
+        return time.monotonic() - began
 
     def stop(self) -> None:
         for process in self.restarted:

@@ -18,6 +18,7 @@ from tests.faults.broker import FaultsBroker
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import create_truth
 from tests.support.kafka import KafkaTestClient
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -81,16 +82,21 @@ topic_whitelist = ["^{topic}$"]
     )
     try:
         deadline = time.monotonic() + 60
-        while not cycle_records(lines):
+
+        def first_cycle() -> bool:
             assert process.returncode is None, "exporter exited before its first cycle"
-            assert time.monotonic() < deadline, "no cycle written within 60 s"
-            await asyncio.sleep(0.1)
+            return bool(cycle_records(lines))
+
+        await wait_until(first_cycle, within=60, message="a cycle written")
         # Every answer 1.5 s late: a cycle now takes several seconds; wait until one of its
         # requests is being held back, then stop the process in the middle of it.
         fault_proxy.slow(1.5)
-        while fault_proxy.stats.delayed_now == 0:
-            assert time.monotonic() < deadline, "no request in flight"
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: fault_proxy.stats.delayed_now > 0,
+            within=deadline - time.monotonic(),  # what is left of the 60 s
+            interval=0.02,
+            message="a request in flight",
+        )
         await asyncio.sleep(0.3)
         assert fault_proxy.stats.delayed_now > 0
         stopped = time.monotonic()

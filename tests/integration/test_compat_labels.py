@@ -37,6 +37,7 @@ from klag_pipeline.settings.schema import (
 )
 from tests.integration.pipeline_support import closed_port, describe_members, exactly
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -156,14 +157,14 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
 async def scrape_until(
     session: aiohttp.ClientSession, url: str, done: Callable[[Samples], bool], what: str
 ) -> Samples:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        samples = await scrape(session, url)
-        if done(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen on {url} within {DEADLINE:g}s")
-        await asyncio.sleep(0.25)
+    samples: Samples = []
+
+    async def seen() -> bool:
+        samples[:] = await scrape(session, url)
+        return done(samples)
+
+    await wait_until(seen, within=DEADLINE, interval=0.25, message=f"{what} on {url}")
+    return samples
 
 
 def member_labelled(scenario: Scenario, partitions: int) -> Callable[[Samples], bool]:

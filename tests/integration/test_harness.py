@@ -24,6 +24,7 @@ from devtools import kafka_local
 from devtools.kafka_local import KafkaCluster, SaslListener, ScramUser, SslListener
 from klag_pipeline.model import TopicPartition
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -254,14 +255,6 @@ async def test_sasl_ssl_listener_accepts_scram_over_tls(
 # No JVM outlives its owner.
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(0.05)
-
-
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -348,7 +341,9 @@ async def test_a_killed_owner_takes_its_broker_with_it(tmp_path: Path) -> None:
     # SIGKILL: no atexit and no signal handler runs in the owner; only PDEATHSIG can help.
     record, pid_file, _ = await _start_cli_owner(run, signal.SIGKILL)
     try:
-        await asyncio.to_thread(_wait_for, lambda: _group_gone(record["pgid"]), 30, "broker gone")
+        await wait_until(
+            lambda: _group_gone(record["pgid"]), within=30, interval=0.05, message="broker gone"
+        )
         # The stale pid file and data directory are what the next start/stop-all clean up.
         assert pid_file.exists()
         stop_all = await asyncio.create_subprocess_exec(

@@ -59,6 +59,7 @@ from klag_pipeline.settings.schema import (
 )
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -537,11 +538,14 @@ async def test_failure_is_clear_secret_free_and_backs_off(
     with structlog.testing.capture_logs() as logs, caplog.at_level(logging.WARNING):
         task = asyncio.create_task(runner.run(stop, shutdown_timeout=5.0))
         try:
-            deadline = time.monotonic() + 30
-            while exporter.status.snapshot()[0].consecutive_failures < CYCLES:
-                assert time.monotonic() < deadline, f"{CYCLES} failed cycles not reached in 30s"
+
+            def failed_cycles() -> bool:
                 assert not task.done()
-                await asyncio.sleep(0.05)
+                return exporter.status.snapshot()[0].consecutive_failures >= CYCLES
+
+            await wait_until(
+                failed_cycles, within=30, interval=0.05, message=f"{CYCLES} failed cycles"
+            )
             (status,) = exporter.status.snapshot()
             body, _, _ = exporter.prometheus.render(None, None)
             page = await _page(exporter, settings)

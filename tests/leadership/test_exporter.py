@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from klag_pipeline.settings.schema import (
     TimestampSamplingSettings,
 )
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
+from tests.support.waiting import wait_until
 from tests.unit.fake_cluster import FakeCluster, FakeGroup
 
 TP = TopicPartition("orders", 0)
@@ -85,11 +85,7 @@ def fake() -> FakeCluster:
 
 
 async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {within}s")
-        await asyncio.sleep(0.01)
+    await wait_until(predicate, within=within, interval=0.01)
 
 
 async def test_only_the_leader_collects_and_losing_leadership_withdraws_every_cluster() -> None:

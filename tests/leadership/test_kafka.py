@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from klag_pipeline.leadership.kafka import (
     encode_sync_group,
 )
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings
+from tests.support.waiting import wait_until
 
 
 def test_the_non_flexible_encodings_match_an_independent_implementation() -> None:
@@ -92,11 +92,7 @@ class Rounds:
 
 
 async def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within:g}s")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, within=within, interval=0.05, message=what)
 
 
 @pytest.mark.parametrize("transport", [Transport, OldestVersions], ids=["newest", "oldest"])

@@ -28,6 +28,7 @@ from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster
 from klag_pipeline.model import TopicPartition
 from tests.leadership.lease_emulator import LeaseEmulator
 from tests.support.kafka import KafkaTestClient, start_broker_again, stop_broker
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 # The broker refuses sessions below group.min.session.timeout.ms (6 s by default).
@@ -197,10 +198,7 @@ group_whitelist = ["^{self.group}$"]
     ) -> float:
         """Seconds until ``condition`` held (polled every 100 ms); fails after ``within``."""
         began = time.monotonic()
-        while not await condition():
-            if time.monotonic() - began > within:
-                raise AssertionError(f"{what}: not within {within:g}s\n{self.logs()}")
-            await asyncio.sleep(0.1)
+        await wait_until(condition, within=within, message=what, details=self.logs)
         return time.monotonic() - began
 
     async def one_leader(self, within: float, among: list[str] | None = None) -> Replica:

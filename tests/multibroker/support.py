@@ -27,6 +27,7 @@ from klag_pipeline.snapshot import ClusterSnapshot
 from tests.integration.pipeline_support import Running, cluster, exactly, settings
 from tests.multibroker.proxies import ThreeBrokers, per_cycle
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.waiting import wait_until
 
 BROKERS = 3
 MULTIBROKER_PROPERTIES = {
@@ -116,27 +117,28 @@ async def partitions(
 async def wait_whole(bootstrap: str, *, within: float = 60.0, preferred: bool = False) -> None:
     """Until Metadata lists every broker and every partition of every topic has all its
     replicas in sync (and, with ``preferred``, its first replica as leader)."""
-    deadline = time.monotonic() + within
     problem = "no answer"
-    while True:
+
+    async def whole() -> bool:
+        nonlocal problem
         try:
             async with admin_client(bootstrap) as admin:
                 brokers = (await admin.describe_cluster())["brokers"]
             truth = await partitions(bootstrap)
         except (AssertionError, KafkaError, OSError, TimeoutError) as exc:
             problem = repr(exc)
-        else:
-            lagging = [
-                tp
-                for tp, p in truth.items()
-                if set(p.isr) != set(p.replicas) or (preferred and p.leader != p.replicas[0])
-            ]
-            if len(brokers) == BROKERS and not lagging:
-                return
-            problem = f"{len(brokers)} brokers, not whole: {lagging[:5]}"
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"cluster not whole within {within:g}s: {problem}")
-        await asyncio.sleep(0.3)
+            return False
+        lagging = [
+            tp
+            for tp, p in truth.items()
+            if set(p.isr) != set(p.replicas) or (preferred and p.leader != p.replicas[0])
+        ]
+        problem = f"{len(brokers)} brokers, not whole: {lagging[:5]}"
+        return len(brokers) == BROKERS and not lagging
+
+    await wait_until(
+        whole, within=within, interval=0.3, message="a whole cluster", details=lambda: problem
+    )
 
 
 async def elect_preferred_leaders(bootstrap: str) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from aiokafka.structs import TopicPartition as AioTopicPartition
 
 from devtools import kafka_local
 from klag_pipeline.model import TopicPartition
+from tests.support.waiting import wait_until  # also imported from here by many tests
 
 _COORDINATOR_NOT_READY = frozenset({14, 15, 16})
 """COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR."""
@@ -37,21 +38,6 @@ class Rec:
     partition: int = 0
     timestamp_ms: int | None = None
     key: bytes | None = None
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    within: float = 30.0,
-    interval: float = 0.1,
-    message: str = "condition",
-) -> None:
-    """Poll ``condition`` until true; AssertionError after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} not reached within {within:.0f}s")
-        await asyncio.sleep(interval)
 
 
 class ClassicMember:

@@ -69,6 +69,22 @@ def test_parse_basic_header() -> None:
     assert parse_basic("Basic !!!") is None
     assert parse_basic("Basic " + base64.b64encode(b"nocolon").decode()) is None
     assert parse_basic(None) is None
+    assert parse_basic("Basic") is None
+    assert parse_basic("Basic ") is None
+
+
+def test_parse_basic_edges_where_aiohttp_alone_would_answer_differently() -> None:
+    # UTF-8, as the challenge announces; aiohttp's latin-1 default would read these bytes as
+    # "jÃ¼rgen" and a latin-1 client's b"j\xfcrgen" as "jürgen". The latter is refused instead.
+    utf8 = base64.b64encode("jürgen:pässword".encode()).decode()
+    assert parse_basic(f"Basic {utf8}") == ("jürgen", "pässword")
+    latin1 = base64.b64encode("jürgen:pässword".encode("latin-1")).decode()
+    assert parse_basic(f"Basic {latin1}") is None
+    # Several spaces after the scheme (RFC 7235 1*SP); the library alone accepts exactly one.
+    assert parse_basic("Basic   " + base64.b64encode(b"u:p").decode()) == ("u", "p")
+    # A non-ASCII header value is no credentials (it used to escape as a ValueError, a 500).
+    assert parse_basic("Basic é") is None
+    assert parse_basic("Basic " + base64.b64encode(b":").decode()) == ("", "")
 
 
 def test_no_tls_without_files_and_unreadable_files_raise(tmp_path: Path) -> None:

@@ -102,13 +102,29 @@ def parse_lines(data: bytes) -> list[dict[str, Any]]:
 
 
 def rotated_files(path: Path) -> list[Path]:
-    """``path.N`` … ``path.1``, ``path``: oldest first."""
+    """``path.1``, ``path.2`` …, ``path``: oldest first (numbered files sort by their number)."""
     numbered = sorted(
-        (p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")),
+        (
+            p
+            for p in path.parent.iterdir()
+            if re.fullmatch(re.escape(path.name) + r"\.[1-9]\d*", p.name)
+        ),
         key=lambda p: int(p.name.rsplit(".", 1)[1]),
-        reverse=True,
     )
     return [*numbered, path] if path.exists() else numbered
+
+
+def numbers(files: list[Path]) -> list[int]:
+    return [int(f.name.rsplit(".", 1)[1]) for f in files if f.suffix[1:].isdigit()]
+
+
+async def write_cycles(path: Path, cycles: range, *, rotate_bytes: int, keep_files: int) -> None:
+    settings = JsonlSettings(
+        enabled=True, path=str(path), rotate_bytes=rotate_bytes, keep_files=keep_files
+    )
+    async with running(JsonlSink(settings)) as inbox:
+        for cycle in cycles:
+            await inbox.send(cycle_snapshot(cycle))
 
 
 @contextlib.contextmanager
@@ -225,8 +241,9 @@ async def test_rotation_under_continuous_writing_loses_and_splits_nothing(tmp_pa
     path = tmp_path / "lag.jsonl"
     cycles, rows = 300, 5
     rotate_bytes = 8192
+    # keep_files at its documented maximum: a rotation's cost must not grow with it.
     sink = JsonlSink(
-        JsonlSettings(enabled=True, path=str(path), rotate_bytes=rotate_bytes, keep_files=10_000)
+        JsonlSettings(enabled=True, path=str(path), rotate_bytes=rotate_bytes, keep_files=1000)
     )
     async with running(sink) as inbox:
         for cycle in range(1, cycles + 1):
@@ -234,6 +251,7 @@ async def test_rotation_under_continuous_writing_loses_and_splits_nothing(tmp_pa
 
     files = rotated_files(path)
     assert len(files) > 10, "the test must actually rotate"
+    assert numbers(files) == list(range(1, len(files))), "numbered 1, 2, … in rotation order"
     seen: list[int] = []
     for file in files:
         data = file.read_bytes()
@@ -250,16 +268,57 @@ async def test_rotation_under_continuous_writing_loses_and_splits_nothing(tmp_pa
     assert sink.lines_written == cycles * (rows + 1)
 
 
+async def test_a_rotated_file_keeps_its_name(tmp_path: Path) -> None:
+    """One rename per rotation: the kept files are never renamed again (shippers that track
+    files by name see each rotated file once)."""
+    path = tmp_path / "lag.jsonl"
+    await write_cycles(path, range(1, 5), rotate_bytes=4096, keep_files=1000)
+    first = {f.name: (f.stat().st_ino, f.read_bytes()) for f in rotated_files(path)[:-1]}
+    assert first, "the test must rotate"
+    await write_cycles(path, range(5, 30), rotate_bytes=4096, keep_files=1000)
+    for name, (inode, data) in first.items():
+        renamed = tmp_path / name
+        assert (renamed.stat().st_ino, renamed.read_bytes()) == (inode, data), name
+
+
 async def test_keep_files_bounds_the_rotated_files(tmp_path: Path) -> None:
     path = tmp_path / "lag.jsonl"
-    sink = JsonlSink(JsonlSettings(enabled=True, path=str(path), rotate_bytes=4096, keep_files=3))
-    async with running(sink) as inbox:
-        for cycle in range(1, 41):
-            await inbox.send(cycle_snapshot(cycle))
+    await write_cycles(path, range(1, 41), rotate_bytes=4096, keep_files=3)
     files = rotated_files(path)
-    assert [f.name for f in files] == ["lag.jsonl.3", "lag.jsonl.2", "lag.jsonl.1", "lag.jsonl"]
+    assert len(files) == 4
+    newest = numbers(files)[-1]
+    assert newest > 3, "the test must rotate past keep_files"
+    assert [f.name for f in files] == [f"lag.jsonl.{n}" for n in range(newest - 2, newest + 1)] + [
+        "lag.jsonl"
+    ]
     cycles = [
         r["cycle"] for f in files for r in parse_lines(f.read_bytes()) if r["type"] == "cycle"
+    ]
+    assert cycles == list(range(cycles[0], 41)), "the newest cycles, contiguous"
+
+
+async def test_a_restart_continues_the_sequence_and_leaves_other_files_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "lag.jsonl"
+    others = ["lag.jsonl.bak", "lag.jsonl.007", "lag.jsonl.0", "lag.jsonl.1.gz", "other.jsonl.1"]
+    for name in others:
+        (tmp_path / name).write_text("not the sink's\n")
+    await write_cycles(path, range(1, 21), rotate_bytes=4096, keep_files=5)
+    before = numbers(rotated_files(path))
+    assert len(before) == 5
+    # A restart with fewer files to keep: numbering goes on after the highest, the surplus goes.
+    await write_cycles(path, range(21, 41), rotate_bytes=4096, keep_files=2)
+    after = numbers(rotated_files(path))
+    assert after == [after[-1] - 1, after[-1]]
+    assert after[0] > before[-1]
+    for name in others:
+        assert (tmp_path / name).read_text() == "not the sink's\n", name
+    cycles = [
+        r["cycle"]
+        for f in rotated_files(path)
+        for r in parse_lines(f.read_bytes())
+        if r["type"] == "cycle"
     ]
     assert cycles == list(range(cycles[0], 41)), "the newest cycles, contiguous"
 

@@ -40,6 +40,7 @@ from klag_pipeline.snapshot import (
     SinkUpdate,
 )
 from tests.receivers.otlp import GrpcReceiver, HttpReceiver, points, series
+from tests.support.waiting import wait_until
 
 Receiver = GrpcReceiver | HttpReceiver
 SeriesMap = dict[tuple[str, frozenset[tuple[str, Any]]], int | float]
@@ -251,11 +252,7 @@ class Inbox:
 async def eventually(
     condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within:g}s")
-        await asyncio.sleep(0.02)
+    await wait_until(condition, within=within, interval=0.02, message=what)
 
 
 def cycle_of(cluster: str) -> Callable[[Any], int | None]:
