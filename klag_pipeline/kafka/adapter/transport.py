@@ -2,6 +2,10 @@
 
 Everything above this module speaks in node ids, :class:`ApiSpec` versions and klag errors;
 aiokafka's exceptions never leave :meth:`Transport.call`.
+
+Over 400 lines on purpose: bootstrap, the per-node capability table, reconnects and the request
+path share one state (connections, versions, throttles, requests in flight) that each of them
+changes; split apart, each piece would reach into the others' private fields.
 """
 
 from __future__ import annotations
