@@ -1,4 +1,4 @@
-"""``python -m bench run|soak|report`` — see docs/benchmarks.md."""
+"""``python -m bench run|soak|report|codecs`` — see docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -73,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     soak.add_argument("--cycles", type=int, default=1000)
     soak.add_argument("--churn-every", type=int, default=5, help="churn every N cycles")
     commands.add_parser("report", help="regenerate the table in docs/benchmarks.md")
+    codecs = commands.add_parser(
+        "codecs", help="decode cost of real answers, ours vs kio; bench/results/codecs.json"
+    )
+    codecs.add_argument("--preset", choices=sorted(PRESETS), default="large")
+    codecs.add_argument("--capture", action="store_true", help="capture frames even if saved")
+    codecs.add_argument("--runs", type=int, default=50)
+    codecs.add_argument("--kio-site", type=Path, help="site-packages where kio is installed")
     args = parser.parse_args(argv)
     # aiokafka logs retried produce errors while fresh topics elect leaders: noise here.
     logging.basicConfig(level=logging.ERROR)
@@ -82,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         main_log(f"wrote {write_report()}")
         return 0
+    if args.command == "codecs":
+        from bench.codecs import main as codecs_main
+
+        return codecs_main(args)
     spec = _spec(args)
     if args.poll_interval:
         poll = parse_duration(args.poll_interval)

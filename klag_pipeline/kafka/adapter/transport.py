@@ -2,6 +2,10 @@
 
 Everything above this module speaks in node ids, :class:`ApiSpec` versions and klag errors;
 aiokafka's exceptions never leave :meth:`Transport.call`.
+
+Over 400 lines on purpose: bootstrap, the per-node capability table, reconnects and the request
+path share one state (connections, versions, throttles, requests in flight) that each of them
+changes; split apart, each piece would reach into the others' private fields.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 # ~10 ms; several such answers arriving together were decoded back to back on the loop
 # (100+ ms event-loop stalls at 2,000 groups, bench/results/large.json).
 _THREAD_DECODE_BYTES = 64 * 1024
-_API_VERSIONS_VERSION = 2
+_API_VERSIONS_VERSION = API_VERSIONS.max_version  # not negotiated: the first request to a node
 # aiokafka's own default metadata.max.age.ms: how long it may take aiokafka to notice a broker
 # that came back by itself.
 _AIOKAFKA_METADATA_MAX_AGE = 300.0
@@ -351,6 +355,18 @@ class Transport:
 
     async def choose(self, node: int, spec: ApiSpec) -> int | None:
         return choose_version(spec, await self.versions(node))
+
+    async def require(
+        self, node: int, spec: ApiSpec, unsupported: Callable[[], Exception] | None = None
+    ) -> int:
+        """The version of ``spec`` to use with ``node``, or raise ``unsupported()`` (by default
+        a ``KafkaProtocolError`` "broker N does not support <API>") when they share none."""
+        version = await self.choose(node, spec)
+        if version is None:
+            if unsupported is not None:
+                raise unsupported()
+            raise KafkaProtocolError(f"broker {node} does not support {spec.name}")
+        return version
 
     # ---------------------------------------------------------------- requests
 

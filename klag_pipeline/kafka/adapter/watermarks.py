@@ -30,6 +30,7 @@ from klag_pipeline.kafka.protocol import (
     LATEST,
     LIST_OFFSETS,
     METADATA,
+    ApiSpec,
     MetadataResponse,
     decode_list_offsets,
     decode_metadata,
@@ -67,9 +68,7 @@ class WatermarkOps:
         last: KafkaError | None = None
         for node in self._t.nodes():
             try:
-                version = await self._t.choose(node, METADATA)
-                if version is None:
-                    raise KafkaProtocolError(f"broker {node} supports no Metadata v4+")
+                version = await self._t.require(node, METADATA, partial(_too_old, node, METADATA))
                 response = await self._t.call(
                     node,
                     METADATA,
@@ -225,9 +224,9 @@ class WatermarkOps:
         which = "earliest" if timestamp == EARLIEST else "latest"
         async with self._sem:
             try:
-                version = await self._t.choose(node, LIST_OFFSETS)
-                if version is None:
-                    raise KafkaProtocolError(f"broker {node} supports no ListOffsets v1+")
+                version = await self._t.require(
+                    node, LIST_OFFSETS, partial(_too_old, node, LIST_OFFSETS)
+                )
                 isolation = self._t.isolation_level if version >= 2 else 0
                 response = await self._t.call(
                     node,
@@ -257,3 +256,7 @@ class WatermarkOps:
                 moved.add(tp.topic)
         for tp in asked:
             errors.setdefault(tp, f"ListOffsets {which}: partition missing in answer")
+
+
+def _too_old(node: int, spec: ApiSpec) -> KafkaProtocolError:
+    return KafkaProtocolError(f"broker {node} supports no {spec.name} v{spec.min_version}+")

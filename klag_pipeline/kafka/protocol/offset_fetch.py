@@ -1,0 +1,89 @@
+"""OffsetFetch: v8/v9 many groups, v2..v7 one group. topics = null → every committed partition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from klag_pipeline.kafka.protocol.primitives import Reader, Writer
+from klag_pipeline.kafka.protocol.versions import OFFSET_FETCH
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedPartition:
+    topic: str
+    partition: int
+    offset: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOffsets:
+    group_id: str
+    error_code: int
+    partitions: tuple[CommittedPartition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetFetchResponse:
+    throttle_ms: int
+    groups: tuple[GroupOffsets, ...]
+    error_code: int = 0
+
+
+def encode_offset_fetch(version: int, groups: Sequence[str]) -> bytes:
+    w = Writer(OFFSET_FETCH.flexible(version))
+    if version >= 8:
+        w.array_length(len(groups))
+        for group in groups:
+            w.string(group)
+            if version >= 9:
+                w.string(None)  # member id: null = an admin fetch, no epoch check
+                w.int32(-1)  # member epoch
+            w.array_length(None)  # all topics
+            w.tags()
+    else:
+        if len(groups) != 1:
+            raise ValueError("OffsetFetch before v8 takes exactly one group")
+        w.string(groups[0])
+        w.array_length(None)
+    if version >= 7:
+        w.boolean(False)  # require_stable
+    w.tags()
+    return w.getvalue()
+
+
+def _decode_offset_topics(r: Reader, version: int) -> tuple[CommittedPartition, ...]:
+    out = []
+    for _ in range(r.array_length(2)):
+        topic = r.string()
+        for _ in range(r.array_length(14)):
+            partition, offset = r.int32(), r.int64()
+            if version >= 5:
+                r.int32()  # committed leader epoch
+            r.nullable_string()  # metadata
+            error_code = r.int16()
+            r.skip_tags()
+            out.append(CommittedPartition(topic, partition, offset, error_code))
+        r.skip_tags()
+    return tuple(out)
+
+
+def decode_offset_fetch(version: int, data: bytes, group: str = "") -> OffsetFetchResponse:
+    """``group`` names the single group of a v2..v7 request (the response does not echo it)."""
+    r = Reader(data, OFFSET_FETCH.flexible(version))
+    throttle = r.int32() if version >= 3 else 0
+    if version < 8:
+        partitions = _decode_offset_topics(r, version)
+        error_code = r.int16()
+        r.skip_tags()
+        return OffsetFetchResponse(throttle, (GroupOffsets(group, error_code, partitions),))
+    groups = []
+    for _ in range(r.array_length(4)):
+        group_id = r.string()
+        partitions = _decode_offset_topics(r, version)
+        error_code = r.int16()
+        r.skip_tags()
+        groups.append(GroupOffsets(group_id, error_code, partitions))
+    r.skip_tags()
+    return OffsetFetchResponse(throttle, tuple(groups))
