@@ -29,6 +29,8 @@ import asyncio
 
 import structlog
 
+# The factory is the seam's default (as for the collection path's client); it loads the adapter
+# only when called, so this module depends on the port alone.
 from klag_pipeline.kafka.factory import MembershipFactory, default_membership_factory
 from klag_pipeline.kafka.membership import (
     Beat,

@@ -13,18 +13,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 from klag_pipeline.errors import KafkaConnectionError, KafkaError
+from klag_pipeline.kafka import membership as port
 from klag_pipeline.kafka.adapter.transport import Decoded, Transport
 from klag_pipeline.kafka.errors import COORDINATOR_MOVED, error_name
-from klag_pipeline.kafka.membership import (
-    Beat,
-    Evicted,
-    JoinAgain,
-    Joined,
-    MembershipError,
-    MembershipTiming,
-    SessionTimeoutRejected,
-    Synced,
-)
+from klag_pipeline.kafka.membership import MembershipError
 from klag_pipeline.kafka.membership_codecs import (
     HEARTBEAT,
     ILLEGAL_GENERATION,
@@ -63,7 +55,7 @@ class KafkaGroupMembership:
         self,
         cluster: ClusterSettings,
         group: str,
-        timing: MembershipTiming,
+        timing: port.MembershipTiming,
         performance: PerformanceSettings,
         *,
         transport_factory: Callable[..., Any] = Transport,
@@ -80,7 +72,7 @@ class KafkaGroupMembership:
         self._connected = False
         self._coordinator: int | None = None
 
-    async def join(self, member_id: str, metadata: bytes) -> Joined | JoinAgain:
+    async def join(self, member_id: str, metadata: bytes) -> port.Joined | port.JoinAgain:
         response = await self._call(
             JOIN_GROUP,
             lambda version: encode_join_group(
@@ -96,18 +88,22 @@ class KafkaGroupMembership:
         )
         code = response.error_code
         if code == MEMBER_ID_REQUIRED:
-            return JoinAgain(response.member_id)
+            return port.JoinAgain(response.member_id)
         if code == UNKNOWN_MEMBER_ID:
-            return JoinAgain("")
+            return port.JoinAgain("")
         if code == INVALID_SESSION_TIMEOUT:
-            raise SessionTimeoutRejected(f"cluster {self._cluster}: JoinGroup: {error_name(code)}")
+            raise port.SessionTimeoutRejected(
+                f"cluster {self._cluster}: JoinGroup: {error_name(code)}"
+            )
         if code:
             raise self._refused("JoinGroup", code)
-        return Joined(response.generation_id, response.leader, response.member_id, response.members)
+        return port.Joined(
+            response.generation_id, response.leader, response.member_id, response.members
+        )
 
     async def sync(
         self, generation: int, member_id: str, assignments: Sequence[tuple[str, bytes]]
-    ) -> Synced | JoinAgain:
+    ) -> port.Synced | port.JoinAgain:
         response = await self._call(
             SYNC_GROUP,
             lambda version: encode_sync_group(
@@ -122,14 +118,14 @@ class KafkaGroupMembership:
         )
         code = response.error_code
         if code in (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION):
-            return JoinAgain(member_id)
+            return port.JoinAgain(member_id)
         if code == UNKNOWN_MEMBER_ID:
-            return JoinAgain("")
+            return port.JoinAgain("")
         if code:
             raise self._refused("SyncGroup", code)
-        return Synced(response.assignment)
+        return port.Synced(response.assignment)
 
-    async def heartbeat(self, generation: int, member_id: str) -> Beat | Evicted:
+    async def heartbeat(self, generation: int, member_id: str) -> port.Beat | port.Evicted:
         response = await self._call(
             HEARTBEAT,
             lambda version: encode_heartbeat(
@@ -140,13 +136,13 @@ class KafkaGroupMembership:
         )
         code = response.error_code
         if code == 0:
-            return Beat.MEMBER
+            return port.Beat.MEMBER
         if code == REBALANCE_IN_PROGRESS:
-            return Beat.REBALANCING
+            return port.Beat.REBALANCING
         if code == ILLEGAL_GENERATION:
-            return Evicted(member_id, error_name(code))
+            return port.Evicted(member_id, error_name(code))
         if code == UNKNOWN_MEMBER_ID:
-            return Evicted("", error_name(code))
+            return port.Evicted("", error_name(code))
         raise self._refused("Heartbeat", code)
 
     async def leave(self, member_id: str) -> None:
