@@ -193,6 +193,20 @@ async def test_a_round_that_hangs_steps_down_at_the_deadline_and_is_abandoned_la
     assert harness.errors() == 1
 
 
+async def test_cancelling_the_loop_in_a_hung_round_cancels_the_round_and_leaves_no_task(
+    harness: Harness,
+) -> None:
+    harness.provider.answer = HANG
+    await harness.advance(2)
+    assert harness.provider.pending
+    harness.task.cancel()
+    async with asyncio.timeout(5):
+        await asyncio.gather(harness.task, return_exceptions=True)
+    assert harness.provider.cancelled == 1
+    assert harness.provider.log[-2:] == ["release", "close"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}, "a task outlived the election loop"
+
+
 async def test_another_holder_demotes_at_the_next_round(harness: Harness) -> None:
     harness.provider.answer = False
     await harness.advance(2)

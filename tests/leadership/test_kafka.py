@@ -1,24 +1,27 @@
-"""The ``kafka`` provider in-process on the real broker, and its codecs."""
+"""The ``kafka`` provider in-process on the real broker (through the membership adapter), and
+the membership codecs."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 from aiokafka.protocol.group import JoinGroupRequest_v5, SyncGroupRequest_v3
 
 from klag_pipeline.kafka.adapter.transport import Transport
-from klag_pipeline.kafka.protocol import ApiSpec
-from klag_pipeline.leadership import LeadershipError
-from klag_pipeline.leadership.kafka import (
+from klag_pipeline.kafka.factory import default_membership_factory
+from klag_pipeline.kafka.membership_codecs import (
     PROTOCOL_NAME,
     PROTOCOL_TYPE,
-    KafkaGroupProvider,
     encode_join_group,
     encode_sync_group,
 )
+from klag_pipeline.kafka.protocol import ApiSpec
+from klag_pipeline.leadership import LeadershipError
+from klag_pipeline.leadership.kafka import KafkaGroupProvider
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings
 from tests.support.waiting import wait_until
 
@@ -64,7 +67,11 @@ def make(
 ) -> KafkaGroupProvider:
     cluster = ClusterSettings(name="ha", bootstrap_servers=(bootstrap,))
     return KafkaGroupProvider(
-        cluster, lease, identity, performance=PerformanceSettings(), transport_factory=transport
+        cluster,
+        lease,
+        identity,
+        performance=PerformanceSettings(),
+        membership_factory=partial(default_membership_factory, transport_factory=transport),
     )
 
 

@@ -18,9 +18,9 @@ import yaml
 from devtools.kafka_local import generate_tls_files
 from klag_pipeline.errors import ConfigError
 from klag_pipeline.leadership import LeaderElector, LeadershipError
-from klag_pipeline.leadership.kubernetes import (
+from klag_pipeline.leadership.kubernetes import KubernetesLeaseProvider
+from klag_pipeline.leadership.kubernetes_api import (
     ApiServer,
-    KubernetesLeaseProvider,
     discover,
     in_cluster,
     load_kubeconfig,

@@ -1,0 +1,173 @@
+"""JoinGroup, SyncGroup, Heartbeat and LeaveGroup for one member of a classic group.
+
+Only what leader election needs (see :mod:`klag_pipeline.leadership.kafka`): the protocol type
+``klag-pipeline-leader`` with one protocol, dynamic membership, no topic subscription. Built on
+the primitives of :mod:`klag_pipeline.kafka.protocol`; the adapter in
+:mod:`klag_pipeline.kafka.adapter.membership` sends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from klag_pipeline.kafka.protocol import ApiSpec, Reader, Writer
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
+
+PROTOCOL_TYPE: Final = LEADERSHIP_PROTOCOL_TYPE
+PROTOCOL_NAME: Final = "klag-pipeline-leader-v1"
+
+# Version ranges implemented here (Kafka 2.3+; 4.x removed JoinGroup v0-v1 only).
+JOIN_GROUP: Final = ApiSpec("JoinGroup", 11, 5, 9, 6)
+HEARTBEAT: Final = ApiSpec("Heartbeat", 12, 3, 4, 4)
+LEAVE_GROUP: Final = ApiSpec("LeaveGroup", 13, 3, 5, 4)
+SYNC_GROUP: Final = ApiSpec("SyncGroup", 14, 3, 5, 4)
+
+# The error codes of these APIs that the member acts on (the rest are failures).
+ILLEGAL_GENERATION: Final = 22
+UNKNOWN_MEMBER_ID: Final = 25
+INVALID_SESSION_TIMEOUT: Final = 26
+REBALANCE_IN_PROGRESS: Final = 27
+MEMBER_ID_REQUIRED: Final = 79
+
+
+class _Writer(Writer):
+    __slots__ = ()
+
+    def raw_bytes(self, value: bytes) -> _Writer:
+        # BYTES / COMPACT_BYTES share the array length prefix (int32, or uvarint(len + 1)).
+        self.array_length(len(value))
+        self._parts.append(value)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class JoinGroupResponse:
+    throttle_ms: int
+    error_code: int
+    generation_id: int
+    protocol_name: str | None
+    leader: str
+    member_id: str
+    members: tuple[tuple[str, bytes], ...]
+
+
+def encode_join_group(
+    version: int,
+    group: str,
+    *,
+    session_ms: int,
+    rebalance_ms: int,
+    member_id: str,
+    metadata: bytes,
+    reason: str | None = None,
+) -> bytes:
+    w = _Writer(JOIN_GROUP.flexible(version))
+    w.string(group).int32(session_ms).int32(rebalance_ms).string(member_id)
+    w.string(None)  # group_instance_id: dynamic membership
+    w.string(PROTOCOL_TYPE)
+    w.array_length(1)
+    w.string(PROTOCOL_NAME)
+    w.raw_bytes(metadata).tags()
+    if version >= 8:
+        w.string(reason)
+    w.tags()
+    return w.getvalue()
+
+
+def decode_join_group(version: int, data: bytes) -> JoinGroupResponse:
+    r = Reader(data, JOIN_GROUP.flexible(version))
+    throttle, error_code, generation = r.int32(), r.int16(), r.int32()
+    if version >= 7:
+        r.nullable_string()  # protocol_type
+    protocol_name = r.nullable_string()
+    leader = r.string()
+    if version >= 9:
+        r.boolean()  # skip_assignment: static members only
+    member_id = r.string()
+    members = []
+    for _ in range(r.array_length(4)):
+        mid = r.string()
+        r.nullable_string()  # group_instance_id
+        metadata = r.nullable_bytes() or b""
+        r.skip_tags()
+        members.append((mid, metadata))
+    r.skip_tags()
+    return JoinGroupResponse(
+        throttle, error_code, generation, protocol_name, leader, member_id, tuple(members)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncGroupResponse:
+    throttle_ms: int
+    error_code: int
+    assignment: bytes
+
+
+def encode_sync_group(
+    version: int,
+    group: str,
+    *,
+    generation: int,
+    member_id: str,
+    assignments: Sequence[tuple[str, bytes]],
+) -> bytes:
+    w = _Writer(SYNC_GROUP.flexible(version))
+    w.string(group).int32(generation).string(member_id).string(None)
+    if version >= 5:
+        w.string(PROTOCOL_TYPE).string(PROTOCOL_NAME)
+    w.array_length(len(assignments))
+    for mid, assignment in assignments:
+        w.string(mid)
+        w.raw_bytes(assignment).tags()
+    w.tags()
+    return w.getvalue()
+
+
+def decode_sync_group(version: int, data: bytes) -> SyncGroupResponse:
+    r = Reader(data, SYNC_GROUP.flexible(version))
+    throttle, error_code = r.int32(), r.int16()
+    if version >= 5:
+        r.nullable_string()
+        r.nullable_string()
+    assignment = r.nullable_bytes() or b""
+    r.skip_tags()
+    return SyncGroupResponse(throttle, error_code, assignment)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResponse:
+    """Heartbeat and LeaveGroup answers: only the top-level error matters here."""
+
+    throttle_ms: int
+    error_code: int
+
+
+def encode_heartbeat(version: int, group: str, *, generation: int, member_id: str) -> bytes:
+    w = Writer(HEARTBEAT.flexible(version))
+    w.string(group).int32(generation).string(member_id).string(None).tags()
+    return w.getvalue()
+
+
+def decode_heartbeat(version: int, data: bytes) -> GroupResponse:
+    r = Reader(data, HEARTBEAT.flexible(version))
+    response = GroupResponse(r.int32(), r.int16())
+    r.skip_tags()
+    return response
+
+
+def encode_leave_group(version: int, group: str, *, member_id: str, reason: str) -> bytes:
+    w = Writer(LEAVE_GROUP.flexible(version))
+    w.string(group).array_length(1).string(member_id).string(None)
+    if version >= 5:
+        w.string(reason)
+    w.tags().tags()
+    return w.getvalue()
+
+
+def decode_leave_group(version: int, data: bytes) -> GroupResponse:
+    # The per-member results that follow are not needed: leaving is best effort.
+    r = Reader(data, LEAVE_GROUP.flexible(version))
+    return GroupResponse(r.int32(), r.int16())
