@@ -14,7 +14,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Final
 
-from klag_pipeline.exposition import escape_label_value, format_value
+from klag_pipeline.exposition import escape_label_value, format_value, header
 from klag_pipeline.metrics_catalog import (
     CLUSTER_FAMILIES,
     GPM,
@@ -29,12 +29,6 @@ from klag_pipeline.metrics_catalog import (
 )
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
-
-
-def header(family: Family) -> str:
-    """The ``# HELP`` and ``# TYPE`` lines of ``family``."""
-    return f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.kind}\n"
-
 
 _HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
     {family.name: header(family).encode() for family in CLUSTER_FAMILIES}

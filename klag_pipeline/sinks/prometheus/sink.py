@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from klag_pipeline.exposition import wants_gzip, wants_openmetrics
+from klag_pipeline.exposition import header, wants_gzip, wants_openmetrics
 from klag_pipeline.metrics_catalog import CLUSTER_UP, UP
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.sinks.prometheus.render import (
     ClusterChunks,
     assemble,
     cluster_label_text,
-    header,
     render_cluster,
 )
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
