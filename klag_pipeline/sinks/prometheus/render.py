@@ -151,21 +151,22 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 data_loss_detected=_FLAG[row.data_loss_detected],
             )
 
-        # Catalog order, so the chunk of the flagged family is built where it always was.
-        for family in CLUSTER_FAMILIES:
+        # The flagged families first: ``fields`` is only needed for them.
+        for family in flagged_families:
             get = attrgetter(family.field)
-            if family in row_families:
-                emit(family.name, ((lb, get(row)) for lb, row in labelled))
-            elif family in flagged_families:
-                emit(
-                    family.name,
-                    (
-                        (flagged(f, row), value)
-                        for f, row in zip(fields, rows, strict=True)
-                        if (value := get(row)) is not None
-                    ),
-                )
-        del fields, labelled
+            emit(
+                family.name,
+                (
+                    (flagged(f, row), value)
+                    for f, row in zip(fields, rows, strict=True)
+                    if (value := get(row)) is not None
+                ),
+            )
+        del fields
+        for family in row_families:
+            get = attrgetter(family.field)
+            emit(family.name, ((lb, get(row)) for lb, row in labelled))
+        del labelled
 
     groups = snapshot.groups
     g_tmpl = label_template(constant, _variable(G))
@@ -180,10 +181,9 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         emit(
             family.name,
             (
-                (gt_tmpl.format(group=esc(gs.group), topic=esc(topic)), per_topic[topic])
+                (gt_tmpl.format(group=esc(gs.group), topic=esc(topic)), lag)
                 for gs in groups
-                for per_topic in (get(gs),)
-                for topic in sorted(per_topic)
+                for topic, lag in sorted(get(gs).items())
             ),
         )
     del by_group, g_labels
