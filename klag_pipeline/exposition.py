@@ -7,6 +7,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from klag_pipeline.metrics_catalog import Family
+
+
+def header(family: Family) -> str:
+    """The ``# HELP`` and ``# TYPE`` lines of a catalog family rendered by hand (the same in both
+    formats for the gauges rendered this way)."""
+    return f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.kind}\n"
+
 
 def escape_label_value(value: str) -> str:
     """Escape per the exposition formats: backslash, double quote and line feed."""
@@ -51,6 +59,11 @@ def wants_openmetrics(accept: str | None) -> bool:
 
     Prometheus sends ``application/openmetrics-text;version=1.0.0,…,text/plain;…;q=0.5,…``.
     """
+    # Not prometheus_client.exposition.choose_encoder: it takes the first openmetrics or
+    # text/plain element and ignores q-values (``application/openmetrics-text;q=0`` would still
+    # get OpenMetrics), and it answers with other Content-Type strings (``escaping=…``, the
+    # requested version echoed), which would change the responses SPEC §6 pins. Its encoders are
+    # no use either: the compatibility body is pre-rendered by hand (docs/metrics.md).
     best_om = best_text = 0.0
     for media_type, q in _weighted(accept or ""):
         if media_type == "application/openmetrics-text":
@@ -62,6 +75,7 @@ def wants_openmetrics(accept: str | None) -> bool:
 
 def wants_gzip(accept_encoding: str | None) -> bool:
     """Whether ``Accept-Encoding`` allows gzip; an explicit ``gzip`` entry overrides ``*``."""
+    # Not prometheus_client.exposition.gzip_accepted: it ignores ``q=0`` and ``*``.
     explicit: float | None = None
     wildcard = 0.0
     for coding, q in _weighted(accept_encoding or ""):
@@ -72,4 +86,4 @@ def wants_gzip(accept_encoding: str | None) -> bool:
     return (wildcard if explicit is None else explicit) > 0
 
 
-__all__ = ["escape_label_value", "format_value", "wants_gzip", "wants_openmetrics"]
+__all__ = ["escape_label_value", "format_value", "header", "wants_gzip", "wants_openmetrics"]

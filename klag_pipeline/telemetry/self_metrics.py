@@ -2,7 +2,8 @@
 
 Kept in a private :class:`~prometheus_client.CollectorRegistry`, never the process-global one,
 so two instances (tests, ``once``) never share counters and nothing a library registers globally
-leaks into ``/metrics``. Every name is documented in ``docs/metrics.md``.
+leaks into ``/metrics``. Names, help text and label names come from
+:mod:`klag_pipeline.metrics_catalog`, which tests check against ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,37 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from klag_pipeline.exposition import escape_label_value
+from klag_pipeline.exposition import escape_label_value, header
+from klag_pipeline.metrics_catalog import (
+    CACHE_HITS,
+    CACHE_MISSES,
+    CARRIED_GROUPS,
+    CARRIED_ROWS,
+    CYCLES,
+    KAFKA_REQUEST_DURATION,
+    KAFKA_REQUESTS,
+    KAFKA_THROTTLE_SECONDS,
+    KAFKA_THROTTLED,
+    LEADER,
+    LEADERSHIP_ERRORS,
+    LEADERSHIP_TRANSITIONS,
+    PARTIAL_FAILURES,
+    QUEUE_DEPTH,
+    SINK_DROPPED,
+    SINK_ERRORS,
+    STAGE_ERRORS,
+    TICKS_SKIPPED,
+    Family,
+)
 
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Broker round trips: sub-millisecond on loopback up to ``kafka_timeout`` (30 s default)."""
+
+
+def _declaration(family: Family) -> tuple[str, str, tuple[str, ...]]:
+    """prometheus_client's ``(name, documentation, labelnames)`` of a catalog entry (a counter's
+    ``_total`` is stripped by prometheus_client itself and added back to its sample)."""
+    return family.name, family.help, family.labels.names
 
 
 class _QueueDepths:
@@ -25,11 +53,7 @@ class _QueueDepths:
     self-metrics that changes without a method call, so it is rendered on every scrape, and
     prometheus_client's generic exposition would cost more than the rest of a cached scrape."""
 
-    HEADER = (
-        b"# HELP klag_pipeline_queue_depth "
-        b"Items currently buffered in an inter-stage channel or sink inbox.\n"
-        b"# TYPE klag_pipeline_queue_depth gauge\n"
-    )
+    HEADER = header(QUEUE_DEPTH).encode()
 
     def __init__(self) -> None:
         self._depths: dict[str, tuple[str, Callable[[], int]]] = {}
@@ -37,7 +61,7 @@ class _QueueDepths:
     def add(self, name: str, depth_fn: Callable[[], int]) -> None:
         if name in self._depths:
             raise ValueError(f"queue {name!r} is already registered")
-        prefix = f'klag_pipeline_queue_depth{{queue="{escape_label_value(name)}"}} '
+        prefix = f'{QUEUE_DEPTH.name}{{queue="{escape_label_value(name)}"}} '
         self._depths[name] = (prefix, depth_fn)
 
     def render(self) -> bytes:
@@ -66,87 +90,60 @@ class SelfMetrics:
         self._rendered: dict[bool, tuple[int, bytes]] = {}
         registry = self.registry
         self._stage_errors = Counter(
-            "klag_pipeline_stage_errors",
-            "Collection cycles that failed in a stage, by cluster and stage.",
-            ["cluster_name", "stage"],
+            *_declaration(STAGE_ERRORS),
             registry=registry,
         )
         self._cycles = Counter(
-            "klag_pipeline_cycles",
-            "Finished collection cycles by cluster and outcome (ok, error).",
-            ["cluster_name", "outcome"],
+            *_declaration(CYCLES),
             registry=registry,
         )
         self._partial_failures = Counter(
-            "klag_pipeline_partial_failures",
-            "Groups, partitions or brokers skipped inside otherwise successful cycles.",
-            ["cluster_name", "stage"],
+            *_declaration(PARTIAL_FAILURES),
             registry=registry,
         )
         self._ticks_skipped = Counter(
-            "klag_pipeline_ticks_skipped",
-            "Ticks skipped because the previous cycle was still running.",
-            ["cluster_name"],
+            *_declaration(TICKS_SKIPPED),
             registry=registry,
         )
         self._dropped = Counter(
-            "klag_pipeline_sink_dropped_snapshots",
-            "Snapshots dropped from a full sink inbox (the oldest one goes).",
-            ["sink"],
+            *_declaration(SINK_DROPPED),
             registry=registry,
         )
         self._sink_errors = Counter(
-            "klag_pipeline_sink_errors",
-            "Failed deliveries or writes in a sink.",
-            ["sink"],
+            *_declaration(SINK_ERRORS),
             registry=registry,
         )
         self._cache_hits = Counter(
-            "klag_pipeline_timestamp_cache_hits",
-            "Timestamp lookups answered from the (cluster, partition, offset) cache.",
+            *_declaration(CACHE_HITS),
             registry=registry,
         )
         self._cache_misses = Counter(
-            "klag_pipeline_timestamp_cache_misses",
-            "Timestamp lookups that had to fetch from a broker.",
+            *_declaration(CACHE_MISSES),
             registry=registry,
         )
         self._requests = Counter(
-            "klag_pipeline_kafka_requests",
-            "Kafka requests sent, by cluster, API, broker node id and outcome.",
-            ["cluster_name", "api", "broker", "outcome"],
+            *_declaration(KAFKA_REQUESTS),
             registry=registry,
         )
         self._request_seconds = Histogram(
-            "klag_pipeline_kafka_request_duration_seconds",
-            "Round-trip time of Kafka requests, by API.",
-            ["api"],
+            *_declaration(KAFKA_REQUEST_DURATION),
             buckets=REQUEST_DURATION_BUCKETS,
             registry=registry,
         )
         self._throttled = Counter(
-            "klag_pipeline_kafka_throttled_responses",
-            "Kafka responses that asked the client to back off (throttle_time_ms > 0).",
-            ["cluster_name", "api", "broker"],
+            *_declaration(KAFKA_THROTTLED),
             registry=registry,
         )
         self._throttle_seconds = Counter(
-            "klag_pipeline_kafka_throttle_seconds",
-            "Total back-off time requested by brokers through throttle_time_ms.",
-            ["cluster_name", "api", "broker"],
+            *_declaration(KAFKA_THROTTLE_SECONDS),
             registry=registry,
         )
         self._carried = Gauge(
-            "klag_pipeline_carried_rows",
-            "Group partition rows repeated from an earlier cycle because the last cycle got no "
-            "trustworthy answer for them (coordinator loading or moving, leader moving).",
-            ["cluster_name"],
+            *_declaration(CARRIED_ROWS),
             registry=registry,
         )
         self._carried_groups = Gauge(
-            "klag_pipeline_carried_groups",
-            "Groups whose values were repeated from an earlier cycle (no trustworthy answer).",
-            ["cluster_name"],
+            *_declaration(CARRIED_GROUPS),
             registry=registry,
         )
         self._queues = _QueueDepths()
@@ -268,21 +265,15 @@ class LeadershipMetrics:
         self._provider = provider
         registry = metrics.registry
         self._leader = Gauge(
-            "klag_pipeline_leader",
-            "1 while this instance leads (collects and exports cluster series), else 0.",
-            ["provider"],
+            *_declaration(LEADER),
             registry=registry,
         )
         self._transitions = Counter(
-            "klag_pipeline_leadership_transitions",
-            "Leadership changes of this instance, by the role it moved to (leader, standby).",
-            ["provider", "role"],
+            *_declaration(LEADERSHIP_TRANSITIONS),
             registry=registry,
         )
         self._errors = Counter(
-            "klag_pipeline_leadership_errors",
-            "Election rounds that failed to reach the coordination backend.",
-            ["provider"],
+            *_declaration(LEADERSHIP_ERRORS),
             registry=registry,
         )
         self._leader.labels(provider).set(0)

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
 from klag_pipeline.pipeline.clock import FakeClock
-from klag_pipeline.sinks.prometheus import FAMILY_HELP, PrometheusSink
+from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
@@ -143,7 +144,7 @@ def test_queries_name_only_exported_families(title: str, ref: str, expr: str) ->
 
 def test_spec_families_are_what_the_sink_exports() -> None:
     # The dashboard and alerts are written against SPEC_FAMILIES; the sink must agree.
-    assert set(FAMILY_HELP) | {"kafka_lag_exporter_up"} == SPEC_FAMILIES
+    assert {f.name for f in CLUSTER_FAMILIES} | {"kafka_lag_exporter_up"} == SPEC_FAMILIES
 
 
 def test_cluster_up_is_what_the_sink_exports() -> None:

@@ -48,6 +48,7 @@ from klag_pipeline.kafka.port import (
     TimestampListing,
     WatermarkListing,
 )
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
 from klag_pipeline.model import ListedGroup, TopicPartition
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.settings.schema import (
@@ -58,7 +59,6 @@ from klag_pipeline.settings.schema import (
     Settings,
     TimestampSamplingSettings,
 )
-from klag_pipeline.sinks.prometheus import FAMILY_HELP
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
 
 GPM_FAMILIES = frozenset(
@@ -71,7 +71,7 @@ GPM_FAMILIES = frozenset(
         "kafka_consumergroup_group_lag_retention_ratio",
     }
 )
-COMPAT_FAMILIES = frozenset({*FAMILY_HELP, "kafka_lag_exporter_up"})
+COMPAT_FAMILIES = frozenset({*(f.name for f in CLUSTER_FAMILIES), "kafka_lag_exporter_up"})
 
 
 # -- settings -------------------------------------------------------------------------------------

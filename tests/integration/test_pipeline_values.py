@@ -16,9 +16,10 @@ from klag_pipeline.app import Exporter, default_client_factory
 from klag_pipeline.commands.once import collect_once
 from klag_pipeline.kafka.adapter import AiokafkaClusterClient
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
 from klag_pipeline.model import GroupState, TopicPartition
 from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, PerformanceSettings
-from klag_pipeline.sinks.prometheus import FAMILY_HELP, render_snapshots
+from klag_pipeline.sinks.prometheus import render_snapshots
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.integration.pipeline_support import (
     GPM_FAMILIES,
@@ -290,7 +291,7 @@ async def test_filters_topic_granularity_and_custom_labels(
     exporter = Exporter(settings(kept_cluster, granularity="topic"))
     exporter.prometheus.apply(snapshot)
     body, _, _ = exporter.prometheus.render(None, None)
-    assert parse_exposition(body.decode(), only=FAMILY_HELP) == series
+    assert parse_exposition(body.decode(), only={f.name for f in CLUSTER_FAMILIES}) == series
 
     # Custom labels on every cluster series, at either granularity (values escaped and parsed
     # back intact).

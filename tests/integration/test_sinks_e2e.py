@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from klag_pipeline.app import Exporter
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.records import rfc3339
@@ -33,7 +34,6 @@ from klag_pipeline.settings.schema import (
 )
 from klag_pipeline.sinks.jsonl import JsonlSink
 from klag_pipeline.sinks.otlp import OtlpSink
-from klag_pipeline.sinks.prometheus import FAMILY_HELP
 from klag_pipeline.snapshot import SinkUpdate
 from tests.receivers.otlp import GrpcReceiver, HttpReceiver, points, series
 from tests.support.kafka import KafkaTestClient, Rec
@@ -147,7 +147,11 @@ def prometheus_series(exporter: Exporter) -> dict[tuple[str, frozenset[Any]], fl
     """The compatibility families and the per-cluster up of ``/metrics`` right now (the other
     self-metrics left out): the families the OTLP sink exports too."""
     body, _, _ = exporter.prometheus.render(None, None)
-    wanted = {*FAMILY_HELP, "kafka_lag_exporter_up", "klag_pipeline_cluster_up"}
+    wanted = {
+        *(f.name for f in CLUSTER_FAMILIES),
+        "kafka_lag_exporter_up",
+        "klag_pipeline_cluster_up",
+    }
     out: dict[tuple[str, frozenset[Any]], float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:

@@ -24,13 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.kafka_local import TlsFiles, generate_tls_files
 from klag_pipeline.errors import ConfigError
+from klag_pipeline.metrics_catalog import BY_NAME, CLUSTER_FAMILIES
 from klag_pipeline.model import GroupState
 from klag_pipeline.pipeline.channel import DroppingChannel
 from klag_pipeline.settings.schema import Granularity, OtelSettings
 from klag_pipeline.sinks.otlp import OtlpSink
 from klag_pipeline.sinks.otlp.exporter import ExportHealth, http_metrics_url
 from klag_pipeline.sinks.otlp.families import CardinalityBudget, series_keys
-from klag_pipeline.sinks.prometheus import FAMILY_HELP, render_snapshots
+from klag_pipeline.sinks.prometheus import render_snapshots
 from klag_pipeline.snapshot import (
     ClusterSnapshot,
     ClusterWithdrawn,
@@ -337,7 +338,7 @@ async def test_exports_the_prometheus_series_with_resource_and_headers(receiver:
 
     exported = series(received.request)
     assert as_floats(exported) == prometheus_series([snapshot], "partition")
-    assert {name for name, _ in exported} == set(FAMILY_HELP)
+    assert {name for name, _ in exported} == {f.name for f in CLUSTER_FAMILIES}
     assert len(exported) == len(prometheus_series([snapshot], "partition")) > 60
 
     custom = {"env": "prod", "team": "core", "cluster_name": "prod"}
@@ -403,7 +404,7 @@ async def test_exports_the_prometheus_series_with_resource_and_headers(receiver:
     assert resource["service.instance.id"] == "instance-7"
     assert resource["deployment.environment"] == "test"
     assert received.headers["authorization"] == TOKEN
-    assert all(p.description == FAMILY_HELP[p.name] for p in points(received.request))
+    assert all(p.description == BY_NAME[p.name].help for p in points(received.request))
 
 
 async def test_a_new_snapshot_replaces_the_cluster_and_a_withdrawn_cluster_disappears(

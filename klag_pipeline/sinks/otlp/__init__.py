@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics import MeterProvider, ObservableGauge
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from klag_pipeline.metrics_catalog import CLUSTER_UP, UP
 from klag_pipeline.settings.schema import Granularity, OtelSettings
 from klag_pipeline.sinks.otlp.exporter import (
     ExportHealth,
@@ -36,7 +37,6 @@ from klag_pipeline.sinks.otlp.exporter import (
     plaintext,
 )
 from klag_pipeline.sinks.otlp.families import (
-    UP_FAMILY,
     CardinalityBudget,
     SeriesKeys,
     cluster_up_observations,
@@ -44,7 +44,6 @@ from klag_pipeline.sinks.otlp.families import (
     observe,
     series_keys,
 )
-from klag_pipeline.sinks.prometheus import CLUSTER_UP_FAMILY
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
 
 __all__ = ["OtlpSink"]
@@ -177,10 +176,10 @@ class OtlpSink:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             if generation.retired:
                 return ()
-            if family == UP_FAMILY:
+            if family == UP.name:
                 assert self._up is not None
                 return (Observation(1 if all(self._up().values()) else 0),)
-            if family == CLUSTER_UP_FAMILY:
+            if family == CLUSTER_UP.name:
                 assert self._up is not None
                 return cluster_up_observations(self._up(), self._cluster_labels)
             return observe(family, self._view.values())

@@ -1,6 +1,8 @@
 """The compatibility families of SPEC §4 as OpenTelemetry gauge observations (pure code).
 
-Names, values and attributes are the Prometheus sink's, label for label: every label becomes a
+Names, descriptions, label sets and the snapshot field each family reads come from
+:mod:`klag_pipeline.metrics_catalog`, as for the Prometheus sink, so values and attributes are the
+Prometheus sink's, label for label: every label becomes a
 string attribute (``partition="3"``, ``data_loss_detected="false"``, custom labels included), so
 a collector's Prometheus exporter or a backend that maps OTLP back to Prometheus sees exactly the
 series ``/metrics`` serves. Integer values stay integers (OTLP ``as_int``), the rest are doubles.
@@ -15,63 +17,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Final
 
 from opentelemetry.metrics import Observation
 
-from klag_pipeline.settings.schema import Granularity
-from klag_pipeline.sinks.prometheus import (
-    CLUSTER_UP_FAMILY,
-    CLUSTER_UP_HELP,
-    FAMILY_HELP,
-    UP_HELP,
+from klag_pipeline.metrics_catalog import (
+    CLUSTER_FAMILIES,
+    GPM_FLAGS,
+    HEALTH_FAMILIES,
+    Family,
+    Source,
 )
+from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
-
-UP_FAMILY: Final = "kafka_lag_exporter_up"
-HEALTH_FAMILIES: Final = frozenset({UP_FAMILY, CLUSTER_UP_FAMILY})
-"""Read from the exporter's status when exported, not from snapshots."""
 
 _FLAG: Final = {True: "true", False: "false"}
 
-RowValue = Callable[[PartitionRow], int | float | None]
-
-# The GPM families without the time-lag flags: value of a row, None = no series.
-_GPM_VALUES: Final[Mapping[str, RowValue]] = MappingProxyType(
-    {
-        "kafka_consumergroup_group_offset": lambda r: r.committed,
-        "kafka_consumergroup_group_lag": lambda r: r.lag,
-        "kafka_consumergroup_group_consumable_lag": lambda r: r.consumable_lag,
-        "kafka_consumergroup_group_messages_lost": lambda r: r.messages_lost,
-        "kafka_consumergroup_group_retention_margin": lambda r: r.retention_margin,
-        "kafka_consumergroup_group_lag_retention_ratio": lambda r: r.lag_retention_ratio,
-    }
-)
-_LAG_SECONDS: Final = "kafka_consumergroup_group_lag_seconds"
-GPM_FAMILIES: Final = frozenset({*_GPM_VALUES, _LAG_SECONDS})
-
-_CLUSTER_VALUES: Final[Mapping[str, Callable[[ClusterSnapshot], int | float]]] = MappingProxyType(
-    {
-        "kafka_consumergroup_poll_time_ms": lambda s: s.poll_time_ms,
-        "kafka_lag_exporter_scrape_duration_seconds": lambda s: s.duration_seconds,
-        "kafka_lag_exporter_last_update_timestamp_seconds": lambda s: s.observed_at,
-        "kafka_lag_exporter_compaction_detected_total": lambda s: s.compaction_detected_count,
-        "kafka_lag_exporter_data_loss_partitions_total": lambda s: s.data_loss_partition_count,
-    }
-)
-
 
 def family_descriptions(granularity: Granularity, *, with_up: bool) -> Mapping[str, str]:
-    """Family name → description of every gauge the sink registers, in exposition order."""
-    names = {
-        name: help_text
-        for name, help_text in FAMILY_HELP.items()
-        if granularity == "partition" or name not in GPM_FAMILIES
-    }
+    """Family name → description (its ``# HELP`` text) of every gauge the sink registers, in
+    exposition order."""
+    names = {f.name: f.help for f in CLUSTER_FAMILIES if granularity in f.granularities}
     if with_up:
-        names[UP_FAMILY] = UP_HELP
-        names[CLUSTER_UP_FAMILY] = CLUSTER_UP_HELP
+        names.update((f.name, f.help) for f in HEALTH_FAMILIES)
     return MappingProxyType(names)
 
 
@@ -103,78 +73,81 @@ def _gpm_attributes(base: Mapping[str, str], row: PartitionRow) -> dict[str, str
     }
 
 
-def _partition_offsets(family: str, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+def _number(value: float) -> float:
+    """The group state is an IntEnum: observed as a plain int (``as_int``) like every count."""
+    return int(value) if isinstance(value, int) else value
+
+
+def _observable(value: float | None) -> bool:
+    # None: no series (as on /metrics). Non-finite: the SDK would drop it with a warning per
+    # collection; only lag_retention_ratio can be +Inf (see the module docstring).
+    return value is not None and math.isfinite(value)
+
+
+Observer = Callable[[Family, ClusterSnapshot], Iterator[Observation]]
+
+
+def _partition_offsets(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
     base = _cluster_attributes(snapshot)
-    latest = family == "kafka_partition_latest_offset"
+    get = attrgetter(family.field)
     for po in snapshot.partitions:
-        value = po.high if latest else po.low
-        if value is not None:
+        value = get(po)
+        if _observable(value):
             yield Observation(value, {**base, "topic": po.topic, "partition": str(po.partition)})
 
 
-def _gpm(family: str, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+def _rows(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
     base = _cluster_attributes(snapshot)
-    if family == _LAG_SECONDS:
-        if not snapshot.timestamp_sampling:
-            return
-        for row in snapshot.rows:
-            if row.lag_seconds is not None:
-                attributes = _gpm_attributes(base, row)
+    get = attrgetter(family.field)
+    flags = family.labels == GPM_FLAGS
+    for row in snapshot.rows:
+        value = get(row)
+        if _observable(value):
+            attributes = _gpm_attributes(base, row)
+            if flags:
                 attributes["compaction_detected"] = _FLAG[row.compaction_detected]
                 attributes["data_loss_detected"] = _FLAG[row.data_loss_detected]
-                yield Observation(row.lag_seconds, attributes)
-        return
-    value_of = _GPM_VALUES[family]
-    for row in snapshot.rows:
-        value = value_of(row)
-        if value is not None and math.isfinite(value):
-            yield Observation(value, _gpm_attributes(base, row))
+            yield Observation(value, attributes)
 
 
-def _groups(family: str, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+def _groups(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
     base = _cluster_attributes(snapshot)
+    get = attrgetter(family.field)
+    per_topic = "topic" in family.labels.names
     for summary in snapshot.groups:
         attributes = {**base, "group": summary.group}
-        if family == "kafka_consumergroup_group_max_lag":
-            yield Observation(summary.max_lag, attributes)
-        elif family == "kafka_consumergroup_group_max_lag_seconds":
-            if snapshot.timestamp_sampling and summary.max_lag_seconds is not None:
-                yield Observation(summary.max_lag_seconds, attributes)
-        elif family == "kafka_consumergroup_group_sum_lag":
-            yield Observation(summary.sum_lag, attributes)
-        elif family == "kafka_consumergroup_group_state":
-            yield Observation(int(summary.state), attributes)
+        if per_topic:
+            by_topic = get(summary)
+            for topic in sorted(by_topic):
+                yield Observation(by_topic[topic], {**attributes, "topic": topic})
         else:
-            for topic in sorted(summary.topic_sum_lag):
-                yield Observation(summary.topic_sum_lag[topic], {**attributes, "topic": topic})
+            value = get(summary)
+            if _observable(value):
+                yield Observation(_number(value), attributes)
 
 
-def _cluster(family: str, snapshot: ClusterSnapshot) -> Iterator[Observation]:
-    yield Observation(_CLUSTER_VALUES[family](snapshot), _cluster_attributes(snapshot))
+def _cluster(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+    yield Observation(attrgetter(family.field)(snapshot), _cluster_attributes(snapshot))
 
 
-_OBSERVERS: Final[Mapping[str, Callable[[str, ClusterSnapshot], Iterator[Observation]]]] = (
-    MappingProxyType(
-        {
-            "kafka_partition_latest_offset": _partition_offsets,
-            "kafka_partition_earliest_offset": _partition_offsets,
-            **dict.fromkeys(GPM_FAMILIES, _gpm),
-            "kafka_consumergroup_group_max_lag": _groups,
-            "kafka_consumergroup_group_max_lag_seconds": _groups,
-            "kafka_consumergroup_group_sum_lag": _groups,
-            "kafka_consumergroup_group_topic_sum_lag": _groups,
-            "kafka_consumergroup_group_state": _groups,
-            **dict.fromkeys(_CLUSTER_VALUES, _cluster),
-        }
-    )
+_OBSERVERS: Final[Mapping[Source, Observer]] = MappingProxyType(
+    {"partition": _partition_offsets, "row": _rows, "group": _groups, "cluster": _cluster}
 )
+_FAMILIES: Final[Mapping[str, Family]] = MappingProxyType({f.name: f for f in CLUSTER_FAMILIES})
 
 
 def observe(family: str, snapshots: Iterable[ClusterSnapshot]) -> list[Observation]:
-    """Every observation of one cluster family over ``snapshots`` (not the
-    :data:`HEALTH_FAMILIES`, which come from the exporter's status)."""
-    observer = _OBSERVERS[family]
-    return [point for snapshot in snapshots for point in observer(family, snapshot)]
+    """Every observation of one cluster family over ``snapshots`` (not the health families,
+    which come from the exporter's status); none while a snapshot has no timestamp sampling and
+    the family needs it."""
+    entry = _FAMILIES[family]
+    observer = _OBSERVERS[entry.source]
+    return [
+        point
+        for snapshot in snapshots
+        if snapshot.timestamp_sampling or not entry.needs_sampling
+        for point in observer(entry, snapshot)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

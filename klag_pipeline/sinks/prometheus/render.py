@@ -1,0 +1,214 @@
+"""Rendering of the compatibility families to exposition text (SPEC §4, §6), from the catalog.
+
+Which families exist, their order, ``# HELP`` / ``# TYPE`` text, label set and the snapshot field
+each one reads all come from :mod:`klag_pipeline.metrics_catalog`; this module only knows how to
+spell each label set's series. Every snapshot is rendered once, off the event loop, into
+per-cluster chunks (one string of sample lines per family), which :func:`assemble` joins family by
+family under their headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
+from types import MappingProxyType
+from typing import Final
+
+from klag_pipeline.exposition import escape_label_value, format_value, header
+from klag_pipeline.metrics_catalog import (
+    CLUSTER_FAMILIES,
+    GPM,
+    GPM_FLAGS,
+    GT,
+    C,
+    Family,
+    G,
+    LabelSet,
+    P,
+    Source,
+)
+from klag_pipeline.settings.schema import Granularity
+from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
+
+_HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
+    {family.name: header(family).encode() for family in CLUSTER_FAMILIES}
+)
+"""Family name → encoded header, in exposition order."""
+
+ClusterChunks = Mapping[str, bytes]
+"""One cluster's rendered sample lines (UTF-8) per family name; families without samples are
+absent."""
+
+
+def _plan(source: Source, labels: LabelSet) -> tuple[Family, ...]:
+    return tuple(f for f in CLUSTER_FAMILIES if f.source == source and f.labels == labels)
+
+
+# The families of each (source, label set) this module knows how to label; a catalog entry with
+# another combination fails at import (below) rather than silently never being rendered.
+_PARTITION: Final = _plan("partition", P)
+_ROW: Final = _plan("row", GPM)
+_ROW_FLAGGED: Final = _plan("row", GPM_FLAGS)
+_GROUP: Final = _plan("group", G)
+_GROUP_TOPIC: Final = _plan("group", GT)
+_CLUSTER: Final = _plan("cluster", C)
+_UNPLANNED = set(CLUSTER_FAMILIES).difference(
+    _PARTITION, _ROW, _ROW_FLAGGED, _GROUP, _GROUP_TOPIC, _CLUSTER
+)
+if _UNPLANNED:
+    raise ImportError(f"no Prometheus rendering for {sorted(f.name for f in _UNPLANNED)}")
+
+
+def label_template(constant: Mapping[str, str], variable: Iterable[str]) -> str:
+    """A ``str.format`` template of a sorted label set: constants inlined, variables as fields."""
+    items = {name: escape_label_value(value) for name, value in constant.items()}
+    items.update({name: "{" + name + "}" for name in variable})
+    parts = []
+    for name in sorted(items):
+        value = items[name]
+        if name in constant:
+            value = value.replace("{", "{{").replace("}", "}}")
+        parts.append(f'{name}="{value}"')
+    return ",".join(parts)
+
+
+def cluster_label_text(cluster: str, labels: Mapping[str, str]) -> str:
+    """The sorted, escaped label text of a C-family series of ``cluster``."""
+    return label_template({**labels, "cluster_name": cluster}, ()).format()
+
+
+def _variable(labels: LabelSet) -> tuple[str, ...]:
+    """The labels filled per series (``cluster_name`` is a constant of the cluster)."""
+    return tuple(name for name in labels.names if name != "cluster_name")
+
+
+_FLAG = {True: "true", False: "false"}
+
+
+def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> ClusterChunks:
+    """Render one cluster's samples, family by family (pure; safe to run in a worker thread).
+
+    Each family's lines are joined and encoded before the next family is built, so at most one
+    family's line strings (a few MB at 20,000 rows) exist at a time next to the finished chunks.
+    """
+    constant = {**snapshot.labels, "cluster_name": snapshot.cluster}
+    memo: dict[str, str] = {}
+    chunks: dict[str, bytes] = {}
+    sampling = snapshot.timestamp_sampling
+
+    def esc(value: str) -> str:
+        escaped = memo.get(value)
+        if escaped is None:
+            escaped = memo[value] = escape_label_value(value)
+        return escaped
+
+    def wanted(family: Family) -> bool:
+        return granularity in family.granularities and (sampling or not family.needs_sampling)
+
+    def emit(name: str, samples: Iterable[tuple[str, float | None]]) -> None:
+        """One family from ``(labels, value)`` pairs; pairs whose value is None are left out.
+        Integers print as they are (``format_value`` would too, at the cost of a call)."""
+        chunk = "".join(
+            f"{name}{{{labels}}} {value if type(value) is int else format_value(value)}\n"
+            for labels, value in samples
+            if value is not None
+        ).encode()
+        if chunk:
+            chunks[name] = chunk
+
+    partitions = snapshot.partitions
+    p_tmpl = label_template(constant, _variable(P))
+    p_labels = [p_tmpl.format(topic=esc(po.topic), partition=po.partition) for po in partitions]
+    by_partition = list(zip(p_labels, partitions, strict=True))
+    for family in filter(wanted, _PARTITION):
+        get = attrgetter(family.field)
+        emit(family.name, ((labels, get(po)) for labels, po in by_partition))
+    del p_labels, by_partition
+
+    row_families = [f for f in _ROW if wanted(f)]
+    flagged_families = [f for f in _ROW_FLAGGED if wanted(f)]
+    if row_families or flagged_families:
+        rows = snapshot.rows
+        gpm_tmpl = label_template(constant, _variable(GPM))
+        fields = [
+            {
+                "group": esc(row.group),
+                "topic": esc(row.topic),
+                "partition": row.partition,
+                "member_host": esc(row.member_host),
+                "consumer_id": esc(row.consumer_id),
+                "client_id": esc(row.client_id),
+            }
+            for row in rows
+        ]
+        labelled = list(zip([gpm_tmpl.format_map(f) for f in fields], rows, strict=True))
+        flags_tmpl = label_template(constant, _variable(GPM_FLAGS))
+
+        def flagged(f: Mapping[str, object], row: PartitionRow) -> str:
+            return flags_tmpl.format(
+                **f,
+                compaction_detected=_FLAG[row.compaction_detected],
+                data_loss_detected=_FLAG[row.data_loss_detected],
+            )
+
+        # The flagged families first: ``fields`` is only needed for them.
+        for family in flagged_families:
+            get = attrgetter(family.field)
+            emit(
+                family.name,
+                (
+                    (flagged(f, row), value)
+                    for f, row in zip(fields, rows, strict=True)
+                    if (value := get(row)) is not None
+                ),
+            )
+        del fields
+        for family in row_families:
+            get = attrgetter(family.field)
+            emit(family.name, ((lb, get(row)) for lb, row in labelled))
+        del labelled
+
+    groups = snapshot.groups
+    g_tmpl = label_template(constant, _variable(G))
+    gt_tmpl = label_template(constant, _variable(GT))
+    g_labels = [g_tmpl.format(group=esc(summary.group)) for summary in groups]
+    by_group = list(zip(g_labels, groups, strict=True))
+    for family in filter(wanted, _GROUP):
+        get = attrgetter(family.field)
+        emit(family.name, ((lb, get(gs)) for lb, gs in by_group))
+    for family in filter(wanted, _GROUP_TOPIC):
+        get = attrgetter(family.field)
+        emit(
+            family.name,
+            (
+                (gt_tmpl.format(group=esc(gs.group), topic=esc(topic)), lag)
+                for gs in groups
+                for topic, lag in sorted(get(gs).items())
+            ),
+        )
+    del by_group, g_labels
+
+    c_labels = cluster_label_text(snapshot.cluster, snapshot.labels)
+    for family in filter(wanted, _CLUSTER):
+        emit(family.name, ((c_labels, attrgetter(family.field)(snapshot)),))
+
+    return MappingProxyType(chunks)
+
+
+def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[bytes, ...]:
+    """The body's parts in order: each family's HELP/TYPE once, then its chunk of every cluster
+    (in cluster-name order). The parts are the chunks themselves, never copies."""
+    clusters = [chunks_by_cluster[name] for name in sorted(chunks_by_cluster)]
+    out: list[bytes] = []
+    for family, family_header in _HEADERS.items():
+        parts = [chunks[family] for chunks in clusters if family in chunks]
+        if parts:
+            out.append(family_header)
+            out.extend(parts)
+    return tuple(out)
+
+
+def render_snapshots(snapshots: Sequence[ClusterSnapshot], granularity: Granularity) -> str:
+    """The compatibility families of ``snapshots`` in text format (for ``once``)."""
+    parts = assemble({s.cluster: render_cluster(s, granularity) for s in snapshots})
+    return b"".join(parts).decode()
