@@ -131,7 +131,7 @@ def _otel(otel: OtelSettings, problem: Problem) -> None:
 def _kubernetes(settings: Settings, problem: Problem) -> None:
     """What the Kubernetes lease provider does at start-up: find the API server (kubeconfig,
     service account or $KUBECONFIG) and load its TLS files. No request is made."""
-    from klag_pipeline.leadership.kubernetes import discover
+    from klag_pipeline.leadership.kubernetes_api import discover
 
     leadership = settings.exporter.leadership
     where = "exporter.leadership.kubeconfig"

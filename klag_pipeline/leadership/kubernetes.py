@@ -38,8 +38,7 @@ from klag_pipeline.leadership.kubernetes_api import SERVICE_ACCOUNT_DIR, ApiServ
 from klag_pipeline.leadership.provider import LeadershipError, ProviderState
 from klag_pipeline.settings.schema import LeadershipSettings
 
-# ``discover`` is also imported from here by the start-up checks (klag_pipeline.startup).
-__all__ = ["ApiServer", "KubernetesLeaseProvider", "discover", "micro_time"]
+__all__ = ["KubernetesLeaseProvider", "micro_time"]
 
 log = structlog.get_logger("klag_pipeline.leadership")
 

@@ -13,13 +13,13 @@ from aiokafka.protocol.group import JoinGroupRequest_v5, SyncGroupRequest_v3
 
 from klag_pipeline.kafka.adapter.transport import Transport
 from klag_pipeline.kafka.factory import default_membership_factory
-from klag_pipeline.kafka.membership_codecs import (
+from klag_pipeline.kafka.protocol import ApiSpec
+from klag_pipeline.kafka.protocol.membership import (
     PROTOCOL_NAME,
     PROTOCOL_TYPE,
     encode_join_group,
     encode_sync_group,
 )
-from klag_pipeline.kafka.protocol import ApiSpec
 from klag_pipeline.leadership import LeadershipError
 from klag_pipeline.leadership.kafka import KafkaGroupProvider
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings

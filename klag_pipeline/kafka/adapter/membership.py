@@ -1,7 +1,7 @@
 """The :class:`~klag_pipeline.kafka.membership.GroupMembership` port over :class:`Transport`.
 
 Holds the connection and the group's coordinator, sends the codecs of
-:mod:`klag_pipeline.kafka.membership_codecs`, and sorts each answer's error code into a typed
+:mod:`klag_pipeline.kafka.protocol.membership`, and sorts each answer's error code into a typed
 result or a :class:`MembershipError` (aiokafka is a byte mover here, as on the collection path).
 """
 
@@ -15,18 +15,23 @@ from typing import Any, TypeVar
 from klag_pipeline.errors import KafkaConnectionError, KafkaError
 from klag_pipeline.kafka import membership as port
 from klag_pipeline.kafka.adapter.transport import Decoded, Transport
-from klag_pipeline.kafka.errors import COORDINATOR_MOVED, error_name
-from klag_pipeline.kafka.membership import MembershipError
-from klag_pipeline.kafka.membership_codecs import (
-    HEARTBEAT,
+from klag_pipeline.kafka.errors import (
+    COORDINATOR_MOVED,
     ILLEGAL_GENERATION,
     INVALID_SESSION_TIMEOUT,
-    JOIN_GROUP,
-    LEAVE_GROUP,
     MEMBER_ID_REQUIRED,
     REBALANCE_IN_PROGRESS,
-    SYNC_GROUP,
     UNKNOWN_MEMBER_ID,
+    error_name,
+)
+from klag_pipeline.kafka.membership import MembershipError
+from klag_pipeline.kafka.protocol import (
+    FIND_COORDINATOR,
+    ApiSpec,
+    decode_find_coordinator,
+    encode_find_coordinator,
+)
+from klag_pipeline.kafka.protocol.membership import (
     decode_heartbeat,
     decode_join_group,
     decode_leave_group,
@@ -36,12 +41,7 @@ from klag_pipeline.kafka.membership_codecs import (
     encode_leave_group,
     encode_sync_group,
 )
-from klag_pipeline.kafka.protocol import (
-    FIND_COORDINATOR,
-    ApiSpec,
-    decode_find_coordinator,
-    encode_find_coordinator,
-)
+from klag_pipeline.kafka.protocol.versions import HEARTBEAT, JOIN_GROUP, LEAVE_GROUP, SYNC_GROUP
 from klag_pipeline.settings.schema import ClusterSettings, PerformanceSettings
 
 R = TypeVar("R", bound=Decoded)
@@ -195,19 +195,13 @@ class KafkaGroupMembership:
             raise MembershipError(f"cluster {self._cluster}: {exc}") from exc
 
     async def _version(self, node: int, spec: ApiSpec, unsupported: str | None = None) -> int:
-        # The one place a version is chosen (the protocol package's choose-or-raise helper
-        # replaces it once it exists).
-        version = await self._transport.choose(node, spec)
-        if version is None:
-            raise MembershipError(
-                f"cluster {self._cluster}: "
-                + (
-                    unsupported
-                    or f"the group coordinator does not support "
-                    f"{spec.name} v{spec.min_version}-v{spec.max_version}"
-                )
-            )
-        return version
+        reason = unsupported or (
+            f"the group coordinator does not support "
+            f"{spec.name} v{spec.min_version}-v{spec.max_version}"
+        )
+        return await self._transport.require(
+            node, spec, lambda: MembershipError(f"cluster {self._cluster}: {reason}")
+        )
 
     async def _coordinator_node(self) -> int:
         if not self._connected:

@@ -33,6 +33,11 @@ FIND_COORDINATOR: Final = ApiSpec("FindCoordinator", 10, 1, 4, 3)
 DESCRIBE_GROUPS: Final = ApiSpec("DescribeGroups", 15, 0, 6, 5)
 LIST_GROUPS: Final = ApiSpec("ListGroups", 16, 0, 5, 3)
 CONSUMER_GROUP_DESCRIBE: Final = ApiSpec("ConsumerGroupDescribe", 69, 0, 0, 0)
+# Leader election's group membership (Kafka 2.3+; 4.x removed JoinGroup v0-v1 only).
+JOIN_GROUP: Final = ApiSpec("JoinGroup", 11, 5, 9, 6)
+HEARTBEAT: Final = ApiSpec("Heartbeat", 12, 3, 4, 4)
+LEAVE_GROUP: Final = ApiSpec("LeaveGroup", 13, 3, 5, 4)
+SYNC_GROUP: Final = ApiSpec("SyncGroup", 14, 3, 5, 4)
 FETCH_KEY: Final = 1  # reported by ``overview`` only; the Fetch codec lives with timestamp sampling
 
 REPORTED_APIS: Final[Mapping[str, int]] = {

@@ -12,24 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from klag_pipeline.kafka.protocol import ApiSpec, Reader, Writer
+from klag_pipeline.kafka.protocol.primitives import Reader, Writer
+from klag_pipeline.kafka.protocol.versions import HEARTBEAT, JOIN_GROUP, LEAVE_GROUP, SYNC_GROUP
 from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
 
 PROTOCOL_TYPE: Final = LEADERSHIP_PROTOCOL_TYPE
 PROTOCOL_NAME: Final = "klag-pipeline-leader-v1"
-
-# Version ranges implemented here (Kafka 2.3+; 4.x removed JoinGroup v0-v1 only).
-JOIN_GROUP: Final = ApiSpec("JoinGroup", 11, 5, 9, 6)
-HEARTBEAT: Final = ApiSpec("Heartbeat", 12, 3, 4, 4)
-LEAVE_GROUP: Final = ApiSpec("LeaveGroup", 13, 3, 5, 4)
-SYNC_GROUP: Final = ApiSpec("SyncGroup", 14, 3, 5, 4)
-
-# The error codes of these APIs that the member acts on (the rest are failures).
-ILLEGAL_GENERATION: Final = 22
-UNKNOWN_MEMBER_ID: Final = 25
-INVALID_SESSION_TIMEOUT: Final = 26
-REBALANCE_IN_PROGRESS: Final = 27
-MEMBER_ID_REQUIRED: Final = 79
 
 
 class _Writer(Writer):
