@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from klag_pipeline.leadership.provider import NotLeader
+from klag_pipeline.pipeline.chain import Stage
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
-class StandbyGate:
+class StandbyGate(Generic[In, Out]):
     """Wraps a pipeline's first stage: while this instance is a standby, cycles stop here.
 
     A skipped cycle raises :class:`NotLeader` (the pipeline drops it without counting a failure)
@@ -16,14 +20,17 @@ class StandbyGate:
     """
 
     def __init__(
-        self, stage: Any, is_leader: Callable[[], bool], on_skipped: Callable[[], None]
+        self,
+        stage: Stage[In, Out],
+        is_leader: Callable[[], bool],
+        on_skipped: Callable[[], None],
     ) -> None:
         self.stage = stage
-        self.name: str = stage.name
+        self.name = stage.name
         self._is_leader = is_leader
         self._on_skipped = on_skipped
 
-    async def process(self, event: Any) -> Any:
+    async def process(self, event: In) -> Out:
         if not self._is_leader():
             self._on_skipped()
             raise NotLeader("standby: collection runs on the leader only")
