@@ -89,63 +89,24 @@ class SelfMetrics:
         self._generation = 0
         self._rendered: dict[bool, tuple[int, bytes]] = {}
         registry = self.registry
-        self._stage_errors = Counter(
-            *_declaration(STAGE_ERRORS),
-            registry=registry,
-        )
-        self._cycles = Counter(
-            *_declaration(CYCLES),
-            registry=registry,
-        )
-        self._partial_failures = Counter(
-            *_declaration(PARTIAL_FAILURES),
-            registry=registry,
-        )
-        self._ticks_skipped = Counter(
-            *_declaration(TICKS_SKIPPED),
-            registry=registry,
-        )
-        self._dropped = Counter(
-            *_declaration(SINK_DROPPED),
-            registry=registry,
-        )
-        self._sink_errors = Counter(
-            *_declaration(SINK_ERRORS),
-            registry=registry,
-        )
-        self._cache_hits = Counter(
-            *_declaration(CACHE_HITS),
-            registry=registry,
-        )
-        self._cache_misses = Counter(
-            *_declaration(CACHE_MISSES),
-            registry=registry,
-        )
-        self._requests = Counter(
-            *_declaration(KAFKA_REQUESTS),
-            registry=registry,
-        )
+        self._stage_errors = Counter(*_declaration(STAGE_ERRORS), registry=registry)
+        self._cycles = Counter(*_declaration(CYCLES), registry=registry)
+        self._partial_failures = Counter(*_declaration(PARTIAL_FAILURES), registry=registry)
+        self._ticks_skipped = Counter(*_declaration(TICKS_SKIPPED), registry=registry)
+        self._dropped = Counter(*_declaration(SINK_DROPPED), registry=registry)
+        self._sink_errors = Counter(*_declaration(SINK_ERRORS), registry=registry)
+        self._cache_hits = Counter(*_declaration(CACHE_HITS), registry=registry)
+        self._cache_misses = Counter(*_declaration(CACHE_MISSES), registry=registry)
+        self._requests = Counter(*_declaration(KAFKA_REQUESTS), registry=registry)
         self._request_seconds = Histogram(
             *_declaration(KAFKA_REQUEST_DURATION),
             buckets=REQUEST_DURATION_BUCKETS,
             registry=registry,
         )
-        self._throttled = Counter(
-            *_declaration(KAFKA_THROTTLED),
-            registry=registry,
-        )
-        self._throttle_seconds = Counter(
-            *_declaration(KAFKA_THROTTLE_SECONDS),
-            registry=registry,
-        )
-        self._carried = Gauge(
-            *_declaration(CARRIED_ROWS),
-            registry=registry,
-        )
-        self._carried_groups = Gauge(
-            *_declaration(CARRIED_GROUPS),
-            registry=registry,
-        )
+        self._throttled = Counter(*_declaration(KAFKA_THROTTLED), registry=registry)
+        self._throttle_seconds = Counter(*_declaration(KAFKA_THROTTLE_SECONDS), registry=registry)
+        self._carried = Gauge(*_declaration(CARRIED_ROWS), registry=registry)
+        self._carried_groups = Gauge(*_declaration(CARRIED_GROUPS), registry=registry)
         self._queues = _QueueDepths()
         self._leadership: LeadershipMetrics | None = None
 
@@ -264,18 +225,9 @@ class LeadershipMetrics:
         self._metrics = metrics
         self._provider = provider
         registry = metrics.registry
-        self._leader = Gauge(
-            *_declaration(LEADER),
-            registry=registry,
-        )
-        self._transitions = Counter(
-            *_declaration(LEADERSHIP_TRANSITIONS),
-            registry=registry,
-        )
-        self._errors = Counter(
-            *_declaration(LEADERSHIP_ERRORS),
-            registry=registry,
-        )
+        self._leader = Gauge(*_declaration(LEADER), registry=registry)
+        self._transitions = Counter(*_declaration(LEADERSHIP_TRANSITIONS), registry=registry)
+        self._errors = Counter(*_declaration(LEADERSHIP_ERRORS), registry=registry)
         self._leader.labels(provider).set(0)
         self._errors.labels(provider)
         metrics._generation += 1
