@@ -143,6 +143,7 @@ class Exporter:
             exporter,
             self.clock,
             long_running=True,
+            evaluate=True,
             on_cycle_start=attempted,
             cache_lookup=self.self_metrics.cache_lookup,
         )

@@ -84,13 +84,15 @@ class ClusterPipeline:
             runner.add(f"{name}.{link.stage.name}", _stage_task(link, self))
         runner.add(f"{name}.publish", lambda: self._publish_all(publish, on_done))
 
-    def deadline(self, event: CycleEvent) -> float:
+    def deadline(self, event: CycleEvent | ClusterSnapshot) -> float:
         """When the event's cycle must be done: ``poll_interval`` after it started.
 
         The event loop's clock is time.monotonic, the same clock CycleStarted records. A tick
         may have waited in the tick channel; its cycle starts when discovery takes it (and
         discovery re-stamps it), so the first stage's deadline counts from now."""
-        if isinstance(event, CycleStarted):
+        if isinstance(event, CycleStarted | ClusterSnapshot):
+            # A finished cycle's snapshot (the evaluation's input) has had its cycle; the
+            # evaluation, bounded CPU work, gets a poll interval of its own.
             return self._clock.monotonic() + self._poll_interval
         return event.start.started_monotonic + self._poll_interval
 

@@ -1,7 +1,7 @@
 """A cluster's collection chain, typed end to end: ``CycleStarted`` → ``ClusterSnapshot``.
 
-discovery → committed offsets → watermarks → timestamps → calculation. Committed offsets are
-read before watermarks so lag cannot go negative through a race (docs/pipeline.md). The
+discovery → committed offsets → watermarks → timestamps → calculation (→ evaluation). Committed
+offsets are read before watermarks so lag cannot go negative through a race (docs/pipeline.md). The
 exporter wires this chain with channels; ``once`` runs it directly. A stage whose input is not the
 previous stage's output does not type-check here (:class:`klag_pipeline.pipeline.chain.Chain`).
 """
@@ -20,6 +20,7 @@ from klag_pipeline.snapshot import ClusterSnapshot
 from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import DiscoveryStage
+from klag_pipeline.stages.evaluation import EvaluationStage
 from klag_pipeline.stages.timestamps import CacheLookup, TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 
@@ -33,6 +34,7 @@ def collection_chain(
     clock: TimeSource,
     *,
     long_running: bool,
+    evaluate: bool = False,
     on_cycle_start: Callable[[], None] | None = None,
     cache_lookup: CacheLookup | None = None,
 ) -> CollectionChain:
@@ -40,9 +42,10 @@ def collection_chain(
 
     ``long_running``: the exporter's chain remembers across cycles for ``staleness_threshold``
     (vanished groups are asked about again, values a cycle could not read are carried); a
-    one-shot chain (``once``) has no previous cycle to remember."""
+    one-shot chain (``once``) has no previous cycle to remember. ``evaluate``: end with the
+    evaluation stage (when ``[exporter.health]`` is enabled), which needs several cycles."""
     remember_for = exporter.staleness_threshold if long_running else 0.0
-    return (
+    chain = (
         Chain.of(
             DiscoveryStage(
                 client,
@@ -61,3 +64,6 @@ def collection_chain(
         )
         .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
     )
+    if evaluate and exporter.health.enabled:
+        chain = chain.then(EvaluationStage(exporter.health, exporter.poll_interval))
+    return chain

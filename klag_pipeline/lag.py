@@ -6,6 +6,7 @@ No I/O and no asyncio, aiokafka or aiohttp: everything here is a function of one
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -181,15 +182,28 @@ def _summary(
     *,
     sampling: bool,
 ) -> GroupSummary:
-    topic_sum: dict[str, int] = {}
-    for row in rows:
-        topic_sum[row.topic] = topic_sum.get(row.topic, 0) + row.lag
-    return GroupSummary(
+    described = GroupSummary(
         group=group,
         state=description.state if description is not None else GroupState.UNKNOWN,
         protocol_type=description.protocol_type if description is not None else "",
         group_type=description.group_type if description is not None else "",
         member_count=len(description.members) if description is not None else 0,
+        max_lag=0,
+        max_lag_seconds=None,
+        sum_lag=0,
+        topic_sum_lag=MappingProxyType({}),
+    )
+    return summarise(described, rows, sampling=sampling)
+
+
+def summarise(summary: GroupSummary, rows: list[PartitionRow], *, sampling: bool) -> GroupSummary:
+    """``summary`` with its lag aggregates recomputed from ``rows`` (state and members kept):
+    the group after some of its rows were left out (the evaluation's ``drop_abandoned``)."""
+    topic_sum: dict[str, int] = {}
+    for row in rows:
+        topic_sum[row.topic] = topic_sum.get(row.topic, 0) + row.lag
+    return dataclasses.replace(
+        summary,
         max_lag=max((row.lag for row in rows), default=0),
         max_lag_seconds=max_lag_seconds(rows, sampling=sampling),
         sum_lag=sum(row.lag for row in rows),

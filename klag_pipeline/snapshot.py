@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from klag_pipeline.health.model import ClusterHealth
 from klag_pipeline.model import GroupState, TopicPartition
 
 
@@ -94,6 +95,9 @@ class ClusterSnapshot:
     error_count: int  # partial failures met during the cycle
     carried_rows: int = 0  # rows repeated from an earlier cycle (no trustworthy answer this one)
     carried_groups: int = 0  # groups whose summary was repeated from an earlier cycle
+    health: ClusterHealth | None = None
+    """The evaluation stage's rates, catch-up times and statuses (None: health is disabled, or
+    a one-cycle ``once``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,20 @@ class LeadershipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """``[exporter.health]``: the evaluation stage (docs/health.md)."""
+
+    enabled: bool = True
+    window: float = 300.0  # rates and trends over this many seconds of observations
+    stalled_after: float = 300.0  # members present, lag > 0, commit unmoved this long: STALLED
+    stopped_after: float = 300.0  # no members, lag > 0, commit unmoved this long: STOPPED
+    abandoned_after: float = 600.0  # members on other topics only, commit unmoved this long
+    drop_abandoned: bool = False  # leave abandoned group-topics out of the lag families
+    max_lag_seconds: float = 0.0  # group LAGGING above this time lag; 0: no threshold
+    max_catch_up_seconds: float = 0.0  # group LAGGING above this catch-up time; 0: none
+
+
+@dataclass(frozen=True, slots=True)
 class ExporterSettings:
     poll_interval: float = 30.0
     http_host: str = "0.0.0.0"
@@ -98,6 +112,7 @@ class ExporterSettings:
     http: HttpSettings = field(default_factory=HttpSettings)
     performance: PerformanceSettings = field(default_factory=PerformanceSettings)
     leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from klag_pipeline.errors import KlagError
 from klag_pipeline.events import CycleEvent
 from klag_pipeline.pipeline.chain import Stage
 from klag_pipeline.pipeline.channel import Channel
+from klag_pipeline.snapshot import ClusterSnapshot
 
-E = TypeVar("E", bound=CycleEvent)
+E = TypeVar("E", bound=CycleEvent | ClusterSnapshot)
 R = TypeVar("R")
 
 StageFailed = Callable[[str, int, str, KlagError], None]

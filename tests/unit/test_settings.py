@@ -73,11 +73,19 @@ def test_reference_file_mentions_every_schema_key() -> None:
         TimestampSamplingSettings(),
         PerformanceSettings(),
         LeadershipSettings(),
-        *(getattr(ExporterSettings(), name) for name in ("otel", "jsonl", "http")),
+        *(getattr(ExporterSettings(), name) for name in ("otel", "jsonl", "http", "health")),
     )
     expected = {name for section in sections for name in section.__dataclass_fields__}
     expected |= set(ClusterSettings.__dataclass_fields__)
-    nested = {"timestamp_sampling", "otel", "jsonl", "http", "performance", "leadership"}
+    nested = {
+        "timestamp_sampling",
+        "otel",
+        "jsonl",
+        "http",
+        "performance",
+        "leadership",
+        "health",
+    }
     assert expected - nested - written == set()
 
 

@@ -33,6 +33,14 @@ DURATIONS: Final[dict[str, tuple[float, float]]] = {
     "exporter.leadership.lease_duration": (1.0, _HOUR),
     "exporter.leadership.renew_deadline": (0.1, _HOUR),
     "exporter.leadership.retry_period": (0.1, 10 * _MINUTE),
+    # Also at least 2 × poll_interval (checked by the loader).
+    "exporter.health.window": (0.2, _DAY),
+    "exporter.health.stalled_after": (0.1, 7 * _DAY),
+    "exporter.health.stopped_after": (0.1, 7 * _DAY),
+    "exporter.health.abandoned_after": (0.1, 30 * _DAY),
+    # 0s: no threshold.
+    "exporter.health.max_lag_seconds": (0.0, 30 * _DAY),
+    "exporter.health.max_catch_up_seconds": (0.0, 30 * _DAY),
 }
 
 COUNTS: Final[dict[str, tuple[int, int]]] = {

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, Final, get_args
 
 from klag_pipeline.settings.durations import format_duration
+from klag_pipeline.settings.loader.health import health_settings
 from klag_pipeline.settings.loader.ranges import COUNTS, DURATIONS, MIN_ROTATE_BYTES
 from klag_pipeline.settings.loader.sections import (
     Context,
@@ -132,6 +133,7 @@ def _exporter(s: Section) -> ExporterSettings:
         http=_http(s.table("http")),
         performance=_performance(s.table("performance", _PERFORMANCE_COMPAT)),
         leadership=_leadership(s.table("leadership")),
+        health=health_settings(s.table("health"), poll_interval),
     )
     s.finish()
     return exporter

@@ -1,0 +1,286 @@
+"""The evaluation's memory across cycles and the per-snapshot evaluation (no I/O, no asyncio).
+
+State per (group, topic, partition): the observations of the last ``window`` seconds (at most
+``window / poll_interval`` + 2 of them), when its committed offset last moved and when it was first
+seen. Per partition of a kept topic: its high watermark observations over the same window. Per
+group: the last state and the rebalance count. Everything a snapshot no longer contains is
+dropped with it, so memory follows what exists, O(window samples) per partition.
+
+Times are the snapshots' ``observed_at`` (unix seconds): a wall-clock jump shows as one odd rate
+for one window; commit ages are "since the exporter first saw it" after a start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from klag_pipeline import lag
+from klag_pipeline.health.model import (
+    ClusterHealth,
+    GroupHealth,
+    GroupTopicHealth,
+    PartitionHealth,
+    Rates,
+    Status,
+)
+from klag_pipeline.health.rules import (
+    Observation,
+    Thresholds,
+    catch_up_seconds,
+    partition_status,
+    rates,
+    worst,
+)
+from klag_pipeline.model import GroupState, TopicPartition
+from klag_pipeline.settings.schema import HealthSettings
+from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionRow
+
+REBALANCING: frozenset[GroupState] = frozenset(
+    {
+        GroupState.PREPARING_REBALANCE,
+        GroupState.COMPLETING_REBALANCE,
+        GroupState.ASSIGNING,
+        GroupState.RECONCILING,
+    }
+)
+
+RowKey = tuple[str, TopicPartition]
+
+
+@dataclass(slots=True)
+class _RowMemory:
+    observations: deque[Observation]
+    first_seen: float
+    last_moved: float | None = None
+
+
+@dataclass(slots=True)
+class _GroupMemory:
+    state: GroupState
+    rebalances: int = 0
+    last_rebalance_at: float | None = None
+
+
+class Evaluator:
+    """Feed it every snapshot of one cluster, in order; it returns each one's evaluation."""
+
+    def __init__(self, settings: HealthSettings, poll_interval: float) -> None:
+        self._settings = settings
+        self._window = settings.window
+        self._max_samples = math.ceil(settings.window / poll_interval) + 2
+        self._thresholds = Thresholds(settings.stalled_after, settings.stopped_after)
+        self._rows: dict[RowKey, _RowMemory] = {}
+        self._highs: dict[TopicPartition, deque[tuple[float, int]]] = {}
+        self._groups: dict[str, _GroupMemory] = {}
+
+    def evaluate(self, snapshot: ClusterSnapshot) -> ClusterSnapshot:
+        """``snapshot`` with its ``health`` (and, with ``drop_abandoned``, without the rows of
+        abandoned group-topics)."""
+        now = snapshot.observed_at
+        members = {g.group: g.member_count > 0 for g in snapshot.groups}
+        partitions: dict[RowKey, PartitionHealth] = {}
+        seen: set[RowKey] = set()
+        for row in snapshot.rows:
+            key = (row.group, row.topic_partition)
+            seen.add(key)
+            memory = self._remember(key, row, now)
+            partitions[key] = self._partition(row, memory, now, members.get(row.group, False))
+        for key in self._rows.keys() - seen:
+            del self._rows[key]
+        produce = self._produce_rates(snapshot, now)
+        topics = self._topics(snapshot, partitions)
+        groups = self._groups_health(snapshot, partitions, now)
+        health = ClusterHealth(
+            window_seconds=self._window,
+            partitions=MappingProxyType(partitions),
+            topics=MappingProxyType(topics),
+            groups=MappingProxyType(groups),
+            produce_rates=MappingProxyType(produce),
+        )
+        if self._settings.drop_abandoned and any(t.abandoned for t in topics.values()):
+            return _without_abandoned(snapshot, health)
+        return dataclasses.replace(snapshot, health=health)
+
+    # -- per partition ------------------------------------------------------------------------
+
+    def _remember(self, key: RowKey, row: PartitionRow, now: float) -> _RowMemory:
+        memory = self._rows.get(key)
+        if memory is None:
+            memory = self._rows[key] = _RowMemory(deque(maxlen=self._max_samples), now)
+        history = memory.observations
+        # A carried row repeats last cycle's values: not an observation of this one.
+        if not row.carried and (not history or history[-1].at < now):
+            if history and history[-1].committed != row.committed:
+                memory.last_moved = now
+            judged = row.consumable_lag if row.consumable_lag is not None else row.lag
+            history.append(Observation(now, row.committed, row.high, judged))
+        while history and history[0].at < now - self._window:
+            history.popleft()
+        return memory
+
+    def _partition(
+        self, row: PartitionRow, memory: _RowMemory, now: float, members: bool
+    ) -> PartitionHealth:
+        window = tuple(memory.observations)
+        observed = rates(window)
+        since = memory.last_moved if memory.last_moved is not None else memory.first_seen
+        commit_age = max(0.0, now - since)
+        status, reason = partition_status(
+            window,
+            members=members,
+            commit_age=commit_age,
+            seen_moving=memory.last_moved is not None,
+            thresholds=self._thresholds,
+        )
+        current = window[-1].lag if window else row.lag
+        return PartitionHealth(
+            rates=observed,
+            catch_up_seconds=catch_up_seconds(current, observed),
+            commit_age_seconds=commit_age,
+            status=status,
+            reason=reason,
+        )
+
+    def _produce_rates(self, snapshot: ClusterSnapshot, now: float) -> dict[TopicPartition, float]:
+        produce: dict[TopicPartition, float] = {}
+        present = set()
+        for offsets in snapshot.partitions:
+            tp = TopicPartition(offsets.topic, offsets.partition)
+            present.add(tp)
+            history = self._highs.get(tp)
+            if history is None:
+                history = self._highs[tp] = deque(maxlen=self._max_samples)
+            if not history or history[-1][0] < now:
+                history.append((now, offsets.high))
+            while history and history[0][0] < now - self._window:
+                history.popleft()
+            if len(history) >= 2 and history[-1][0] > history[0][0]:
+                (t0, h0), (t1, h1) = history[0], history[-1]
+                produce[tp] = (h1 - h0) / (t1 - t0)
+        for tp in self._highs.keys() - present:
+            del self._highs[tp]
+        return produce
+
+    # -- per group-topic and group -----------------------------------------------------------
+
+    def _topics(
+        self, snapshot: ClusterSnapshot, partitions: Mapping[RowKey, PartitionHealth]
+    ) -> dict[tuple[str, str], GroupTopicHealth]:
+        summaries = {g.group: g for g in snapshot.groups}
+        by_topic: dict[tuple[str, str], list[tuple[PartitionRow, PartitionHealth]]] = {}
+        for row in snapshot.rows:
+            key = (row.group, row.topic_partition)
+            by_topic.setdefault((row.group, row.topic), []).append((row, partitions[key]))
+        topics = {}
+        for (group, topic), entries in by_topic.items():
+            summary = summaries.get(group)
+            age = min(h.commit_age_seconds for _, h in entries)
+            active = (
+                summary is not None
+                and summary.member_count > 0
+                and summary.state is GroupState.STABLE
+            )
+            assigned = any(row.consumer_id for row, _ in entries)
+            topics[(group, topic)] = GroupTopicHealth(
+                consume_rate=_sum(h.rates.consume for _, h in entries),
+                lag_velocity=_sum(h.rates.lag_velocity for _, h in entries),
+                commit_age_seconds=age,
+                abandoned=active and not assigned and age >= self._settings.abandoned_after,
+            )
+        return topics
+
+    def _groups_health(
+        self,
+        snapshot: ClusterSnapshot,
+        partitions: Mapping[RowKey, PartitionHealth],
+        now: float,
+    ) -> dict[str, GroupHealth]:
+        by_group: dict[str, list[PartitionHealth]] = {}
+        for (group, _), health in partitions.items():
+            by_group.setdefault(group, []).append(health)
+        groups = {}
+        for summary in snapshot.groups:
+            memory = self._rebalance_memory(summary, now)
+            entries = by_group.get(summary.group, [])
+            status, reason = _group_status(summary, entries, self._settings)
+            groups[summary.group] = GroupHealth(
+                status=status,
+                reason=reason,
+                consume_rate=_sum(h.rates.consume for h in entries),
+                lag_velocity=_sum(h.rates.lag_velocity for h in entries),
+                max_catch_up_seconds=_max_catch_up(h.catch_up_seconds for h in entries),
+                rebalances=memory.rebalances,
+                last_rebalance_at=memory.last_rebalance_at,
+            )
+        for group in self._groups.keys() - groups.keys():
+            del self._groups[group]
+        return groups
+
+    def _rebalance_memory(self, summary: GroupSummary, now: float) -> _GroupMemory:
+        memory = self._groups.get(summary.group)
+        if memory is None:
+            # A group first seen mid-rebalance: that transition was not observed.
+            memory = self._groups[summary.group] = _GroupMemory(summary.state)
+            return memory
+        if summary.state in REBALANCING and memory.state not in REBALANCING:
+            memory.rebalances += 1
+            memory.last_rebalance_at = now
+        memory.state = summary.state
+        return memory
+
+
+def _group_status(
+    summary: GroupSummary, entries: list[PartitionHealth], settings: HealthSettings
+) -> tuple[Status, str]:
+    if not entries:
+        return Status.UNKNOWN, "no committed offsets"
+    status = worst([h.status for h in entries])
+    reason = next((h.reason for h in entries if h.status is status), "")
+    if status < Status.LAGGING:
+        limit = settings.max_lag_seconds
+        if limit > 0 and summary.max_lag_seconds is not None and summary.max_lag_seconds > limit:
+            return Status.LAGGING, f"time lag {summary.max_lag_seconds:.0f}s over {limit:.0f}s"
+        catch_up = _max_catch_up(h.catch_up_seconds for h in entries)
+        limit = settings.max_catch_up_seconds
+        if limit > 0 and catch_up is not None and catch_up > limit:
+            shown = "never" if math.isinf(catch_up) else f"{catch_up:.0f}s"
+            return Status.LAGGING, f"catch-up time {shown} over {limit:.0f}s"
+    return status, reason
+
+
+def _sum(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _max_catch_up(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def _without_abandoned(snapshot: ClusterSnapshot, health: ClusterHealth) -> ClusterSnapshot:
+    abandoned = {key for key, topic in health.topics.items() if topic.abandoned}
+    rows = tuple(r for r in snapshot.rows if (r.group, r.topic) not in abandoned)
+    by_group: dict[str, list[PartitionRow]] = {}
+    for row in rows:
+        by_group.setdefault(row.group, []).append(row)
+    groups = tuple(
+        lag.summarise(g, by_group.get(g.group, []), sampling=snapshot.timestamp_sampling)
+        for g in snapshot.groups
+    )
+    return dataclasses.replace(
+        snapshot,
+        rows=rows,
+        groups=groups,
+        compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
+        data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
+        health=dataclasses.replace(health, dropped_rows=len(snapshot.rows) - len(rows)),
+    )
+
+
+__all__ = ["Evaluator", "Rates"]

@@ -1,0 +1,135 @@
+"""The status rule table (docs/health.md), as pure functions of a partition's observations.
+
+Rules, first match wins, for one (group, topic, partition) over the window (oldest first):
+
+| # | condition | status |
+|---|---|---|
+| 1 | fewer than two observations | UNKNOWN |
+| 2 | the committed offset moved backwards between two observations of the window | REWOUND |
+| 3 | lag now is 0 (consumable lag where known: transaction markers do not count) | OK |
+| 4 | no members, lag grew across the window | STOPPED |
+| 5 | no members, commits older than ``stopped_after`` | STOPPED |
+| 6 | no members, commit not yet seen moving, seen for less than ``stopped_after`` | UNKNOWN |
+| 7 | no members otherwise (a batch consumer between runs, on a quiet topic) | OK |
+| 8 | members present, commits older than ``stalled_after`` | STALLED |
+| 9 | members present, commit not yet seen moving, seen for less than ``stalled_after`` | UNKNOWN |
+| 10 | lag grew across the window (last > first and the least-squares slope > 0) | LAGGING |
+| 11 | otherwise | OK |
+
+Why these get right what Burrow gets wrong: status is decided on the *current* lag and the
+commit age, never on "lag was 0 once in the window" (a group that caught up and then stopped is
+STOPPED once lag grows or its commits age); a caught-up group on an idle topic is OK by rule 3
+whatever its commits do; a quiet topic cannot make a group STALLED because rule 8 needs lag > 0
+(records waiting) *and* a committed offset that has not moved for ``stalled_after``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from klag_pipeline.health.model import Rates, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One cycle's values of a (group, topic, partition): ``at`` in unix seconds."""
+
+    at: float
+    committed: int
+    high: int
+    lag: int  # the lag the rules judge: consumable lag where known, else offset lag
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    stalled_after: float
+    stopped_after: float
+
+
+def rates(observations: Sequence[Observation]) -> Rates:
+    """Rates from the oldest to the newest observation; None with fewer than two (or no time
+    between them)."""
+    if len(observations) < 2:
+        return Rates(None, None, None)
+    first, last = observations[0], observations[-1]
+    span = last.at - first.at
+    if span <= 0:
+        return Rates(None, None, None)
+    return Rates(
+        consume=(last.committed - first.committed) / span,
+        produce=(last.high - first.high) / span,
+        lag_velocity=(last.lag - first.lag) / span,
+    )
+
+
+def catch_up_seconds(lag: int, observed: Rates) -> float | None:
+    """Seconds until the lag is consumed at current rates: 0 with no lag, +inf when the consumer
+    does not gain on the producer, None when the rates are unknown."""
+    if lag <= 0:
+        return 0.0
+    if observed.consume is None or observed.produce is None:
+        return None
+    gain = observed.consume - observed.produce
+    return lag / gain if gain > 0 else float("inf")
+
+
+def _slope(observations: Sequence[Observation]) -> float:
+    n = len(observations)
+    mean_t = sum(o.at for o in observations) / n
+    mean_l = sum(o.lag for o in observations) / n
+    var = sum((o.at - mean_t) ** 2 for o in observations)
+    if var == 0:
+        return 0.0
+    return sum((o.at - mean_t) * (o.lag - mean_l) for o in observations) / var
+
+
+def partition_status(
+    observations: Sequence[Observation],
+    *,
+    members: bool,
+    commit_age: float,
+    seen_moving: bool,
+    thresholds: Thresholds,
+) -> tuple[Status, str]:
+    """The status of one partition and its reason (see the table at the top).
+
+    ``commit_age``: seconds since the committed offset last moved, or since it was first seen
+    when it has not moved since (``seen_moving`` False)."""
+    if len(observations) < 2:
+        return Status.UNKNOWN, f"{len(observations)} of 2 observations needed"
+    for before, after in itertools.pairwise(observations):
+        if after.committed < before.committed:
+            return Status.REWOUND, (
+                f"committed offset moved back from {before.committed} to {after.committed}"
+            )
+    first, last = observations[0], observations[-1]
+    if last.lag <= 0:
+        return Status.OK, "caught up"
+    grew = last.lag > first.lag
+    age = round(commit_age)
+    if not members:
+        if grew:
+            return Status.STOPPED, f"no members; lag grew from {first.lag} to {last.lag}"
+        if commit_age >= thresholds.stopped_after:
+            return Status.STOPPED, f"no members; lag {last.lag}; no commit for {age}s"
+        if not seen_moving:
+            return Status.UNKNOWN, f"no members; lag {last.lag}; watched {age}s so far"
+        return Status.OK, f"no members; lag {last.lag} steady; last commit {age}s ago"
+    if commit_age >= thresholds.stalled_after:
+        return Status.STALLED, (
+            f"committed offset {last.committed} unchanged for {age}s with lag {last.lag}"
+        )
+    if not seen_moving:
+        return Status.UNKNOWN, f"lag {last.lag}; commit not seen moving in {age}s so far"
+    if grew and _slope(observations) > 0:
+        return Status.LAGGING, f"lag grew from {first.lag} to {last.lag}"
+    return Status.OK, "consuming"
+
+
+def worst(statuses: Sequence[Status]) -> Status:
+    """A group's status from its partitions': the most severe known one; UNKNOWN only when
+    nothing is known."""
+    known = [s for s in statuses if s is not Status.UNKNOWN]
+    return max(known) if known else Status.UNKNOWN
