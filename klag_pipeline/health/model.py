@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from klag_pipeline.model import TopicPartition
 
@@ -26,9 +27,9 @@ class Status(IntEnum):
     STOPPED = 4  # no members, lag > 0, and lag growing or commits older than stopped_after
 
 
-@dataclass(frozen=True, slots=True)
-class Rates:
-    """Per-second rates over the window; None when fewer than two observations exist."""
+class Rates(NamedTuple):
+    """Per-second rates over the window; None when fewer than two observations exist. (A tuple:
+    one is made per row per cycle.)"""
 
     consume: float | None  # committed offset advance per second
     produce: float | None  # high watermark advance per second

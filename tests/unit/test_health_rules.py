@@ -144,3 +144,15 @@ def test_status_codes_are_the_documented_ones() -> None:
         "STALLED": 3,
         "STOPPED": 4,
     }
+
+
+def test_a_spike_that_fell_back_is_not_lagging() -> None:
+    # Lag 100, 300, 250, 50, 120 at t = 0..240: last > first, but the least-squares slope is
+    # Σ(t−t̄)(l−l̄)/Σ(t−t̄)² = (−2·−64 − 1·136 + 0 + 1·−114 + 2·−44)·60 / (10·3600) < 0.
+    points = [
+        Observation(60.0 * i, committed, committed + lag, lag)
+        for i, (committed, lag) in enumerate([(0, 100), (10, 300), (20, 250), (30, 50), (40, 120)])
+    ]
+    assert status(points) is Status.OK
+    rising = [*points[:-1], Observation(240.0, 40, 440, 400)]
+    assert status(rising) is Status.LAGGING
