@@ -389,3 +389,25 @@ def test_store_keeps_the_latest_snapshot_per_cluster() -> None:
     store.apply(ClusterWithdrawn("prod", "standby"))  # twice is harmless
     assert store.get("prod") is None
     assert store.entries() == []
+
+
+async def test_group_commit_age_is_the_freshest_of_its_topics(served: Served) -> None:
+    snapshot = scenario()
+    assert snapshot.health is not None
+    topics = {**snapshot.health.topics, ("paid", "u"): GroupTopicHealth(None, None, 10.0, True)}
+    paid = replace(snapshot.groups[0], topic_sum_lag={"t": 0, "u": 0})
+    served.store.apply(
+        replace(
+            snapshot,
+            groups=(paid, *snapshot.groups[1:]),
+            health=replace(snapshot.health, topics=topics),
+        )
+    )
+    listed = (await served.json("/api/v1/clusters/prod/groups"))["groups"]
+    assert [g["commit_age_seconds"] for g in listed if g["group"] == "paid"] == [10.0]
+    detail = await served.json("/api/v1/clusters/prod/groups/paid")
+    assert detail["commit_age_seconds"] == 10.0
+    assert [(t["topic"], t["commit_age_seconds"], t["abandoned"]) for t in detail["topics"]] == [
+        ("t", 4000.0, False),
+        ("u", 10.0, True),
+    ]
