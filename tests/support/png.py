@@ -45,12 +45,12 @@ def read_png(data: bytes) -> Image:
     colours: set[tuple[int, int, int]] = set()
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        filter_type, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             left = line[i - channels] if i >= channels else 0
             up = previous[i]
             upper_left = previous[i - channels] if i >= channels else 0
-            predictor = (0, left, up, (left + up) // 2, _paeth(left, up, upper_left))[kind]
+            predictor = (0, left, up, (left + up) // 2, _paeth(left, up, upper_left))[filter_type]
             line[i] = (line[i] + predictor) & 0xFF
         colours.update((line[x], line[x + 1], line[x + 2]) for x in range(0, stride, channels))
         previous = line
