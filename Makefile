@@ -30,6 +30,11 @@ system-deps:
 	  echo "installing MIT Kerberos (KDC, admin tools, libkrb5-dev) from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq krb5-kdc krb5-admin-server libkrb5-dev; \
 	fi
+	@# Headless Chromium for the status page test (tests/integration/test_status_page_browser.py).
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Chromium and its driver from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 # Download the pinned Apache Kafka jars from Maven Central into the user cache (once).
 kafka: install system-deps

@@ -28,6 +28,7 @@ from klag_pipeline.settings.redaction import redact_settings
 from klag_pipeline.settings.schema import ClusterSettings, Settings
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
+from klag_pipeline.sinks.snapshots import SnapshotStore
 from klag_pipeline.snapshot import SinkUpdate
 from klag_pipeline.staleness import watch_staleness
 from klag_pipeline.standby import LeadershipGate
@@ -76,7 +77,13 @@ class Exporter:
             self.self_metrics,
             cluster_labels=self._cluster_labels(),
         )
-        self.sinks: list[Sink] = [self.prometheus, *self._configured_sinks(), *extra_sinks]
+        self.snapshot_store = SnapshotStore()  # what /api/v1 and the / page show
+        self.sinks: list[Sink] = [
+            self.prometheus,
+            self.snapshot_store,
+            *self._configured_sinks(),
+            *extra_sinks,
+        ]
         self.snapshots: Channel[SinkUpdate] = Channel(
             exporter.performance.queue_capacity, "snapshots"
         )
@@ -229,6 +236,7 @@ async def serve(
         version=__version__,
         settings_view=redact_settings(settings),
         middlewares=middlewares(http),
+        snapshots=exporter.snapshot_store,
     )
     server = await start_server(
         app, settings.exporter.http_host, settings.exporter.http_port, ssl_context=ssl_context

@@ -1,7 +1,9 @@
 """The HTTP endpoints of SPEC §7, on aiohttp.
 
-Handlers only read state: ``/metrics`` is the Prometheus sink's cached body, the probes and the
-``/`` page read the :class:`~klag_pipeline.status.StatusBoard`. Nothing here waits on Kafka or on
+Handlers only read state: ``/metrics`` is the Prometheus sink's cached body, the probes read the
+:class:`~klag_pipeline.status.StatusBoard`, the ``/`` page (:mod:`klag_pipeline.status_page`) and
+the JSON API (:mod:`klag_pipeline.http_api`) read it and the
+:class:`~klag_pipeline.sinks.snapshots.SnapshotStore`. Nothing here waits on Kafka or on
 the pipeline, so probes and scrapes answer at once even while a cycle is stuck.
 
 Protection (TLS, basic auth) plugs in through ``middlewares`` and ``ssl_context``; the handlers
@@ -12,11 +14,9 @@ stay unaware of it. Limits against idle, slow and too many clients are in
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from klag_pipeline.errors import KlagError
+from klag_pipeline.http_api import SNAPSHOTS_KEY, add_api_routes
 from klag_pipeline.http_limits import (
     SEND_TIMEOUT_SECONDS,
     ConnectionGuard,
@@ -34,7 +35,9 @@ from klag_pipeline.http_limits import (
     track_requests,
 )
 from klag_pipeline.sinks.prometheus import PrometheusSink
-from klag_pipeline.status import ClusterStatus, StatusBoard
+from klag_pipeline.sinks.snapshots import SnapshotStore
+from klag_pipeline.status import StatusBoard
+from klag_pipeline.status_page import refresh_seconds, render_page
 
 PROMETHEUS_KEY = web.AppKey("prometheus", PrometheusSink)
 STATUS_KEY = web.AppKey("status", StatusBoard)
@@ -103,66 +106,14 @@ async def _leader(request: web.Request) -> web.Response:
     )
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    return f"{seconds:.1f}s ago"
-
-
-def _when(unix: float | None) -> str:
-    if unix is None:
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
-
-
-def _cluster_row(cluster: ClusterStatus) -> str:
-    error = cluster.dead_error or cluster.last_error or ""
-    duration = "-" if cluster.last_duration is None else f"{cluster.last_duration:.3f}s"
-    cells = (
-        cluster.name,
-        cluster.state,
-        _when(cluster.last_success_at),
-        _age(cluster.age_seconds),
-        duration,
-        str(cluster.cycles),
-        str(cluster.consecutive_failures),
-        error,
-    )
-    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
-
-
 async def _index(request: web.Request) -> web.Response:
-    status = request.app[STATUS_KEY]
-    version = html.escape(request.app[VERSION_KEY])
-    healthy, health_reason = status.healthy()
-    ready, ready_reason = status.ready()
-    role = "leader" if status.is_leader else "standby"
-    rows = "\n".join(_cluster_row(cluster) for cluster in status.snapshot())
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>klag-pipeline {version}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
-th{{border-bottom:1px solid #999}}pre{{background:#f4f4f4;padding:1em}}</style></head>
-<body>
-<h1>klag-pipeline {version}</h1>
-<p>Kafka consumer-group lag exporter.
-<a href="/metrics">/metrics</a> · <a href="/health">/health</a> ·
-<a href="/ready">/ready</a> · <a href="/leader">/leader</a></p>
-<p>Role: {html.escape(role)} ({html.escape(status.identity or "-")}) ·
-health: {html.escape(health_reason if not healthy else "ok")} ·
-ready: {html.escape(ready_reason if not ready else "ok")} ·
-up: {1 if status.up() else 0}</p>
-<h2>Clusters</h2>
-<table>
-<tr><th>cluster</th><th>state</th><th>last success (UTC)</th><th>age</th>
-<th>last cycle duration</th><th>cycles</th><th>consecutive failures</th><th>last error</th></tr>
-{rows}
-</table>
-<h2>Settings (secrets redacted)</h2>
-<pre>{html.escape(request.app[SETTINGS_VIEW_KEY])}</pre>
-</body>
-</html>
-"""
+    page = render_page(
+        request.app[STATUS_KEY],
+        request.app[SNAPSHOTS_KEY],
+        version=request.app[VERSION_KEY],
+        settings_view=request.app[SETTINGS_VIEW_KEY],
+        refresh=refresh_seconds(request.query.get("refresh")),
+    )
     return web.Response(text=page, content_type="text/html", headers=_NO_STORE)
 
 
@@ -174,8 +125,12 @@ def build_app(
     settings_view: Mapping[str, object],
     middlewares: Sequence[Middleware] = (),
     send_timeout: float = SEND_TIMEOUT_SECONDS,
+    snapshots: SnapshotStore | None = None,
 ) -> web.Application:
-    """The application serving ``/metrics``, ``/health``, ``/ready``, ``/leader`` and ``/``.
+    """The application serving ``/metrics``, ``/health``, ``/ready``, ``/leader``, ``/`` and the
+    JSON API under ``/api/v1/``.
+
+    ``snapshots`` holds what ``/`` and the API show (an empty store when not given: no groups).
 
     ``settings_view`` must already be redacted; it is shown on ``/``. ``middlewares`` run before
     every handler (the place for authentication). GET routes answer HEAD too; any other method on
@@ -193,6 +148,7 @@ def build_app(
     app.router.add_get("/ready", _ready)
     app.router.add_get("/leader", _leader)
     app.router.add_get("/", _index)
+    add_api_routes(app, snapshots if snapshots is not None else SnapshotStore())
     return app
 
 

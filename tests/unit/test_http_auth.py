@@ -214,3 +214,20 @@ async def test_unloadable_tls_files_are_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"exporter\.http\.tls_cert_file"):
         async with asyncio.timeout(20):
             await app_module.serve(settings, stop=asyncio.Event())
+
+
+async def test_api_and_page_are_behind_the_same_auth(exporter_url: str, tls: TlsFiles) -> None:
+    for path in (
+        "/api/v1/clusters",
+        "/api/v1/clusters/nowhere/groups",
+        "/api/v1/clusters/x/groups/y",
+    ):
+        status, challenge, body = await _get(exporter_url + path, tls.ca_cert, None)
+        assert (status, challenge.startswith("Basic realm=")) == (401, True), path
+        assert "clusters" not in body
+        assert "error" not in body
+    status, _, body = await _get(
+        exporter_url + "/api/v1/clusters", tls.ca_cert, ("prometheus", PASSWORD)
+    )
+    assert status == 200
+    assert body == '{"clusters": []}'  # the cluster never answers, so nothing is published
