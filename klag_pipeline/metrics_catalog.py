@@ -6,7 +6,7 @@ snapshot field each one reads), the self-metrics take their names, help and labe
 ``tests/unit/test_metrics_catalog.py`` checks docs/metrics.md and docs/jsonl.md against it. A new
 family is one entry here plus its line in docs/metrics.md (the test fails without the second).
 
-Over 400 lines on purpose: it is some 40 entries of data, one per family, and splitting them
+Over 400 lines on purpose: it is some 55 entries of data, one per family, and splitting them
 would bring back the several places this catalog replaces.
 
 Pure data on purpose: nothing here imports prometheus_client or OpenTelemetry, so every sink and
@@ -26,11 +26,25 @@ if TYPE_CHECKING:
 
 Kind = Literal["gauge", "counter", "histogram"]
 
-Source = Literal["partition", "row", "group", "cluster", "status", "self"]
+Source = Literal[
+    "partition",
+    "row",
+    "group",
+    "cluster",
+    "produce_rate",
+    "partition_health",
+    "topic_health",
+    "group_health",
+    "status",
+    "self",
+]
 """What feeds a family: ``partition`` a ``PartitionOffsets``, ``row`` a ``PartitionRow``,
 ``group`` a ``GroupSummary``, ``cluster`` the ``ClusterSnapshot`` itself (all from
-klag_pipeline.snapshot); ``status`` the exporter's status board at scrape/export time; ``self``
-the exporter's own counters (telemetry/self_metrics.py)."""
+klag_pipeline.snapshot); from ``ClusterSnapshot.health`` (klag_pipeline/health/model.py, only
+when it is not None): ``produce_rate`` the float of ``ClusterHealth.produce_rates`` (no field),
+``partition_health`` a ``PartitionHealth`` (labelled by its row), ``topic_health`` a
+``GroupTopicHealth``, ``group_health`` a ``GroupHealth``; ``status`` the exporter's status board
+at scrape/export time; ``self`` the exporter's own counters (telemetry/self_metrics.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +294,188 @@ CLUSTER_FAMILIES: Final[tuple[Family, ...]] = (
 )
 """The compatibility families read from cluster snapshots, in exposition order."""
 
+
+def _consumer(
+    name: str,
+    help_: str,
+    labels: LabelSet,
+    unit: str,
+    source: Source,
+    field: str,
+    jsonl: JsonlField,
+    kind: Kind = "gauge",
+) -> Family:
+    granularities = PARTITION_ONLY if labels == GPM else ALL_GRANULARITIES
+    return Family(name, kind, help_, labels, unit, source, field, granularities, jsonl=jsonl)
+
+
+_RATE_WINDOW = "over the [exporter.health] window"
+CONSUMER_FAMILIES: Final[tuple[Family, ...]] = (
+    _consumer(
+        "kafka_consumergroup_group_consume_rate",
+        f"Committed offsets per second of a consumer group partition, {_RATE_WINDOW}.",
+        GPM,
+        "{record}/s",
+        "partition_health",
+        "rates.consume",
+        JsonlField("partition", "consume_rate"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_lag_velocity",
+        f"Change of offset lag per second of a consumer group partition, {_RATE_WINDOW}; "
+        "positive means falling behind.",
+        GPM,
+        "{record}/s",
+        "partition_health",
+        "rates.lag_velocity",
+        JsonlField("partition", "lag_velocity"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_catch_up_seconds",
+        "Catch-up time: seconds until the partition has no lag at current consume and produce "
+        "rates, +Inf when never at these rates (not the time lag, which is the age of the next "
+        "record).",
+        GPM,
+        "s",
+        "partition_health",
+        "catch_up_seconds",
+        JsonlField("partition", "catch_up_seconds"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_partition_status",
+        "Consumer status of a group partition: -1 Unknown, 0 OK, 1 Lagging, 2 Rewound, "
+        "3 Stalled, 4 Stopped.",
+        GPM,
+        "1",
+        "partition_health",
+        "status",
+        JsonlField("partition", "status_code"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_estimated_lag_seconds",
+        "Time lag (age of the record at the committed offset) estimated from the partition's "
+        "high-watermark history; only where it is estimated instead of read.",
+        GPM,
+        "s",
+        "partition_health",
+        "estimated_lag_seconds",
+        JsonlField("partition", "estimated_lag_seconds"),
+    ),
+    _consumer(
+        "kafka_partition_produce_rate",
+        f"High watermark advance per second of a partition, {_RATE_WINDOW}.",
+        P,
+        "{record}/s",
+        "produce_rate",
+        "",
+        JsonlField("partition", "produce_rate"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_topic_sum_consume_rate",
+        f"Committed offsets per second of a consumer group per topic, {_RATE_WINDOW}.",
+        GT,
+        "{record}/s",
+        "topic_health",
+        "consume_rate",
+        JsonlField("group", "topic_sum_consume_rate"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_topic_sum_lag_velocity",
+        f"Change of offset lag per second of a consumer group per topic, {_RATE_WINDOW}; "
+        "positive means falling behind.",
+        GT,
+        "{record}/s",
+        "topic_health",
+        "lag_velocity",
+        JsonlField("group", "topic_sum_lag_velocity"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_topic_commit_age_seconds",
+        "Seconds since the group's committed offset last moved on any partition of the topic "
+        "(measured since the exporter first saw it).",
+        GT,
+        "s",
+        "topic_health",
+        "commit_age_seconds",
+        JsonlField("group", "topic_commit_age_seconds"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_topic_abandoned",
+        "1 when the group has members but none is assigned the topic and its commits on it are "
+        "older than abandoned_after, else 0.",
+        GT,
+        "1",
+        "topic_health",
+        "abandoned",
+        JsonlField("group", "abandoned_topics"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_status",
+        "Consumer status of a group (its most severe partition status, or Lagging above a "
+        "threshold): -1 Unknown, 0 OK, 1 Lagging, 2 Rewound, 3 Stalled, 4 Stopped.",
+        G,
+        "1",
+        "group_health",
+        "status",
+        JsonlField("group", "status_code"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_sum_consume_rate",
+        f"Committed offsets per second of a consumer group, {_RATE_WINDOW}.",
+        G,
+        "{record}/s",
+        "group_health",
+        "consume_rate",
+        JsonlField("group", "consume_rate"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_sum_lag_velocity",
+        f"Change of offset lag per second of a consumer group, {_RATE_WINDOW}; positive means "
+        "falling behind.",
+        G,
+        "{record}/s",
+        "group_health",
+        "lag_velocity",
+        JsonlField("group", "lag_velocity"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_max_catch_up_seconds",
+        "Maximum partition catch-up time of a consumer group in seconds at current rates, +Inf "
+        "when some partition never catches up (not the time lag).",
+        G,
+        "s",
+        "group_health",
+        "max_catch_up_seconds",
+        JsonlField("group", "max_catch_up_seconds"),
+    ),
+    _consumer(
+        "kafka_consumergroup_group_last_rebalance_timestamp_seconds",
+        "Unix time of the last rebalance of a consumer group the exporter observed.",
+        G,
+        "s",
+        "group_health",
+        "last_rebalance_at",
+        JsonlField("group", "last_rebalance_at"),
+    ),
+    # Last on purpose: the only counter rendered from snapshots, and its `# TYPE` line differs
+    # between text 0.0.4 and OpenMetrics, so the Prometheus sink appends it after the body both
+    # formats share (sinks/prometheus/sink.py).
+    _consumer(
+        "kafka_consumergroup_group_rebalances_total",
+        "Rebalances of a consumer group observed since the exporter started (transitions into a "
+        "rebalancing state).",
+        G,
+        "1",
+        "group_health",
+        "rebalances",
+        JsonlField("group", "rebalances"),
+        kind="counter",
+    ),
+)
+"""The consumer health families (issue 14, docs/health.md), read from ``ClusterSnapshot.health``
+and exported only when it is not None, after the compatibility families. A series whose value
+is None (unknown) is absent, like ``kafka_consumergroup_group_lag_seconds``'s."""
+
 UP: Final = Family(
     "kafka_lag_exporter_up",
     "gauge",
@@ -439,5 +635,10 @@ SELF_METRICS: Final[tuple[Family, ...]] = (
 """The exporter's own metrics, in docs/metrics.md's order (prometheus_client registers and renders
 them in telemetry/self_metrics.py's order)."""
 
-FAMILIES: Final[tuple[Family, ...]] = (*CLUSTER_FAMILIES, *HEALTH_FAMILIES, *SELF_METRICS)
+FAMILIES: Final[tuple[Family, ...]] = (
+    *CLUSTER_FAMILIES,
+    *CONSUMER_FAMILIES,
+    *HEALTH_FAMILIES,
+    *SELF_METRICS,
+)
 BY_NAME: Final[Mapping[str, Family]] = MappingProxyType({f.name: f for f in FAMILIES})

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from klag_pipeline.records import cycle_record, group_record, partition_records
+from klag_pipeline.records import (
+    cycle_record,
+    group_records,
+    partition_records,
+    snapshot_records,
+)
 from klag_pipeline.settings.schema import Settings
 from klag_pipeline.snapshot import ClusterSnapshot
 
@@ -118,7 +123,7 @@ def render_json(snapshots: Sequence[ClusterSnapshot]) -> str:
         "clusters": [
             {
                 "cycle": cycle_record(s),
-                "groups": [group_record(s, g) for g in s.groups],
+                "groups": group_records(s),
                 "partitions": partition_records(s),
             }
             for s in snapshots
@@ -130,9 +135,9 @@ def render_json(snapshots: Sequence[ClusterSnapshot]) -> str:
 def render_jsonl(snapshots: Sequence[ClusterSnapshot]) -> str:
     lines: list[str] = []
     for snapshot in snapshots:
-        for record in partition_records(snapshot):
+        # The JSON-lines sink's records (partitions, groups, cycle summary), written the same way.
+        for record in snapshot_records(snapshot):
             lines.append(json.dumps(record, separators=(",", ":")))
-        lines.append(json.dumps(cycle_record(snapshot), separators=(",", ":")))
     return "".join(line + "\n" for line in lines)
 
 

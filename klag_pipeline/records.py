@@ -1,13 +1,20 @@
 """Flat, JSON-able records of a snapshot: the schema of the JSON-lines sink and `once --format
-json|jsonl`. Keys are stable snake_case; see docs/jsonl.md."""
+json|jsonl`. Keys are stable snake_case; see docs/jsonl.md, which also says when
+:data:`SCHEMA_VERSION` changes."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
+from klag_pipeline.health.model import GroupTopicHealth, PartitionHealth
 from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionRow
+
+SCHEMA_VERSION: Final = 2
+"""Carried by every record as ``schema_version``. 1 was the unversioned schema before the
+consumer health keys and the ``group`` lines (issue 14)."""
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -25,11 +32,22 @@ def _finite(value: float | None) -> float | str | None:
     return "+Inf" if value > 0 else "-Inf"
 
 
+def _at(unix_seconds: float | None) -> str | None:
+    return None if unix_seconds is None else rfc3339(unix_seconds)
+
+
 def row_record(
     snapshot: ClusterSnapshot, row: PartitionRow, group: GroupSummary | None
 ) -> dict[str, Any]:
+    health = snapshot.health
+    evaluated: PartitionHealth | None = None
+    produce_rate: float | None = None
+    if health is not None:
+        evaluated = health.partitions.get((row.group, row.topic_partition))
+        produce_rate = health.produce_rates.get(row.topic_partition)
     record: dict[str, Any] = {
         "type": "partition",
+        "schema_version": SCHEMA_VERSION,
         "timestamp": rfc3339(snapshot.observed_at),
         "cycle": snapshot.cycle,
         "cluster_name": snapshot.cluster,
@@ -53,15 +71,99 @@ def row_record(
         "lag_retention_ratio": _finite(row.lag_retention_ratio),
         "consumable_lag": row.consumable_lag,
         "carried_over": row.carried,
+        "produce_rate": produce_rate,
+        **_partition_health(evaluated),
     }
     if snapshot.labels:
         record["labels"] = dict(snapshot.labels)
     return record
 
 
-def group_record(snapshot: ClusterSnapshot, group: GroupSummary) -> dict[str, Any]:
+def _partition_health(evaluated: PartitionHealth | None) -> dict[str, Any]:
+    """The consumer health keys of a partition record: all null without an evaluation."""
+    if evaluated is None:
+        return dict.fromkeys(_PARTITION_HEALTH_KEYS)
+    return {
+        "consume_rate": evaluated.rates.consume,
+        "lag_velocity": evaluated.rates.lag_velocity,
+        "catch_up_seconds": _finite(evaluated.catch_up_seconds),
+        "status": evaluated.status.name.lower(),
+        "status_code": int(evaluated.status),
+        "status_reason": evaluated.reason,
+        "estimated_lag_seconds": evaluated.estimated_lag_seconds,
+    }
+
+
+_PARTITION_HEALTH_KEYS: Final = (
+    "consume_rate",
+    "lag_velocity",
+    "catch_up_seconds",
+    "status",
+    "status_code",
+    "status_reason",
+    "estimated_lag_seconds",
+)
+_GROUP_HEALTH_KEYS: Final = (
+    "status",
+    "status_code",
+    "status_reason",
+    "consume_rate",
+    "lag_velocity",
+    "max_catch_up_seconds",
+    "rebalances",
+    "last_rebalance_at",
+    "topic_sum_consume_rate",
+    "topic_sum_lag_velocity",
+    "topic_commit_age_seconds",
+    "abandoned_topics",
+)
+
+
+def topic_health_by_group(
+    snapshot: ClusterSnapshot,
+) -> Mapping[str, Mapping[str, GroupTopicHealth]]:
+    """group → topic → its evaluation (abandoned topics dropped from the rows included)."""
+    by_group: dict[str, dict[str, GroupTopicHealth]] = {}
+    if snapshot.health is not None:
+        for (group, topic), evaluated in sorted(snapshot.health.topics.items()):
+            by_group.setdefault(group, {})[topic] = evaluated
+    return by_group
+
+
+def _group_health(
+    snapshot: ClusterSnapshot, group: str, topics: Mapping[str, GroupTopicHealth] | None
+) -> dict[str, Any]:
+    evaluated = snapshot.health.groups.get(group) if snapshot.health is not None else None
+    if evaluated is None:
+        return dict.fromkeys(_GROUP_HEALTH_KEYS)
+    if topics is None:
+        topics = topic_health_by_group(snapshot).get(group, {})
+    return {
+        "status": evaluated.status.name.lower(),
+        "status_code": int(evaluated.status),
+        "status_reason": evaluated.reason,
+        "consume_rate": evaluated.consume_rate,
+        "lag_velocity": evaluated.lag_velocity,
+        "max_catch_up_seconds": _finite(evaluated.max_catch_up_seconds),
+        "rebalances": evaluated.rebalances,
+        "last_rebalance_at": _at(evaluated.last_rebalance_at),
+        "topic_sum_consume_rate": {t: h.consume_rate for t, h in topics.items()},
+        "topic_sum_lag_velocity": {t: h.lag_velocity for t, h in topics.items()},
+        "topic_commit_age_seconds": {t: h.commit_age_seconds for t, h in topics.items()},
+        "abandoned_topics": [t for t, h in topics.items() if h.abandoned],
+    }
+
+
+def group_record(
+    snapshot: ClusterSnapshot,
+    group: GroupSummary,
+    topics: Mapping[str, GroupTopicHealth] | None = None,
+) -> dict[str, Any]:
+    """``topics``: the group's entry of :func:`topic_health_by_group`, when the caller built it
+    once for all groups (otherwise it is built here, for this group)."""
     record: dict[str, Any] = {
         "type": "group",
+        "schema_version": SCHEMA_VERSION,
         "timestamp": rfc3339(snapshot.observed_at),
         "cycle": snapshot.cycle,
         "cluster_name": snapshot.cluster,
@@ -75,6 +177,7 @@ def group_record(snapshot: ClusterSnapshot, group: GroupSummary) -> dict[str, An
         "max_lag_seconds": group.max_lag_seconds,
         "sum_lag": group.sum_lag,
         "topic_sum_lag": dict(group.topic_sum_lag),
+        **_group_health(snapshot, group.group, topics),
     }
     if snapshot.labels:
         record["labels"] = dict(snapshot.labels)
@@ -84,6 +187,7 @@ def group_record(snapshot: ClusterSnapshot, group: GroupSummary) -> dict[str, An
 def cycle_record(snapshot: ClusterSnapshot) -> dict[str, Any]:
     record: dict[str, Any] = {
         "type": "cycle",
+        "schema_version": SCHEMA_VERSION,
         "timestamp": rfc3339(snapshot.observed_at),
         "cycle": snapshot.cycle,
         "cluster_name": snapshot.cluster,
@@ -112,4 +216,21 @@ def partition_records(
         row_record(snapshot, row, groups.get(row.group))
         for row in snapshot.rows
         if not only_lagging or row.lag > 0
+    ]
+
+
+def group_records(snapshot: ClusterSnapshot) -> list[dict[str, Any]]:
+    topics = topic_health_by_group(snapshot)
+    return [group_record(snapshot, g, topics.get(g.group, {})) for g in snapshot.groups]
+
+
+def snapshot_records(
+    snapshot: ClusterSnapshot, *, only_lagging: bool = False
+) -> list[dict[str, Any]]:
+    """One cycle's JSON lines: its partition records, its group records, then the cycle
+    summary (the JSON-lines sink and ``once --format jsonl``)."""
+    return [
+        *partition_records(snapshot, only_lagging=only_lagging),
+        *group_records(snapshot),
+        cycle_record(snapshot),
     ]

@@ -1,5 +1,6 @@
-"""The JSON-lines sink: one object per (group, topic, partition) per cycle plus one ``cycle``
-summary per cluster per cycle (schema in docs/jsonl.md), to stdout or an appended, rotated file.
+"""The JSON-lines sink: one object per (group, topic, partition) and one per group per cycle,
+plus one ``cycle`` summary per cluster per cycle (schema in docs/jsonl.md), to stdout or an
+appended, rotated file.
 
 Each cycle's lines are written with one ``write`` of whole lines, never split across a rotation,
 from a worker thread so a slow disk or pipe never blocks the event loop. A broken pipe or a full
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from klag_pipeline.records import cycle_record, partition_records, rfc3339
+from klag_pipeline.records import SCHEMA_VERSION, rfc3339, snapshot_records
 from klag_pipeline.settings.schema import JsonlSettings
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, SinkUpdate
 
@@ -29,8 +30,7 @@ log = structlog.get_logger("klag_pipeline.sinks.jsonl")
 
 
 def snapshot_lines(snapshot: ClusterSnapshot, *, only_lagging: bool) -> bytes:
-    records = partition_records(snapshot, only_lagging=only_lagging)
-    records.append(cycle_record(snapshot))
+    records = snapshot_records(snapshot, only_lagging=only_lagging)
     return b"".join(
         json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
     )
@@ -39,6 +39,7 @@ def snapshot_lines(snapshot: ClusterSnapshot, *, only_lagging: bool) -> bytes:
 def withdrawn_line(update: ClusterWithdrawn, now: float) -> bytes:
     record = {
         "type": "withdrawn",
+        "schema_version": SCHEMA_VERSION,
         "timestamp": rfc3339(now),
         "cluster_name": update.cluster,
         "reason": update.reason,

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from klag_pipeline.app import serve
 from klag_pipeline.commands.once import collect_once
+from klag_pipeline.metrics_catalog import CONSUMER_FAMILIES
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.output import render_jsonl, render_table
 from klag_pipeline.settings.schema import (
@@ -77,6 +78,27 @@ SPEC_LABELS: Mapping[str, frozenset[str]] = MappingProxyType(
 GPM_FAMILIES = frozenset(name for name, labels in SPEC_LABELS.items() if "member_host" in labels)
 # Exporter-level, not a cluster series: no cluster_name and no custom labels.
 UNLABELLED = frozenset({"kafka_lag_exporter_up"})
+# The consumer health families (issue 14) take the label set of the family they belong with.
+HEALTH_LABELS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "kafka_consumergroup_group_consume_rate": GPM,
+        "kafka_consumergroup_group_lag_velocity": GPM,
+        "kafka_consumergroup_group_catch_up_seconds": GPM,
+        "kafka_consumergroup_group_partition_status": GPM,
+        "kafka_consumergroup_group_estimated_lag_seconds": GPM,
+        "kafka_partition_produce_rate": P,
+        "kafka_consumergroup_group_topic_sum_consume_rate": GT,
+        "kafka_consumergroup_group_topic_sum_lag_velocity": GT,
+        "kafka_consumergroup_group_topic_commit_age_seconds": GT,
+        "kafka_consumergroup_group_topic_abandoned": GT,
+        "kafka_consumergroup_group_status": G,
+        "kafka_consumergroup_group_sum_consume_rate": G,
+        "kafka_consumergroup_group_sum_lag_velocity": G,
+        "kafka_consumergroup_group_max_catch_up_seconds": G,
+        "kafka_consumergroup_group_last_rebalance_timestamp_seconds": G,
+        "kafka_consumergroup_group_rebalances_total": G,
+    }
+)
 CUSTOM = MappingProxyType({"env": "compat"})
 CLUSTER_UP = "klag_pipeline_cluster_up"
 DEADLINE = 60.0
@@ -253,6 +275,35 @@ async def test_every_compatibility_family_has_the_spec_label_set(
     assert set(found) == set(SPEC_LABELS) - GPM_FAMILIES
     for family in found:
         assert found[family] == expected_names(family), family
+
+    # The consumer health families (health is on by default): the label set of the
+    # compatibility family each belongs with, custom labels included. Statuses, commit ages,
+    # abandoned flags and rebalance counts exist from the first cycle; rates need two.
+    from_first_cycle = {
+        "kafka_consumergroup_group_partition_status",
+        "kafka_consumergroup_group_topic_commit_age_seconds",
+        "kafka_consumergroup_group_topic_abandoned",
+        "kafka_consumergroup_group_status",
+        "kafka_consumergroup_group_rebalances_total",
+    }
+    for samples, granularity in ((partition_samples, "partition"), (topic_samples, "topic")):
+        health_found = consumer_label_names(samples)
+        expected = {f.name for f in CONSUMER_FAMILIES if granularity in f.granularities}
+        assert from_first_cycle & expected <= set(health_found) <= expected, granularity
+        for family, names in health_found.items():
+            assert names == {HEALTH_LABELS[family] | set(CUSTOM)}, family
+    gpm_health = {name for name, labels in HEALTH_LABELS.items() if labels == GPM}
+    assert not gpm_health & set(consumer_label_names(topic_samples))
+
+
+def consumer_label_names(samples: Samples) -> dict[str, set[frozenset[str]]]:
+    """Consumer health family → every distinct set of label names its samples carry."""
+    assert set(HEALTH_LABELS) == {f.name for f in CONSUMER_FAMILIES}
+    out: dict[str, set[frozenset[str]]] = {}
+    for name, labels, _ in samples:
+        if name in HEALTH_LABELS:
+            out.setdefault(name, set()).add(frozenset(labels))
+    return out
 
 
 async def test_member_host_is_exactly_what_kafka_reports(

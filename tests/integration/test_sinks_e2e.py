@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from klag_pipeline.app import Exporter
-from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, CONSUMER_FAMILIES
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.records import rfc3339
@@ -144,11 +144,11 @@ def exporter_settings(
 
 
 def prometheus_series(exporter: Exporter) -> dict[tuple[str, frozenset[Any]], float]:
-    """The compatibility families and the per-cluster up of ``/metrics`` right now (the other
-    self-metrics left out): the families the OTLP sink exports too."""
+    """The compatibility and consumer health families and the per-cluster up of ``/metrics``
+    right now (the other self-metrics left out): the families the OTLP sink exports too."""
     body, _, _ = exporter.prometheus.render(None, None)
     wanted = {
-        *(f.name for f in CLUSTER_FAMILIES),
+        *(f.name for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)),
         "kafka_lag_exporter_up",
         "klag_pipeline_cluster_up",
     }
@@ -262,6 +262,7 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
         assert record["labels"] == {"env": "e2e"}
         assert record["data_loss_detected"] is False
         assert record["compaction_detected"] is False
+        assert record["schema_version"] == 2
         if lag == 0:
             assert record["lag_seconds"] == 0
         else:
@@ -284,6 +285,17 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
         )
         assert otlp_series[("kafka_consumergroup_group_offset", gpm)] == committed
         assert otlp_series[("kafka_consumergroup_group_lag", gpm)] == lag
+        # Consumer health (on by default), two cycles or more in the window: a caught-up
+        # partition is OK (docs/health.md rule 3); every status JSON lines gives, OTLP (and so
+        # /metrics, compared above) gives too.
+        if lag == 0:
+            assert (record["status"], record["status_code"]) == ("ok", 0)
+        if record["status_code"] is not None:
+            status = otlp_series[("kafka_consumergroup_group_partition_status", gpm)]
+            assert status == record["status_code"]
+        if record["consume_rate"] is not None:
+            consumed = otlp_series[("kafka_consumergroup_group_consume_rate", gpm)]
+            assert consumed == record["consume_rate"]
         p = frozenset(
             {
                 "cluster_name": CLUSTER,
@@ -303,6 +315,13 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
     assert of_group("kafka_consumergroup_group_sum_lag", slow) == (10 - 4) + (20 - 20) + (5 - 0)
     assert of_group("kafka_consumergroup_group_max_lag", fast) == 8 - 3
     assert of_group("kafka_consumergroup_group_state", slow) == 5  # Empty
+    groups = {
+        r["group"]: r for r in lines if r["type"] == "group" and r["cycle"] == summary["cycle"]
+    }
+    assert set(groups) == set(truth.groups)
+    for group, record in groups.items():
+        assert record["rebalances"] == of_group("kafka_consumergroup_group_rebalances_total", group)
+        assert record["status_code"] == of_group("kafka_consumergroup_group_status", group)
 
 
 class StalledSink:

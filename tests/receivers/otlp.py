@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import (
     add_MetricsServiceServicer_to_server,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from devtools.kafka_local import TlsFiles
 
@@ -43,13 +44,16 @@ class Received:
 
 @dataclass(frozen=True)
 class Point:
-    """One gauge data point, flattened: metric name, attributes, value, resource attributes."""
+    """One gauge or sum data point, flattened: metric name, attributes, value, resource
+    attributes; ``kind`` is ``gauge``, or ``cumulative sum`` for a monotonic sum with
+    cumulative temporality (any other sum fails in :func:`points`)."""
 
     name: str
     attributes: Mapping[str, Any]
     value: int | float
     resource: Mapping[str, Any]
     description: str = ""
+    kind: str = "gauge"
 
     def key(self) -> tuple[str, frozenset[tuple[str, Any]]]:
         return self.name, frozenset(self.attributes.items())
@@ -61,15 +65,23 @@ def _any_value(value: AnyValue) -> Any:
 
 
 def points(request: ExportMetricsServiceRequest) -> list[Point]:
-    """Every gauge point of ``request``; a metric of another type fails the test."""
+    """Every gauge and cumulative monotonic sum point of ``request``; a metric of another type
+    (a histogram, a delta or non-monotonic sum) fails the test."""
     out: list[Point] = []
     for resource_metrics in request.resource_metrics:
         resource = {a.key: _any_value(a.value) for a in resource_metrics.resource.attributes}
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind = metric.WhichOneof("data")
-                assert kind == "gauge", f"{metric.name} is a {kind}, not a gauge"
-                for dp in metric.gauge.data_points:
+                assert kind in ("gauge", "sum"), f"{metric.name} is a {kind}"
+                if kind == "sum":
+                    cumulative = metric.sum.aggregation_temporality == (
+                        AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+                    )
+                    assert metric.sum.is_monotonic, metric.name
+                    assert cumulative, metric.name
+                data = metric.gauge if kind == "gauge" else metric.sum
+                for dp in data.data_points:
                     value: int | float = (
                         dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
                     )
@@ -80,6 +92,7 @@ def points(request: ExportMetricsServiceRequest) -> list[Point]:
                             value=value,
                             resource=resource,
                             description=metric.description,
+                            kind="gauge" if kind == "gauge" else "cumulative sum",
                         )
                     )
     return out

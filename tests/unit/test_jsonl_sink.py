@@ -30,6 +30,7 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 PARTITION_KEYS = [
     "type",
+    "schema_version",
     "timestamp",
     "cycle",
     "cluster_name",
@@ -56,6 +57,7 @@ PARTITION_KEYS = [
 ]
 CYCLE_KEYS = [
     "type",
+    "schema_version",
     "timestamp",
     "cycle",
     "cluster_name",
@@ -159,8 +161,12 @@ async def test_file_mode_appends_every_record_with_every_field(tmp_path: Path) -
     records = parse_lines(path.read_bytes())
     assert records[0] == {"type": "from-before"}
     partition_records = [r for r in records if r["type"] == "partition"]
-    assert [r["type"] for r in records[1:]] == ["partition"] * 5 + ["cycle", "withdrawn"]
-    assert sink.lines_written == 7
+    types = ["partition"] * 5 + ["group"] * 2 + ["cycle", "withdrawn"]
+    assert [r["type"] for r in records[1:]] == types
+    assert sink.lines_written == 9
+    assert {r["schema_version"] for r in records[1:]} == {2}
+    # Without health (disabled, or too early) every health key is there, and null.
+    assert {r["status"] for r in records[1:8]} == {None}
     for record, row in zip(partition_records, rows, strict=True):
         assert list(record)[: len(PARTITION_KEYS)] == PARTITION_KEYS
         assert record["labels"] == {"env": "prod"}
@@ -202,7 +208,9 @@ async def test_file_mode_appends_every_record_with_every_field(tmp_path: Path) -
     assert unknown_low["lag_seconds"] is None
     assert partition_records[4]["lag_retention_ratio"] == "+Inf"  # JSON has no Infinity
 
-    cycle = records[6]
+    # Lags 60 + 60 and 85 + 60 + 30, groups in the snapshot's (name) order.
+    assert [(r["group"], r["sum_lag"]) for r in records[6:8]] == [("audit", 175), ("billing", 120)]
+    cycle = records[8]
     assert list(cycle)[: len(CYCLE_KEYS)] == CYCLE_KEYS
     assert cycle["started_at"] == "2023-11-14T22:13:26.750Z"
     assert (cycle["group_count"], cycle["partition_count"], cycle["row_count"]) == (2, 5, 5)
@@ -210,7 +218,7 @@ async def test_file_mode_appends_every_record_with_every_field(tmp_path: Path) -
     assert (cycle["compaction_detected_count"], cycle["data_loss_partition_count"]) == (1, 2)
     assert cycle["duration_seconds"] == 0.25
     assert cycle["poll_time_ms"] == 12.5
-    withdrawn = records[7]
+    withdrawn = records[9]
     assert withdrawn["cluster_name"] == "prod"
     assert withdrawn["reason"] == "stale"
     assert RFC3339_UTC.match(withdrawn["timestamp"])
@@ -227,11 +235,14 @@ async def test_only_lagging_keeps_lagging_rows_and_the_full_cycle_summary(tmp_pa
     async with running(sink) as inbox:
         await inbox.send(make_snapshot("prod", rows))
     records = parse_lines(path.read_bytes())
+    # Every group keeps its record (its status matters most when nothing lags).
     assert [(r["type"], r.get("group"), r.get("partition")) for r in records] == [
         ("partition", "g", 1),
+        ("group", "g", None),
+        ("group", "h", None),
         ("cycle", None, None),
     ]
-    assert (records[1]["row_count"], records[1]["lagging_row_count"]) == (3, 1)
+    assert (records[3]["row_count"], records[3]["lagging_row_count"]) == (3, 1)
 
 
 # -- rotation ------------------------------------------------------------------------------------
@@ -262,10 +273,10 @@ async def test_rotation_under_continuous_writing_loses_and_splits_nothing(tmp_pa
             per_cycle.setdefault(record["cycle"], []).append(record["type"])
         for cycle, types in per_cycle.items():
             # A cycle is never split across files: all its rows and its summary are here.
-            assert types == ["partition"] * rows + ["cycle"], (file.name, cycle)
+            assert types == ["partition"] * rows + ["group", "cycle"], (file.name, cycle)
         seen.extend(per_cycle)
     assert seen == list(range(1, cycles + 1))
-    assert sink.lines_written == cycles * (rows + 1)
+    assert sink.lines_written == cycles * (rows + 2)  # + the group record and the summary
 
 
 async def test_a_rotated_file_keeps_its_name(tmp_path: Path) -> None:
@@ -339,7 +350,7 @@ async def test_a_cycle_larger_than_rotate_bytes_is_written_whole(tmp_path: Path)
     async with running(sink) as inbox:
         await inbox.send(cycle_snapshot(1, rows=2))
         await inbox.send(cycle_snapshot(2, rows=40))
-    assert [len(parse_lines(f.read_bytes())) for f in rotated_files(path)] == [3, 41]
+    assert [len(parse_lines(f.read_bytes())) for f in rotated_files(path)] == [4, 42]
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -431,17 +442,17 @@ def test_stdout_mode_writes_only_json_lines_and_logs_go_to_stderr() -> None:
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr.decode()
     records = parse_lines(stdout)
-    assert [r["type"] for r in records] == (["partition"] * 5 + ["cycle"]) * 4
+    assert [r["type"] for r in records] == (["partition"] * 5 + ["group", "cycle"]) * 4
     assert [r["cycle"] for r in records if r["type"] == "cycle"] == [1, 2, 3, 4]
-    assert summary_of(stderr) == {"errors": 0, "lines_written": 24}
+    assert summary_of(stderr) == {"errors": 0, "lines_written": 28}
 
 
 def test_a_broken_stdout_pipe_is_reported_once_and_never_crashes() -> None:
     child = run_child("pipe", "-", "6")
     assert child.stdout is not None
     assert child.stdin is not None
-    first = [child.stdout.readline() for _ in range(6)]
-    assert [json.loads(line)["cycle"] for line in first] == [1] * 6
+    first = [child.stdout.readline() for _ in range(7)]
+    assert [json.loads(line)["cycle"] for line in first] == [1] * 7
     child.stdout.close()  # the reader goes away (like `| head`)
     child.stdin.write(b"go\n")
     child.stdin.close()
@@ -458,7 +469,7 @@ def test_a_broken_stdout_pipe_is_reported_once_and_never_crashes() -> None:
 
 def test_a_full_disk_leaves_only_whole_lines_and_never_crashes(tmp_path: Path) -> None:
     path = tmp_path / "lag.jsonl"
-    limit = 6000  # room for a few cycles of ~1.4 kB, then every write fails
+    limit = 10000  # room for two cycles of ~4.5 kB, then every write fails
     child = run_child("fsize", str(path), "12", str(limit))
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr.decode()
@@ -466,7 +477,7 @@ def test_a_full_disk_leaves_only_whole_lines_and_never_crashes(tmp_path: Path) -
     records = parse_lines(data)  # ends on a newline: the half-written cycle was taken back
     cycles = [r["cycle"] for r in records if r["type"] == "cycle"]
     assert cycles == list(range(1, len(cycles) + 1))
-    assert len(records) == len(cycles) * 6
+    assert len(records) == len(cycles) * 7
     summary = summary_of(stderr)
     assert summary["errors"] == 12 - len(cycles) > 0
     assert summary["lines_written"] == len(records)

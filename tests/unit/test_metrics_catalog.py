@@ -17,6 +17,7 @@ from klag_pipeline.metrics_catalog import (
     BY_NAME,
     CLUSTER_FAMILIES,
     CLUSTER_UP,
+    CONSUMER_FAMILIES,
     FAMILIES,
     GPM,
     GT,
@@ -29,11 +30,12 @@ from klag_pipeline.metrics_catalog import (
     LabelSet,
     P,
 )
-from klag_pipeline.records import cycle_record, group_record, partition_records
+from klag_pipeline.records import cycle_record, group_record, group_records, partition_records
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.sinks.otlp.families import family_descriptions, observe
 from klag_pipeline.sinks.prometheus import render_snapshots
 from klag_pipeline.snapshot import ClusterSnapshot
+from tests.unit.test_health_families import health_snapshot
 from tests.unit.test_prometheus_sink import golden_snapshot
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -113,6 +115,17 @@ def test_compatibility_table_matches_the_catalog() -> None:
     assert {f.kind for f in (*CLUSTER_FAMILIES, UP)} == {"gauge"}
 
 
+def test_consumer_health_table_matches_the_catalog() -> None:
+    rows = table(section(METRICS_MD, "## Consumer health"))
+    assert [metric(r["metric"]) for r in rows] == [f.name for f in CONSUMER_FAMILIES]
+    for r in rows:
+        family = BY_NAME[metric(r["metric"])]
+        assert r["type"] == family.kind, family.name
+        assert labels(r["labels"]) == family.labels.names, family.name
+        kept = r["granularity `topic`"] == "kept"
+        assert kept == ("topic" in family.granularities), family.name
+
+
 def test_cluster_up_and_self_metrics_tables_match_the_catalog() -> None:
     health = table(section(METRICS_MD, "## Per-cluster health: `klag_pipeline_cluster_up`"))
     own = table(section(METRICS_MD, "## Self-metrics (`klag_pipeline_*`)"))
@@ -154,8 +167,9 @@ def test_every_family_named_in_the_docs_is_in_the_catalog() -> None:
 
 
 def full_snapshot() -> ClusterSnapshot:
-    """The golden snapshot with a value for every family (a consumable lag included)."""
-    snap = golden_snapshot()
+    """The golden snapshot with a value for every family (a consumable lag and the consumer
+    health included)."""
+    snap = health_snapshot()
     return replace(snap, rows=(replace(snap.rows[0], consumable_lag=0), *snap.rows[1:]))
 
 
@@ -165,16 +179,24 @@ def test_both_sinks_export_exactly_the_catalog_families(granularity: Granularity
     snap = full_snapshot()
     text = render_snapshots([snap], granularity)
     rendered = re.findall(r"^# TYPE ([a-z_]+) ([a-z]+)$", text, re.M)
-    expected = [f for f in CLUSTER_FAMILIES if granularity in f.granularities]
+    expected = [
+        f for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES) if granularity in f.granularities
+    ]
     assert rendered == [(f.name, f.kind) for f in expected]
     descriptions = family_descriptions(granularity, with_up=True)
     assert dict(descriptions) == {f.name: f.help for f in (*expected, *HEALTH_FAMILIES)}
     assert all(observe(f.name, [snap]) for f in expected)
 
 
+def test_without_health_only_the_compatibility_families() -> None:
+    text = render_snapshots([golden_snapshot()], "partition")
+    rendered = re.findall(r"^# TYPE ([a-z_]+) [a-z]+$", text, re.M)
+    assert set(rendered) <= {f.name for f in CLUSTER_FAMILIES}
+
+
 def test_otlp_attributes_are_the_catalog_label_sets() -> None:
     snap = replace(full_snapshot(), labels={})
-    for family in CLUSTER_FAMILIES:
+    for family in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES):
         keys = {tuple(sorted(point.attributes or {})) for point in observe(family.name, [snap])}
         assert keys == {tuple(sorted(family.labels.names))}, family.name
 
@@ -196,7 +218,10 @@ def test_jsonl_field_tables_match_the_records() -> None:
     snap = full_snapshot()
     assert snap.labels, "the snapshot must have custom labels for the `labels` key to appear"
     assert jsonl_table("partition") == set(partition_records(snap)[0])
+    assert jsonl_table("group") == set(group_records(snap)[0])
     assert jsonl_table("cycle") == set(cycle_record(snap))
+    without_health = partition_records(golden_snapshot())[0]
+    assert set(without_health) == set(partition_records(snap)[0]), "the keys never vary"
 
 
 def test_catalog_jsonl_keys_are_emitted() -> None:
@@ -206,7 +231,7 @@ def test_catalog_jsonl_keys_are_emitted() -> None:
         "group": set(group_record(snap, snap.groups[0])),
         "cycle": set(cycle_record(snap)),
     }
-    for family in CLUSTER_FAMILIES:
+    for family in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES):
         assert family.jsonl is not None, family.name
         assert family.jsonl.key in emitted[family.jsonl.record], family.name
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.kafka_local import TlsFiles, generate_tls_files
 from klag_pipeline.errors import ConfigError
-from klag_pipeline.metrics_catalog import BY_NAME, CLUSTER_FAMILIES
+from klag_pipeline.metrics_catalog import BY_NAME, CLUSTER_FAMILIES, CONSUMER_FAMILIES
 from klag_pipeline.model import GroupState
 from klag_pipeline.pipeline.channel import DroppingChannel
 from klag_pipeline.settings.schema import Granularity, OtelSettings
@@ -42,6 +42,7 @@ from klag_pipeline.snapshot import (
 )
 from tests.receivers.otlp import GrpcReceiver, HttpReceiver, points, series
 from tests.support.waiting import wait_until
+from tests.unit.test_health_families import health_snapshot
 
 Receiver = GrpcReceiver | HttpReceiver
 SeriesMap = dict[tuple[str, frozenset[tuple[str, Any]]], int | float]
@@ -405,6 +406,39 @@ async def test_exports_the_prometheus_series_with_resource_and_headers(receiver:
     assert resource["deployment.environment"] == "test"
     assert received.headers["authorization"] == TOKEN
     assert all(p.description == BY_NAME[p.name].help for p in points(received.request))
+
+
+async def test_consumer_health_families_carry_the_prometheus_values(receiver: Receiver) -> None:
+    """The hand-built evaluation of tests/unit/test_health_families.py: every health series of
+    /metrics with the same value (less the two +Inf catch-up times, which the SDK cannot carry),
+    the rebalance counter as a cumulative monotonic sum, statuses as integers."""
+    snapshot = health_snapshot()
+    sink = make_sink(otel_settings(receiver))
+    async with running(sink) as inbox:
+        inbox.send(snapshot)
+        # The golden snapshot's observed_at is BASE_TIME + 0.5, which cycle_of reads as 0.
+        received = await receiver.wait_for(with_cycles(prod=0))
+
+    exported = series(received.request)
+    assert as_floats(exported) == prometheus_series([snapshot], "partition")
+    # Every family: the golden snapshot has no consumable lag, which is its only gap.
+    assert {name for name, _ in exported} == {
+        f.name for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
+    } - {"kafka_consumergroup_group_consumable_lag"}
+    kinds = {p.name: p.kind for p in points(received.request)}
+    assert {name for name, kind in kinds.items() if kind != "gauge"} == {
+        "kafka_consumergroup_group_rebalances_total"
+    }
+    assert kinds["kafka_consumergroup_group_rebalances_total"] == "cumulative sum"
+    base = {"env": "eu-1", "cluster_name": "prod"}
+    idle = frozenset({**base, "group": "idle"}.items())
+    billing = frozenset({**base, "group": "billing"}.items())
+    assert exported[("kafka_consumergroup_group_rebalances_total", billing)] == 3
+    status = exported[("kafka_consumergroup_group_status", idle)]
+    assert status == 4
+    assert isinstance(status, int), "status codes are exported as integers"
+    assert ("kafka_consumergroup_group_max_catch_up_seconds", idle) not in exported
+    assert exported[("kafka_consumergroup_group_max_catch_up_seconds", billing)] == 40
 
 
 async def test_a_new_snapshot_replaces_the_cluster_and_a_withdrawn_cluster_disappears(

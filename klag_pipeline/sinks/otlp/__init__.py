@@ -1,4 +1,5 @@
-"""The OTLP sink: the compatibility families of SPEC §4 pushed as gauges over gRPC or HTTP.
+"""The OTLP sink: the compatibility families of SPEC §4 and the consumer health families pushed
+as gauges (and one cumulative counter) over gRPC or HTTP.
 
 The sink owns its MeterProvider (never the global one), a ``PeriodicExportingMetricReader`` that
 exports every ``export_interval`` from the SDK's own thread, and one observable gauge per family.
@@ -22,7 +23,7 @@ from typing import Final
 
 import structlog
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider, ObservableGauge
+from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter, ObservableGauge
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
@@ -37,6 +38,7 @@ from klag_pipeline.sinks.otlp.exporter import (
     plaintext,
 )
 from klag_pipeline.sinks.otlp.families import (
+    COUNTER_NAMES,
     CardinalityBudget,
     SeriesKeys,
     cluster_up_observations,
@@ -191,14 +193,21 @@ class OtlpSink:
             ObservedExporter(build_exporter(self._settings, self._tls), self._health),
             export_interval_millis=self._settings.export_interval * 1000,
             export_timeout_millis=self._settings.timeout * 1000,
-            cardinality_limits={ObservableGauge: limit},
+            cardinality_limits={ObservableGauge: limit, ObservableCounter: limit},
         )
         generation = _Generation(
             MeterProvider(resource=self._resource, metric_readers=[reader], shutdown_on_exit=False)
         )
         meter = generation.provider.get_meter(METER_NAME, self._version)
         for family, description in self._families.items():
-            meter.create_observable_gauge(
+            # The rebalance counter is a cumulative sum (the SDK's default temporality for a
+            # counter), the rest gauges.
+            create = (
+                meter.create_observable_counter
+                if family in COUNTER_NAMES
+                else meter.create_observable_gauge
+            )
+            create(
                 family,
                 callbacks=[self._gauge_callback(family, generation)],
                 description=description,

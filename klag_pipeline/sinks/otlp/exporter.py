@@ -292,8 +292,10 @@ def describe_failure(messages: list[str]) -> str:
 class ObservedExporter(MetricExporter):
     """Delegates to the SDK exporter and reports every export's outcome to :class:`ExportHealth`.
 
-    Gauges are the only instruments, so the default temporality and aggregation preferences are
-    as good as the wrapped exporter's.
+    The reader takes its temporality and aggregation preferences from this wrapper, not from the
+    wrapped exporter: the base class default, cumulative for every instrument, is what the
+    gauges need and what the rebalance counter must be (a cumulative sum, docs/otlp.md),
+    whatever ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` says.
     """
 
     def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:

@@ -9,7 +9,15 @@ series ``/metrics`` serves. Integer values stay integers (OTLP ``as_int``), the 
 A series that ``/metrics`` leaves out (earliest offset unknown, time lag not sampled) is left out
 here too. One divergence: the SDK drops non-finite measurements (with a warning per collection),
 so a ``lag_retention_ratio`` of +Inf (empty retained window with lag) is not observed at all;
-``messages_lost`` and ``retention_margin`` still show the loss.
+``messages_lost`` and ``retention_margin`` still show the loss. The same holds for a catch-up
+time of +Inf (never at current rates): that series is absent, and a positive
+``lag_velocity`` or the status says the consumer is falling behind.
+
+The consumer health families (``CONSUMER_FAMILIES``) are observed from ``snapshot.health``
+only when it is not None, with the attributes of the label set they share with a compatibility
+family; statuses and the abandoned flag are integers. Their counter
+(``kafka_consumergroup_group_rebalances_total``) is an observable counter: a monotonic,
+cumulative sum.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from opentelemetry.metrics import Observation
 
 from klag_pipeline.metrics_catalog import (
     CLUSTER_FAMILIES,
+    CONSUMER_FAMILIES,
     GPM_FLAGS,
     HEALTH_FAMILIES,
     Family,
     Source,
 )
+from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
 
@@ -37,9 +47,13 @@ _FLAG: Final = {True: "true", False: "false"}
 
 
 def family_descriptions(granularity: Granularity, *, with_up: bool) -> Mapping[str, str]:
-    """Family name → description (its ``# HELP`` text) of every gauge the sink registers, in
-    exposition order."""
-    names = {f.name: f.help for f in CLUSTER_FAMILIES if granularity in f.granularities}
+    """Family name → description (its ``# HELP`` text) of every instrument the sink registers,
+    in exposition order (the counters among them: :data:`COUNTER_NAMES`)."""
+    names = {
+        f.name: f.help
+        for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
+        if granularity in f.granularities
+    }
     if with_up:
         names.update((f.name, f.help) for f in HEALTH_FAMILIES)
     return MappingProxyType(names)
@@ -74,7 +88,8 @@ def _gpm_attributes(base: Mapping[str, str], row: PartitionRow) -> dict[str, str
 
 
 def _number(value: float) -> float:
-    """The group state is an IntEnum: observed as a plain int (``as_int``) like every count."""
+    """The group state and statuses are IntEnums, the abandoned flag a bool: observed as plain
+    ints (``as_int``) like every count."""
     return int(value) if isinstance(value, int) else value
 
 
@@ -130,10 +145,69 @@ def _cluster(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]
     yield Observation(attrgetter(family.field)(snapshot), _cluster_attributes(snapshot))
 
 
+def _produce_rates(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+    if snapshot.health is None:
+        return
+    base = _cluster_attributes(snapshot)
+    rates = snapshot.health.produce_rates
+    for po in snapshot.partitions:
+        value = rates.get(TopicPartition(po.topic, po.partition))
+        if value is not None and _observable(value):
+            yield Observation(value, {**base, "topic": po.topic, "partition": str(po.partition)})
+
+
+def _partition_health(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+    """Labelled by the row (GPM, like ``kafka_consumergroup_group_lag``); an evaluated row left
+    out of the snapshot (drop_abandoned) has no member labels and no series, as on /metrics."""
+    if snapshot.health is None:
+        return
+    base = _cluster_attributes(snapshot)
+    get = attrgetter(family.field)
+    by_row = snapshot.health.partitions
+    for row in snapshot.rows:
+        found = by_row.get((row.group, row.topic_partition))
+        if found is not None and _observable(value := get(found)):
+            yield Observation(_number(value), _gpm_attributes(base, row))
+
+
+def _topic_health(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+    if snapshot.health is None:
+        return
+    base = _cluster_attributes(snapshot)
+    get = attrgetter(family.field)
+    for (group, topic), found in sorted(snapshot.health.topics.items()):
+        if _observable(value := get(found)):
+            yield Observation(_number(value), {**base, "group": group, "topic": topic})
+
+
+def _group_health(family: Family, snapshot: ClusterSnapshot) -> Iterator[Observation]:
+    if snapshot.health is None:
+        return
+    base = _cluster_attributes(snapshot)
+    get = attrgetter(family.field)
+    for summary in snapshot.groups:
+        found = snapshot.health.groups.get(summary.group)
+        if found is not None and _observable(value := get(found)):
+            yield Observation(_number(value), {**base, "group": summary.group})
+
+
 _OBSERVERS: Final[Mapping[Source, Observer]] = MappingProxyType(
-    {"partition": _partition_offsets, "row": _rows, "group": _groups, "cluster": _cluster}
+    {
+        "partition": _partition_offsets,
+        "row": _rows,
+        "group": _groups,
+        "cluster": _cluster,
+        "produce_rate": _produce_rates,
+        "partition_health": _partition_health,
+        "topic_health": _topic_health,
+        "group_health": _group_health,
+    }
 )
-_FAMILIES: Final[Mapping[str, Family]] = MappingProxyType({f.name: f for f in CLUSTER_FAMILIES})
+_FAMILIES: Final[Mapping[str, Family]] = MappingProxyType(
+    {f.name: f for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)}
+)
+COUNTER_NAMES: Final = frozenset(f.name for f in _FAMILIES.values() if f.kind == "counter")
+"""Families observed as a cumulative monotonic sum (an observable counter), not a gauge."""
 
 
 def observe(family: str, snapshots: Iterable[ClusterSnapshot]) -> list[Observation]:

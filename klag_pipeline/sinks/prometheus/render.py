@@ -5,11 +5,17 @@ each one reads all come from :mod:`klag_pipeline.metrics_catalog`; this module o
 spell each label set's series. Every snapshot is rendered once, off the event loop, into
 per-cluster chunks (one string of sample lines per family), which :func:`assemble` joins family by
 family under their headers.
+
+The consumer health families (``CONSUMER_FAMILIES``) are rendered from ``snapshot.health`` only
+when it is not None, so a snapshot without health renders exactly as before they existed. Their
+one counter has a ``# TYPE`` line that differs between the formats (text 0.0.4 names the family
+``…_total``, OpenMetrics without the suffix), so :func:`assemble` leaves it out and
+:func:`assemble_counters` renders it per format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Final
@@ -17,6 +23,7 @@ from typing import Final
 from klag_pipeline.exposition import escape_label_value, format_value, header
 from klag_pipeline.metrics_catalog import (
     CLUSTER_FAMILIES,
+    CONSUMER_FAMILIES,
     GPM,
     GPM_FLAGS,
     GT,
@@ -27,13 +34,32 @@ from klag_pipeline.metrics_catalog import (
     P,
     Source,
 )
+from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
 
+COUNTERS: Final = tuple(f for f in CONSUMER_FAMILIES if f.kind == "counter")
+"""The snapshot families whose header depends on the format; after every other family."""
 _HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
-    {family.name: header(family).encode() for family in CLUSTER_FAMILIES}
+    {
+        family.name: header(family).encode()
+        for family in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
+        if family not in COUNTERS
+    }
 )
-"""Family name → encoded header, in exposition order."""
+"""Family name → encoded header of the gauges, in exposition order."""
+
+
+def counter_header(family: Family, openmetrics: bool) -> str:
+    """OpenMetrics names a counter family without ``_total`` (its samples keep it); text 0.0.4
+    uses the sample name, as prometheus_client's own text exposition does."""
+    name = family.name.removesuffix("_total") if openmetrics else family.name
+    return f"# HELP {name} {family.help}\n# TYPE {name} counter\n"
+
+
+_COUNTER_HEADERS: Final = MappingProxyType(
+    {om: tuple((f.name, counter_header(f, om).encode()) for f in COUNTERS) for om in (False, True)}
+)
 
 ClusterChunks = Mapping[str, bytes]
 """One cluster's rendered sample lines (UTF-8) per family name; families without samples are
@@ -41,7 +67,20 @@ absent."""
 
 
 def _plan(source: Source, labels: LabelSet) -> tuple[Family, ...]:
-    return tuple(f for f in CLUSTER_FAMILIES if f.source == source and f.labels == labels)
+    families = (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
+    return tuple(f for f in families if f.source == source and f.labels == labels)
+
+
+def health_getter(family: Family) -> Callable[[object], float | None]:
+    """The value of a consumer health family from its health object: statuses (an IntEnum) and
+    the abandoned flag (a bool) as plain integers, so they print as ``3`` and ``1``."""
+    get = attrgetter(family.field)
+
+    def value(health: object) -> float | None:
+        got = get(health)
+        return int(got) if isinstance(got, int) else got
+
+    return value
 
 
 # The families of each (source, label set) this module knows how to label; a catalog entry with
@@ -52,8 +91,21 @@ _ROW_FLAGGED: Final = _plan("row", GPM_FLAGS)
 _GROUP: Final = _plan("group", G)
 _GROUP_TOPIC: Final = _plan("group", GT)
 _CLUSTER: Final = _plan("cluster", C)
-_UNPLANNED = set(CLUSTER_FAMILIES).difference(
-    _PARTITION, _ROW, _ROW_FLAGGED, _GROUP, _GROUP_TOPIC, _CLUSTER
+_PRODUCE_RATE: Final = _plan("produce_rate", P)
+_PARTITION_HEALTH: Final = _plan("partition_health", GPM)
+_TOPIC_HEALTH: Final = _plan("topic_health", GT)
+_GROUP_HEALTH: Final = _plan("group_health", G)
+_UNPLANNED = set((*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)).difference(
+    _PARTITION,
+    _ROW,
+    _ROW_FLAGGED,
+    _GROUP,
+    _GROUP_TOPIC,
+    _CLUSTER,
+    _PRODUCE_RATE,
+    _PARTITION_HEALTH,
+    _TOPIC_HEALTH,
+    _GROUP_HEALTH,
 )
 if _UNPLANNED:
     raise ImportError(f"no Prometheus rendering for {sorted(f.name for f in _UNPLANNED)}")
@@ -123,11 +175,23 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     for family in filter(wanted, _PARTITION):
         get = attrgetter(family.field)
         emit(family.name, ((labels, get(po)) for labels, po in by_partition))
+    health = snapshot.health
+    if health is not None:
+        rates = health.produce_rates
+        for family in filter(wanted, _PRODUCE_RATE):
+            emit(
+                family.name,
+                (
+                    (labels, rates.get(TopicPartition(po.topic, po.partition)))
+                    for labels, po in by_partition
+                ),
+            )
     del p_labels, by_partition
 
     row_families = [f for f in _ROW if wanted(f)]
     flagged_families = [f for f in _ROW_FLAGGED if wanted(f)]
-    if row_families or flagged_families:
+    health_families = [f for f in _PARTITION_HEALTH if wanted(f)] if health is not None else []
+    if row_families or flagged_families or health_families:
         rows = snapshot.rows
         gpm_tmpl = label_template(constant, _variable(GPM))
         fields = [
@@ -166,6 +230,17 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         for family in row_families:
             get = attrgetter(family.field)
             emit(family.name, ((lb, get(row)) for lb, row in labelled))
+        if health is not None and health_families:
+            by_row = health.partitions
+            evaluated = [
+                (lb, found)
+                for lb, row in labelled
+                if (found := by_row.get((row.group, row.topic_partition))) is not None
+            ]
+            for family in health_families:
+                value = health_getter(family)
+                emit(family.name, ((lb, value(ph)) for lb, ph in evaluated))
+            del evaluated
         del labelled
 
     groups = snapshot.groups
@@ -186,6 +261,28 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 for topic, lag in sorted(get(gs).items())
             ),
         )
+    if health is not None:
+        for family in filter(wanted, _GROUP_HEALTH):
+            value = health_getter(family)
+            emit(
+                family.name,
+                (
+                    (lb, value(gh))
+                    for lb, gs in by_group
+                    if (gh := health.groups.get(gs.group)) is not None
+                ),
+            )
+        # Every evaluated group-topic, abandoned ones too: with drop_abandoned they have left
+        # the lag families, but their health series stay (docs/health.md).
+        for family in filter(wanted, _TOPIC_HEALTH):
+            value = health_getter(family)
+            emit(
+                family.name,
+                (
+                    (gt_tmpl.format(group=esc(group), topic=esc(topic)), value(th))
+                    for (group, topic), th in sorted(health.topics.items())
+                ),
+            )
     del by_group, g_labels
 
     c_labels = cluster_label_text(snapshot.cluster, snapshot.labels)
@@ -197,10 +294,24 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
 
 def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[bytes, ...]:
     """The body's parts in order: each family's HELP/TYPE once, then its chunk of every cluster
-    (in cluster-name order). The parts are the chunks themselves, never copies."""
+    (in cluster-name order). The parts are the chunks themselves, never copies. Without the
+    counters (:func:`assemble_counters`), which follow them."""
+    return _joined(chunks_by_cluster, _HEADERS.items())
+
+
+def assemble_counters(
+    chunks_by_cluster: Mapping[str, ClusterChunks], openmetrics: bool
+) -> tuple[bytes, ...]:
+    """Like :func:`assemble`, for the counters in one format."""
+    return _joined(chunks_by_cluster, _COUNTER_HEADERS[openmetrics])
+
+
+def _joined(
+    chunks_by_cluster: Mapping[str, ClusterChunks], headers: Iterable[tuple[str, bytes]]
+) -> tuple[bytes, ...]:
     clusters = [chunks_by_cluster[name] for name in sorted(chunks_by_cluster)]
     out: list[bytes] = []
-    for family, family_header in _HEADERS.items():
+    for family, family_header in headers:
         parts = [chunks[family] for chunks in clusters if family in chunks]
         if parts:
             out.append(family_header)
@@ -209,6 +320,6 @@ def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[bytes, ...
 
 
 def render_snapshots(snapshots: Sequence[ClusterSnapshot], granularity: Granularity) -> str:
-    """The compatibility families of ``snapshots`` in text format (for ``once``)."""
-    parts = assemble({s.cluster: render_cluster(s, granularity) for s in snapshots})
-    return b"".join(parts).decode()
+    """The cluster families of ``snapshots`` in text format (for ``once``)."""
+    chunks = {s.cluster: render_cluster(s, granularity) for s in snapshots}
+    return b"".join((*assemble(chunks), *assemble_counters(chunks, False))).decode()

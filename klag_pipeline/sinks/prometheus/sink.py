@@ -7,9 +7,12 @@ only appends the small health part (``kafka_lag_exporter_up``, ``klag_pipeline_c
 the self-metrics to that cached body, so it never re-renders cluster series and never touches
 Kafka, however many groups there are.
 
-The same cached body serves both formats: every compatibility family is a gauge and label and
-value spelling is identical in text 0.0.4 and OpenMetrics 1.0, so only the trailer (``# EOF``)
-and the self-metrics differ, and both are rendered per scrape.
+The same cached body serves both formats: every family in it is a gauge and label and value
+spelling is identical in text 0.0.4 and OpenMetrics 1.0. What differs is rendered per scrape:
+the trailer (``# EOF``), the self-metrics, and the headers of the counters read from snapshots
+(``kafka_consumergroup_group_rebalances_total``: OpenMetrics names the family without
+``_total``), whose pre-rendered chunks (one line per group) follow the cached body, so the
+gzip prefix of the body is still shared by both formats.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.sinks.prometheus.render import (
     ClusterChunks,
     assemble,
+    assemble_counters,
     cluster_label_text,
     render_cluster,
 )
@@ -54,6 +58,8 @@ class _Exposition:
 
     chunks: Mapping[str, ClusterChunks]
     parts: tuple[bytes, ...]
+    counters: Mapping[bool, tuple[bytes, ...]]
+    """Per format (OpenMetrics or not): the counters' headers and chunks, after ``parts``."""
     gzip_prefix: bytes
     compressor: zlib._Compress
 
@@ -63,7 +69,10 @@ def _prepare(chunks: Mapping[str, ClusterChunks]) -> _Exposition:
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     compressed = [compressor.compress(part) for part in parts]
     compressed.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-    return _Exposition(MappingProxyType(dict(chunks)), parts, b"".join(compressed), compressor)
+    counters = MappingProxyType({om: assemble_counters(chunks, om) for om in (False, True)})
+    return _Exposition(
+        MappingProxyType(dict(chunks)), parts, counters, b"".join(compressed), compressor
+    )
 
 
 class PrometheusSink:
@@ -172,7 +181,8 @@ class PrometheusSink:
         """Like :meth:`render`, with the body as parts to write in order, so an uncompressed
         scrape never copies the (tens of MB) cached body."""
         openmetrics = wants_openmetrics(accept)
-        tail = [self._health_part()]
+        exposition = self._exposition
+        tail = [*exposition.counters[openmetrics], self._health_part()]
         self_metrics = self._self_metrics.render(openmetrics)
         if openmetrics:
             self_metrics = self_metrics.removesuffix(b"# EOF\n")
@@ -181,7 +191,6 @@ class PrometheusSink:
             tail.append(b"# EOF\n")
         scrape_part = b"".join(tail)
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        exposition = self._exposition
         if wants_gzip(accept_encoding):
             # Scrapes between two changes (of the clusters' body, the self-metrics or a queue
             # depth) get the same bytes: finishing the gzip stream once serves all of them.
