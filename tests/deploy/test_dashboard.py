@@ -50,7 +50,7 @@ SPEC_FAMILIES = frozenset(
 )
 # Consumer health (issue 14, docs/health.md), rendered by the evaluation stage's sink work, kept
 # apart from SPEC_FAMILIES so that which test needs that work merged stays visible (below).
-HEALTH_FAMILIES = frozenset(
+CONSUMER_HEALTH_FAMILIES = frozenset(
     {
         # partition (the label set of kafka_consumergroup_group_lag)
         "kafka_consumergroup_group_consume_rate",
@@ -110,8 +110,8 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def is_health_query(expr: str) -> bool:
-    return bool(set(METRIC_NAME.findall(expr)) & HEALTH_FAMILIES)
+def is_consumer_health_query(expr: str) -> bool:
+    return bool(set(METRIC_NAME.findall(expr)) & CONSUMER_HEALTH_FAMILIES)
 
 
 def concrete_query(expr: str, rate_interval: str) -> str:
@@ -177,7 +177,7 @@ def test_dashboard_variables_cover_every_reference() -> None:
 def test_queries_name_only_exported_families(title: str, ref: str, expr: str) -> None:
     names = set(METRIC_NAME.findall(expr))
     assert names, f"{title}/{ref}: no metric in {expr!r}"
-    known = SPEC_FAMILIES | HEALTH_FAMILIES | self_metric_families() | {CLUSTER_UP}
+    known = SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES | self_metric_families() | {CLUSTER_UP}
     assert names <= known, f"{title}/{ref}: unknown metric(s) {sorted(names - known)}"
 
 
@@ -186,16 +186,16 @@ def sink_families() -> set[str]:
 
 
 def test_spec_families_are_what_the_sink_exports() -> None:
-    # The dashboard and alerts are written against SPEC_FAMILIES and HEALTH_FAMILIES: the sink
-    # exports every SPEC family and nothing outside the two.
+    # The dashboard and alerts are written against SPEC_FAMILIES and CONSUMER_HEALTH_FAMILIES:
+    # the sink exports every SPEC family and nothing outside the two.
     assert sink_families() >= SPEC_FAMILIES
-    assert sink_families() <= SPEC_FAMILIES | HEALTH_FAMILIES
+    assert sink_families() <= SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
 
 
 def test_health_families_are_what_the_sink_exports_needs_health_sink_branch() -> None:
     # Fails until the branch that renders the consumer-health families is merged: the health
     # panels and alerts read exactly these names.
-    assert sink_families() == SPEC_FAMILIES | HEALTH_FAMILIES
+    assert sink_families() == SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
 
 
 def test_cluster_up_is_what_the_sink_exports() -> None:
@@ -216,7 +216,7 @@ def test_cluster_health_is_shown_per_cluster_and_lists_every_cluster() -> None:
 def test_dashboard_shows_every_spec_and_health_family() -> None:
     queries = panel_queries(load_dashboard())
     used = {name for _, _, expr in queries for name in METRIC_NAME.findall(expr)}
-    missing = (SPEC_FAMILIES | HEALTH_FAMILIES) - used
+    missing = (SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES) - used
     assert not missing, f"no panel shows {sorted(missing)}"
 
 
@@ -245,7 +245,7 @@ def health_panels() -> dict[str, dict[str, Any]]:
     return {
         p["title"]: p
         for p in panels
-        if any(is_health_query(t["expr"]) for t in p.get("targets", []))
+        if any(is_consumer_health_query(t["expr"]) for t in p.get("targets", []))
     }
 
 

@@ -33,7 +33,7 @@ from klag_pipeline.settings.schema import (
 )
 from tests.deploy.test_dashboard import (
     concrete_query,
-    is_health_query,
+    is_consumer_health_query,
     load_dashboard,
     panel_queries,
 )
@@ -58,7 +58,7 @@ def health_queries() -> list[tuple[str, str, str]]:
     return [
         (title, ref, concrete_query(expr, RATE_INTERVAL))
         for title, ref, expr in panel_queries(load_dashboard())
-        if is_health_query(expr)
+        if is_consumer_health_query(expr)
     ]
 
 

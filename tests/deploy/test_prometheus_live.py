@@ -32,7 +32,7 @@ from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, Settings
 from tests.deploy.test_dashboard import (
     concrete_query,
-    is_health_query,
+    is_consumer_health_query,
     load_dashboard,
     panel_queries,
 )
@@ -212,7 +212,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
     queries = [
         (title, ref, concrete_query(expr, RATE_INTERVAL))
         for title, ref, expr in panel_queries(load_dashboard())
-        if not is_health_query(expr)
+        if not is_consumer_health_query(expr)
     ]
     with prometheus_process(tmp_path, exporter_port) as base:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
