@@ -15,7 +15,6 @@ Two sources:
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,12 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from klag_pipeline.model import TopicPartition
-from klag_pipeline.settings.schema import (
-    ClusterSettings,
-    ExporterSettings,
-    HealthSettings,
-    Settings,
-)
+from klag_pipeline.settings.schema import HealthSettings, Settings
 from tests.deploy.test_dashboard import (
     concrete_query,
     is_consumer_health_query,
@@ -42,6 +36,8 @@ from tests.deploy.test_prometheus_live import (
     RATE_INTERVAL,
     PrometheusApi,
     free_port,
+    live_exporter,
+    prefixed_cluster,
     prometheus_process,
     running_exporter,
     wait_for,
@@ -249,24 +245,14 @@ async def test_health_panels_with_the_real_exporter_needs_health_sink_branch(
 
     exporter_port = free_port()
     settings = Settings(
-        exporter=ExporterSettings(
-            poll_interval=1.0,
-            http_host="127.0.0.1",
-            http_port=exporter_port,
-            staleness_threshold=5.0,
+        exporter=live_exporter(
+            exporter_port,
             # Short thresholds so that every status and flag is decided within the test.
             health=HealthSettings(
                 window=10.0, stalled_after=3.0, stopped_after=3.0, abandoned_after=3.0
             ),
         ),
-        clusters=(
-            ClusterSettings(
-                name="health-test",
-                bootstrap_servers=(kafka_bootstrap,),
-                group_whitelist=(re.compile("^" + re.escape(prefix)),),
-                topic_whitelist=(re.compile("^" + re.escape(prefix)),),
-            ),
-        ),
+        clusters=(prefixed_cluster("health-test", kafka_bootstrap, prefix),),
     )
     queries = health_queries()
     required = [q for q in queries if ONLY_WHERE_ESTIMATED not in q[2]]

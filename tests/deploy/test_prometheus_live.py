@@ -161,6 +161,28 @@ async def running_exporter(settings: Settings) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=30)
 
 
+def live_exporter(port: int, **overrides: Any) -> ExporterSettings:
+    """The exporter as the live tests run it: 1 s cycles, stale after 5 s, on ``port``."""
+    return ExporterSettings(
+        poll_interval=1.0,
+        http_host="127.0.0.1",
+        http_port=port,
+        staleness_threshold=5.0,
+        **overrides,
+    )
+
+
+def prefixed_cluster(name: str, bootstrap: str, prefix: str) -> ClusterSettings:
+    """The broker, restricted to the groups and topics of one test (names starting ``prefix``)."""
+    only = (re.compile("^" + re.escape(prefix)),)
+    return ClusterSettings(
+        name=name,
+        bootstrap_servers=(bootstrap,),
+        group_whitelist=only,
+        topic_whitelist=only,
+    )
+
+
 async def wait_for(what: str, check: Any, within: float = DEADLINE) -> Any:
     """Poll the async ``check`` until it returns something truthy; fail after ``within``."""
     return await wait_until(check, within=within, interval=0.5, message=what)
@@ -186,19 +208,9 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
 
     exporter_port = free_port()
     settings = Settings(
-        exporter=ExporterSettings(
-            poll_interval=1.0,
-            http_host="127.0.0.1",
-            http_port=exporter_port,
-            staleness_threshold=5.0,
-        ),
+        exporter=live_exporter(exporter_port),
         clusters=(
-            ClusterSettings(
-                name="deploy-test",
-                bootstrap_servers=(kafka_bootstrap,),
-                group_whitelist=(re.compile("^" + re.escape(prefix)),),
-                topic_whitelist=(re.compile("^" + re.escape(prefix)),),
-            ),
+            prefixed_cluster("deploy-test", kafka_bootstrap, prefix),
             # Nothing listens there: this cluster never completes a cycle.
             ClusterSettings(
                 name="unreachable",
