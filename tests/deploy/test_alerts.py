@@ -46,7 +46,7 @@ def alert(labels: dict[str, str], summary: str, description: str) -> dict[str, A
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(ALERTS_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
@@ -252,6 +252,134 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
         ],
         "alert_rule_test": [fires("10m", "KlagPipelineDataStale")],
     }
+    # Consumer health (docs/health.md): synthetic series of the group-level families, shaped as
+    # the exporter exports them. Codes: -1 UNKNOWN, 0 OK, 1 LAGGING, 2 REWOUND, 3 STALLED,
+    # 4 STOPPED.
+    status = "kafka_consumergroup_group_status"
+    catch_up = "kafka_consumergroup_group_max_catch_up_seconds"
+    abandoned = "kafka_consumergroup_group_topic_abandoned"
+    inf = " ".join(["+Inf"] * 31)
+
+    def group(name: str, extra: str = "") -> str:
+        return f'cluster_name="prod",group="{name}"{extra}'
+
+    def stalled_alert(name: str) -> dict[str, Any]:
+        return alert(
+            {"severity": "critical", "cluster_name": "prod", "group": name},
+            f"Consumer group {name} is stalled: it has members but commits nothing.",
+            f"On cluster prod, group {name} has members and records waiting, but its committed "
+            "offsets have not moved for stalled_after (health status 3 STALLED): its consumers "
+            "are stuck (a hung poll loop, a poison message, a blocked downstream) and lag grows "
+            "until they are fixed or restarted. "
+            f'kafka_consumergroup_group_partition_status{{group="{name}"}} == 3 names the '
+            "partitions.",
+        )
+
+    def stopped_alert(name: str) -> dict[str, Any]:
+        return alert(
+            {"severity": "warning", "cluster_name": "prod", "group": name},
+            f"Consumer group {name} has stopped consuming.",
+            f"On cluster prod, group {name} has no members while records wait, and its lag grew "
+            "or its commits are older than stopped_after (health status 4 STOPPED): nothing "
+            "consumes for it. Start its consumers, or delete the group if it is retired.",
+        )
+
+    stalled_stopped = {
+        "interval": "1m",
+        "input_series": [
+            # Stalled from 2m on; a second series (another scrape label) must not split it.
+            series(status, group("stuck"), "0 1 3x20"),
+            series(status, group("stuck", ',environment="eu"'), "0 1 3x20"),
+            series(status, group("gone"), "1 4x20"),
+            # Stalled for 3 minutes, then recovers: never long enough to fire.
+            series(status, group("blip"), "0 3 3 3 0x18"),
+            series(status, group("healthy"), "0x22"),
+            series(status, group("lagging"), "1x22"),
+            series(status, group("rewound"), "2x22"),
+            series(status, group("new"), "-1x22"),
+        ],
+        "alert_rule_test": [
+            # `for: 5m` from 2m: pending at 6m, firing at 7m.
+            fires("6m", "KafkaConsumerGroupStalled"),
+            fires("7m", "KafkaConsumerGroupStalled", stalled_alert("stuck")),
+            fires("7m", "KafkaConsumerGroupStopped"),
+            # `for: 10m` from 1m.
+            fires("10m", "KafkaConsumerGroupStopped"),
+            fires("11m", "KafkaConsumerGroupStopped", stopped_alert("gone")),
+            fires("20m", "KafkaConsumerGroupStalled", stalled_alert("stuck")),
+        ],
+    }
+
+    def catch_up_alert(name: str, needs: str) -> dict[str, Any]:
+        return alert(
+            {"severity": "warning", "cluster_name": "prod", "group": name},
+            f"Consumer group {name} is not catching up fast enough.",
+            f"On cluster prod, at its current consume and produce rates group {name} needs "
+            f"{needs} to work off its lag (threshold 3600s; +Inf: it consumes no faster than "
+            "records arrive and never catches up). Add consumers or make them faster. Catch-up "
+            "time is not time lag: see kafka_consumergroup_group_max_lag_seconds for how far "
+            "behind it is.",
+        )
+
+    catch_up_too_slow = {
+        "interval": "1m",
+        "input_series": [
+            # Never catches up (consumes no faster than produced) and is LAGGING: +Inf > 3600.
+            series(catch_up, group("never"), inf),
+            series(status, group("never"), "1x30"),
+            # Catching up, but in two hours; its status is OK (lag falling) and still alerts.
+            series(catch_up, group("slow"), "7200x30"),
+            series(status, group("slow"), "0x30"),
+            # Healthy: OK and back within a minute.
+            series(catch_up, group("healthy"), "60x30"),
+            series(status, group("healthy"), "0x30"),
+            # Exactly at the threshold is not above it.
+            series(catch_up, group("borderline"), "3600x30"),
+            series(status, group("borderline"), "1x30"),
+            # STALLED and STOPPED have +Inf catch-up by construction; their own alerts cover them.
+            series(catch_up, group("stuck"), inf),
+            series(status, group("stuck"), "3x30"),
+            series(catch_up, group("gone"), inf),
+            series(status, group("gone"), "4x30"),
+        ],
+        "alert_rule_test": [
+            fires("14m", "KafkaConsumerGroupCatchUpTooSlow"),
+            fires(
+                "16m",
+                "KafkaConsumerGroupCatchUpTooSlow",
+                catch_up_alert("never", "+Inf"),
+                catch_up_alert("slow", "2h 0m 0s"),
+            ),
+        ],
+    }
+
+    def abandoned_alert(name: str, topic: str) -> dict[str, Any]:
+        return alert(
+            {"severity": "info", "cluster_name": "prod", "group": name, "topic": topic},
+            f"Consumer group {name} has abandoned topic {topic}.",
+            f"On cluster prod, group {name} is Stable with members, none of which is assigned "
+            f"a partition of {topic}, and its commits there have not moved for abandoned_after: "
+            f"its lag on {topic} is left over from an earlier subscription. Delete the group's "
+            "offsets for the topic (kafka-consumer-groups --delete-offsets) or set "
+            "[exporter.health] drop_abandoned = true.",
+        )
+
+    topic_abandoned = {
+        "interval": "1m",
+        "input_series": [
+            series(abandoned, f'{group("migrated")},topic="orders-v1"', "0 1x10"),
+            series(abandoned, f'{group("migrated")},topic="orders-v2"', "0x11"),
+            series(abandoned, f'{group("healthy")},topic="orders"', "0x11"),
+        ],
+        "alert_rule_test": [
+            fires("5m", "KafkaConsumerGroupTopicAbandoned"),
+            fires(
+                "6m",
+                "KafkaConsumerGroupTopicAbandoned",
+                abandoned_alert("migrated", "orders-v1"),
+            ),
+        ],
+    }
     rules_test = {
         "rule_files": [str(ALERTS_FILE)],
         "evaluation_interval": "1m",
@@ -264,6 +392,9 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
             exporter_absent,
             stale,
             standby_only_stale,
+            stalled_stopped,
+            catch_up_too_slow,
+            topic_abandoned,
         ],
     }
     test_file = tmp_path / "alerts_test.yaml"

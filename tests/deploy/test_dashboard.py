@@ -48,6 +48,40 @@ SPEC_FAMILIES = frozenset(
         "kafka_consumergroup_group_consumable_lag",
     }
 )
+# Consumer health (issue 14, docs/health.md), rendered by the evaluation stage's sink work, kept
+# apart from SPEC_FAMILIES so that which test needs that work merged stays visible (below).
+CONSUMER_HEALTH_FAMILIES = frozenset(
+    {
+        # partition (the label set of kafka_consumergroup_group_lag)
+        "kafka_consumergroup_group_consume_rate",
+        "kafka_consumergroup_group_lag_velocity",
+        "kafka_consumergroup_group_catch_up_seconds",
+        "kafka_consumergroup_group_partition_status",
+        "kafka_consumergroup_group_estimated_lag_seconds",
+        # partition of a topic (the label set of kafka_partition_latest_offset)
+        "kafka_partition_produce_rate",
+        # group-topic (the label set of kafka_consumergroup_group_topic_sum_lag)
+        "kafka_consumergroup_group_topic_sum_consume_rate",
+        "kafka_consumergroup_group_topic_sum_lag_velocity",
+        "kafka_consumergroup_group_topic_commit_age_seconds",
+        "kafka_consumergroup_group_topic_abandoned",
+        # group (the label set of kafka_consumergroup_group_max_lag)
+        "kafka_consumergroup_group_status",
+        "kafka_consumergroup_group_sum_consume_rate",
+        "kafka_consumergroup_group_sum_lag_velocity",
+        "kafka_consumergroup_group_max_catch_up_seconds",
+        "kafka_consumergroup_group_rebalances_total",
+        "kafka_consumergroup_group_last_rebalance_timestamp_seconds",
+    }
+)
+STATUS_NAMES = {
+    "-1": "UNKNOWN",
+    "0": "OK",
+    "1": "LAGGING",
+    "2": "REWOUND",
+    "3": "STALLED",
+    "4": "STOPPED",
+}
 # The exporter's per-cluster health gauge (docs/metrics.md), rendered per scrape by the sink
 # rather than kept in the self-metrics registry.
 CLUSTER_UP = "klag_pipeline_cluster_up"
@@ -74,6 +108,10 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
         for panel in iter_panels(dashboard["panels"])
         for target in panel.get("targets", [])
     ]
+
+
+def is_consumer_health_query(expr: str) -> bool:
+    return bool(set(METRIC_NAME.findall(expr)) & CONSUMER_HEALTH_FAMILIES)
 
 
 def concrete_query(expr: str, rate_interval: str) -> str:
@@ -111,6 +149,7 @@ def test_dashboard_structure() -> None:
         "Partition drill-down",
         "Data-loss prevention",
         "Group states",
+        "Consumer health",
         "Message rates",
         "Exporter health",
     } <= rows
@@ -138,13 +177,25 @@ def test_dashboard_variables_cover_every_reference() -> None:
 def test_queries_name_only_exported_families(title: str, ref: str, expr: str) -> None:
     names = set(METRIC_NAME.findall(expr))
     assert names, f"{title}/{ref}: no metric in {expr!r}"
-    known = SPEC_FAMILIES | self_metric_families() | {CLUSTER_UP}
+    known = SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES | self_metric_families() | {CLUSTER_UP}
     assert names <= known, f"{title}/{ref}: unknown metric(s) {sorted(names - known)}"
 
 
+def sink_families() -> set[str]:
+    return {f.name for f in CLUSTER_FAMILIES} | {"kafka_lag_exporter_up"}
+
+
 def test_spec_families_are_what_the_sink_exports() -> None:
-    # The dashboard and alerts are written against SPEC_FAMILIES; the sink must agree.
-    assert {f.name for f in CLUSTER_FAMILIES} | {"kafka_lag_exporter_up"} == SPEC_FAMILIES
+    # The dashboard and alerts are written against SPEC_FAMILIES and CONSUMER_HEALTH_FAMILIES:
+    # the sink exports every SPEC family and nothing outside the two.
+    assert sink_families() >= SPEC_FAMILIES
+    assert sink_families() <= SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
+
+
+def test_health_families_are_what_the_sink_exports_needs_health_sink_branch() -> None:
+    # Fails until the branch that renders the consumer-health families is merged: the health
+    # panels and alerts read exactly these names.
+    assert sink_families() == SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
 
 
 def test_cluster_up_is_what_the_sink_exports() -> None:
@@ -162,8 +213,77 @@ def test_cluster_health_is_shown_per_cluster_and_lists_every_cluster() -> None:
     assert cluster["definition"] == f"label_values({CLUSTER_UP}, cluster_name)"
 
 
-def test_dashboard_shows_every_spec_family() -> None:
+def test_dashboard_shows_every_spec_and_health_family() -> None:
     queries = panel_queries(load_dashboard())
     used = {name for _, _, expr in queries for name in METRIC_NAME.findall(expr)}
-    missing = SPEC_FAMILIES - used
+    missing = (SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES) - used
     assert not missing, f"no panel shows {sorted(missing)}"
+
+
+def value_mapping(mappings: list[dict[str, Any]]) -> dict[str, str]:
+    """``{value: text}`` of a field's value mappings."""
+    return {
+        value: result["text"]
+        for mapping in mappings
+        if mapping["type"] == "value"
+        for value, result in mapping["options"].items()
+    }
+
+
+def field_mappings(panel: dict[str, Any], field: str | None) -> dict[str, str]:
+    """The value mappings of ``field`` (an override by name), or of the defaults for None."""
+    config = panel["fieldConfig"]
+    if field is None:
+        return value_mapping(config["defaults"].get("mappings", []))
+    (override,) = [o for o in config["overrides"] if o["matcher"]["options"] == field]
+    (mappings,) = [p["value"] for p in override["properties"] if p["id"] == "mappings"]
+    return value_mapping(mappings)
+
+
+def health_panels() -> dict[str, dict[str, Any]]:
+    panels = iter_panels(load_dashboard()["panels"])
+    return {
+        p["title"]: p
+        for p in panels
+        if any(is_consumer_health_query(t["expr"]) for t in p.get("targets", []))
+    }
+
+
+def test_status_is_shown_by_name() -> None:
+    # Every exported code (docs/health.md) has its name wherever a status is shown.
+    panels = health_panels()
+    assert field_mappings(panels["Group health"], "status") == STATUS_NAMES
+    assert field_mappings(panels["Partition health"], "status") == STATUS_NAMES
+    assert field_mappings(panels["Group status"], None) == STATUS_NAMES
+    assert field_mappings(panels["Group-topic health"], "abandoned") == {
+        "0": "no",
+        "1": "ABANDONED",
+    }
+
+
+def test_infinite_catch_up_time_is_shown_as_never() -> None:
+    # Grafana's Prometheus data source parses "+Inf" to Infinity; mappings match String(value).
+    panels = health_panels()
+    never = {"Infinity": "never"}
+    assert field_mappings(panels["Group health"], "catch-up time") == never
+    assert field_mappings(panels["Partition health"], "catch-up time") == never
+    assert field_mappings(panels["Catch-up time"], None) == never
+
+
+def test_health_panels_show_status_rates_and_catch_up_time() -> None:
+    exprs = {
+        title: " ".join(t["expr"] for t in panel["targets"])
+        for title, panel in health_panels().items()
+    }
+    assert "kafka_consumergroup_group_status" in exprs["Group status"]
+    rates = exprs["Consume rate vs produce rate"]
+    assert "consume_rate" in rates
+    assert "kafka_partition_produce_rate" in rates
+    assert "lag_velocity" in exprs["Lag velocity"]
+    assert "kafka_consumergroup_group_max_catch_up_seconds" in exprs["Catch-up time"]
+    # The renamed table columns are the refIds the queries really have.
+    for panel in health_panels().values():
+        refs = {t["refId"] for t in panel["targets"]}
+        for transformation in panel.get("transformations", []):
+            if renamed := transformation["options"].get("renameByName"):
+                assert {name.removeprefix("Value #") for name in renamed} == refs, panel["title"]

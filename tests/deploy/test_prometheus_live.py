@@ -30,7 +30,12 @@ from devtools import tools
 from klag_pipeline.app import serve
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, Settings
-from tests.deploy.test_dashboard import concrete_query, load_dashboard, panel_queries
+from tests.deploy.test_dashboard import (
+    concrete_query,
+    is_consumer_health_query,
+    load_dashboard,
+    panel_queries,
+)
 from tests.support.kafka import KafkaTestClient, Rec
 from tests.support.waiting import wait_until
 
@@ -46,6 +51,10 @@ SHORT_FOR = [
     "alerts.notStable.for=1s",
     "alerts.exporterDown.for=2s",
     "alerts.staleData.for=5s",
+    "alerts.stalled.for=1s",
+    "alerts.stopped.for=1s",
+    "alerts.catchUp.for=1s",
+    "alerts.abandoned.for=1s",
 ]
 DEADLINE = 60.0
 
@@ -152,6 +161,28 @@ async def running_exporter(settings: Settings) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=30)
 
 
+def live_exporter(port: int, **overrides: Any) -> ExporterSettings:
+    """The exporter as the live tests run it: 1 s cycles, stale after 5 s, on ``port``."""
+    return ExporterSettings(
+        poll_interval=1.0,
+        http_host="127.0.0.1",
+        http_port=port,
+        staleness_threshold=5.0,
+        **overrides,
+    )
+
+
+def prefixed_cluster(name: str, bootstrap: str, prefix: str) -> ClusterSettings:
+    """The broker, restricted to the groups and topics of one test (names starting ``prefix``)."""
+    only = (re.compile("^" + re.escape(prefix)),)
+    return ClusterSettings(
+        name=name,
+        bootstrap_servers=(bootstrap,),
+        group_whitelist=only,
+        topic_whitelist=only,
+    )
+
+
 async def wait_for(what: str, check: Any, within: float = DEADLINE) -> Any:
     """Poll the async ``check`` until it returns something truthy; fail after ``within``."""
     return await wait_until(check, within=within, interval=0.5, message=what)
@@ -177,19 +208,9 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
 
     exporter_port = free_port()
     settings = Settings(
-        exporter=ExporterSettings(
-            poll_interval=1.0,
-            http_host="127.0.0.1",
-            http_port=exporter_port,
-            staleness_threshold=5.0,
-        ),
+        exporter=live_exporter(exporter_port),
         clusters=(
-            ClusterSettings(
-                name="deploy-test",
-                bootstrap_servers=(kafka_bootstrap,),
-                group_whitelist=(re.compile("^" + re.escape(prefix)),),
-                topic_whitelist=(re.compile("^" + re.escape(prefix)),),
-            ),
+            prefixed_cluster("deploy-test", kafka_bootstrap, prefix),
             # Nothing listens there: this cluster never completes a cycle.
             ClusterSettings(
                 name="unreachable",
@@ -198,9 +219,12 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
             ),
         ),
     )
+    # The consumer-health panels are proven in test_health_live.py (their families come from
+    # another branch until it is merged); every other panel here.
     queries = [
         (title, ref, concrete_query(expr, RATE_INTERVAL))
         for title, ref, expr in panel_queries(load_dashboard())
+        if not is_consumer_health_query(expr)
     ]
     with prometheus_process(tmp_path, exporter_port) as base:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:

@@ -92,6 +92,87 @@ groups:
             4 Dead, 5 Empty with lag, 6 Assigning, 7 Reconciling): it is rebalancing
             repeatedly or its consumers are gone while messages wait. An Empty group with no
             lag does not alert.
+      - alert: KafkaConsumerGroupStalled
+        expr: >-
+          max by (cluster_name, group)
+          (kafka_consumergroup_group_status) == 3
+        for: {{ $a.stalled.for }}
+        labels:
+          severity: {{ $a.stalled.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} is stalled: it has members but commits
+            nothing.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, group {{`{{ $labels.group }}`}} has members
+            and records waiting, but its committed offsets have not moved for stalled_after
+            (health status 3 STALLED): its consumers are stuck (a hung poll loop, a poison
+            message, a blocked downstream) and lag grows until they are fixed or restarted.
+            kafka_consumergroup_group_partition_status{group="{{`{{ $labels.group }}`}}"} == 3
+            names the partitions.
+      - alert: KafkaConsumerGroupStopped
+        expr: >-
+          max by (cluster_name, group)
+          (kafka_consumergroup_group_status) == 4
+        for: {{ $a.stopped.for }}
+        labels:
+          severity: {{ $a.stopped.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} has stopped consuming.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, group {{`{{ $labels.group }}`}} has no members
+            while records wait, and its lag grew or its commits are older than stopped_after
+            (health status 4 STOPPED): nothing consumes for it. Start its consumers, or
+            delete the group if it is retired.
+      - alert: KafkaConsumerGroupCatchUpTooSlow
+        expr: >-
+          (max by (cluster_name, group)
+          (kafka_consumergroup_group_max_catch_up_seconds) > {{ $a.catchUp.thresholdSeconds }})
+          unless on (cluster_name, group)
+          (max by (cluster_name, group) (kafka_consumergroup_group_status) >= 3)
+        for: {{ $a.catchUp.for }}
+        labels:
+          severity: {{ $a.catchUp.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} is not catching up fast enough.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, at its current consume and produce rates
+            group {{`{{ $labels.group }}`}} needs {{`{{ $value | humanizeDuration }}`}} to work off its
+            lag (threshold {{ $a.catchUp.thresholdSeconds }}s; +Inf: it consumes no faster than
+            records arrive and never catches up). Add consumers or make them faster. Catch-up
+            time is not time lag:
+            see kafka_consumergroup_group_max_lag_seconds for how far behind it is.
+      - alert: KafkaConsumerGroupTopicAbandoned
+        expr: >-
+          max by (cluster_name, group, topic)
+          (kafka_consumergroup_group_topic_abandoned) == 1
+        for: {{ $a.abandoned.for }}
+        labels:
+          severity: {{ $a.abandoned.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            Consumer group {{`{{ $labels.group }}`}} has abandoned topic {{`{{ $labels.topic }}`}}.
+          description: >-
+            On cluster {{`{{ $labels.cluster_name }}`}}, group {{`{{ $labels.group }}`}} is Stable with
+            members, none of which is assigned a partition of {{`{{ $labels.topic }}`}}, and its
+            commits there have not moved for abandoned_after: its lag on
+            {{`{{ $labels.topic }}`}} is left over from an earlier subscription. Delete the group's
+            offsets for the topic (kafka-consumer-groups --delete-offsets) or set
+            [exporter.health] drop_abandoned = true.
   - name: klag-pipeline.exporter
     rules:
       - alert: KlagPipelineExporterDown
