@@ -258,6 +258,7 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
     status = "kafka_consumergroup_group_status"
     catch_up = "kafka_consumergroup_group_max_catch_up_seconds"
     abandoned = "kafka_consumergroup_group_topic_abandoned"
+    velocity = "kafka_consumergroup_group_sum_lag_velocity"
     inf = " ".join(["+Inf"] * 31)
 
     def group(name: str, extra: str = "") -> str:
@@ -315,8 +316,8 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
             {"severity": "warning", "cluster_name": "prod", "group": name},
             f"Consumer group {name} is not catching up fast enough.",
             f"On cluster prod, at its current consume and produce rates group {name} needs "
-            f"{needs} to work off its lag (threshold 3600s; +Inf: it consumes no faster than "
-            "records arrive and never catches up). Add consumers or make them faster. Catch-up "
+            f"{needs} to work off its lag (threshold 3600s; +Inf: it consumes slower than "
+            "records arrive and its lag grows). Add consumers or make them faster. Catch-up "
             "time is not time lag: see kafka_consumergroup_group_max_lag_seconds for how far "
             "behind it is.",
         )
@@ -324,9 +325,15 @@ def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
     catch_up_too_slow = {
         "interval": "1m",
         "input_series": [
-            # Never catches up (consumes no faster than produced) and is LAGGING: +Inf > 3600.
+            # Never catches up (consumes slower than produced: lag grows) and is LAGGING.
             series(catch_up, group("never"), inf),
             series(status, group("never"), "1x30"),
+            series(velocity, group("never"), "5x30"),
+            # Keeps pace exactly with a small steady lag: +Inf catch-up, but lag is not
+            # growing (velocity 0) — a healthy consumer, no alert.
+            series(catch_up, group("steady"), inf),
+            series(status, group("steady"), "0x30"),
+            series(velocity, group("steady"), "0x30"),
             # Catching up, but in two hours; its status is OK (lag falling) and still alerts.
             series(catch_up, group("slow"), "7200x30"),
             series(status, group("slow"), "0x30"),

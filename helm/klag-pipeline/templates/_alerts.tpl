@@ -133,8 +133,18 @@ groups:
             delete the group if it is retired.
       - alert: KafkaConsumerGroupCatchUpTooSlow
         expr: >-
-          (max by (cluster_name, group)
-          (kafka_consumergroup_group_max_catch_up_seconds) > {{ $a.catchUp.thresholdSeconds }})
+          (
+            max by (cluster_name, group)
+            (kafka_consumergroup_group_max_catch_up_seconds) > {{ $a.catchUp.thresholdSeconds }}
+            unless on (cluster_name, group)
+            (
+              max by (cluster_name, group)
+              (kafka_consumergroup_group_max_catch_up_seconds) == +Inf
+              unless on (cluster_name, group)
+              max by (cluster_name, group)
+              (kafka_consumergroup_group_sum_lag_velocity) > 0
+            )
+          )
           unless on (cluster_name, group)
           (max by (cluster_name, group) (kafka_consumergroup_group_status) >= 3)
         for: {{ $a.catchUp.for }}
@@ -149,8 +159,8 @@ groups:
           description: >-
             On cluster {{`{{ $labels.cluster_name }}`}}, at its current consume and produce rates
             group {{`{{ $labels.group }}`}} needs {{`{{ $value | humanizeDuration }}`}} to work off its
-            lag (threshold {{ $a.catchUp.thresholdSeconds }}s; +Inf: it consumes no faster than
-            records arrive and never catches up). Add consumers or make them faster. Catch-up
+            lag (threshold {{ $a.catchUp.thresholdSeconds }}s; +Inf: it consumes slower than
+            records arrive and its lag grows). Add consumers or make them faster. Catch-up
             time is not time lag:
             see kafka_consumergroup_group_max_lag_seconds for how far behind it is.
       - alert: KafkaConsumerGroupTopicAbandoned
