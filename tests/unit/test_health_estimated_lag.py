@@ -28,42 +28,43 @@ def estimate(snapshot: ClusterSnapshot, group: str = "g", topic: str = "t") -> f
     return health(snapshot).partitions[(group, TopicPartition(topic, 0))].estimated_lag_seconds
 
 
-def denied(at: float, rows: list[PartitionRow], topics: frozenset[str]) -> ClusterSnapshot:
-    return dataclasses.replace(snap(at, rows), time_lag_denied=topics)
+def denied(at: float, rows: list[PartitionRow], topics: set[str]) -> ClusterSnapshot:
+    return dataclasses.replace(snap(at, rows), time_lag_denied=frozenset(topics))
 
 
 def exact(r: PartitionRow, seconds: float) -> PartitionRow:
     return dataclasses.replace(r, lag_seconds=seconds)
 
 
-def test_a_denied_fetch_answer_names_its_topic_and_marks_the_snapshot() -> None:
+def answered(code: int) -> object:
+    """What the sampler files for an offset whose Fetch answer carried ``code``."""
     step = advance(
         Job(TP, 5, 5),
-        PartitionData(29, b"", (), False),
+        PartitionData(code, b"", (), False),
         read_at=5,
         cap=1 << 20,
         read_committed=False,
     )
-    assert step.result == Failure(
+    return step.result
+
+
+def test_a_denied_fetch_answer_names_its_topic_and_marks_the_snapshot() -> None:
+    denial = answered(29)
+    assert denial == Failure(
         "timestamps",
         "t-0",
         "offset 5: TOPIC_AUTHORIZATION_FAILED (error code 29)",
         denied_topic="t",
     )
-    # Any other code (here a timeout-like transient one) marks nothing.
-    other = advance(
-        Job(TP, 5, 5),
-        PartitionData(7, b"", (), False),
-        read_at=5,
-        cap=1 << 20,
-        read_committed=False,
-    )
-    assert isinstance(other.result, Failure)
-    assert other.result.denied_topic is None
+    # Any other code (here REQUEST_TIMED_OUT, a transient one) marks nothing.
+    other = answered(7)
+    assert isinstance(denial, Failure)
+    assert isinstance(other, Failure)
+    assert other.denied_topic is None
 
     sampled = cycle(committed={"g": {tp("t", 0): 5}}, watermarks={tp("t", 0): Watermarks(0, 9)})
     sampled = dataclasses.replace(
-        sampled, failures=(step.result, other.result, Failure("timestamps", "east", "timed out"))
+        sampled, failures=(denial, other, Failure("timestamps", "east", "timed out"))
     )
     snapshot = calculate(sampled)
     assert snapshot.time_lag_denied == frozenset({"t"})
