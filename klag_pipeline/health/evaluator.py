@@ -170,7 +170,8 @@ class Evaluator:
         if not self._estimating:
             return
         if not self._rate_mode:
-            exact = {row.topic for row in snapshot.rows if row.lag_seconds is not None}
+            # A lag-0 row's time lag is 0 without a read: only a lagging row's proves Read.
+            exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
             present = {offsets.topic for offsets in snapshot.partitions}
             self._denied = ((self._denied | snapshot.time_lag_denied) - exact) & present
         self._timelines.observe(

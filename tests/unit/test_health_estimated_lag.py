@@ -99,8 +99,9 @@ def test_message_mode_estimates_only_lagging_rows_of_denied_topics() -> None:
     out = ev.evaluate(denied(10, [row("g", "t", 1000, 1100), row("g", "u", 50, 200)], {"t"}))
     assert estimate(out) is None
     assert estimate(out, topic="u") is None
-    # A cycle without lag on t reports no denial (nothing was fetched): t stays tracked.
-    ev.evaluate(snap(20, [row("g", "t", 1200, 1200), row("g", "u", 50, 300)]))
+    # A cycle without lag on t reports no denial (nothing was fetched; lag 0 is time lag 0
+    # without a read): t stays tracked.
+    ev.evaluate(snap(20, [exact(row("g", "t", 1200, 1200), 0.0), row("g", "u", 50, 300)]))
     out = ev.evaluate(denied(30, [row("g", "t", 1149, 1300), row("g", "u", 50, 400)], {"t"}))
     # Points (10, 1100), (20, 1200): record 1149 at 10 + 50/100 * 10 = 15 s.
     assert estimate(out) == pytest.approx(30 - 15.0)
