@@ -65,5 +65,7 @@ def collection_chain(
         .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
     )
     if evaluate and exporter.health.enabled:
-        chain = chain.then(EvaluationStage(exporter.health, exporter.poll_interval))
+        chain = chain.then(
+            EvaluationStage(exporter.health, exporter.poll_interval, exporter.timestamp_sampling)
+        )
     return chain

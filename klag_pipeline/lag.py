@@ -286,4 +286,7 @@ def calculate(
         compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
         data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
         error_count=errors,
+        time_lag_denied=frozenset(
+            f.denied_topic for f in sampled.failures if f.denied_topic is not None
+        ),
     )

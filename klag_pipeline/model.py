@@ -136,6 +136,9 @@ class Failure:
     stage: str
     target: str  # broker id, group id or "topic-partition" for display only, never a key
     error: str
+    denied_topic: str | None = None
+    """The topic when the broker refused the read as TOPIC_AUTHORIZATION_FAILED: its time lag
+    can only be estimated (docs/time-lag.md), so the calculation marks it in the snapshot."""
 
 
 EMPTY_FAILURES: tuple[Failure, ...] = ()

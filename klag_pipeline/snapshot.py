@@ -98,6 +98,9 @@ class ClusterSnapshot:
     health: ClusterHealth | None = None
     """The evaluation stage's rates, catch-up times and statuses (None: health is disabled, or
     a one-cycle ``once``)."""
+    time_lag_denied: frozenset[str] = frozenset()
+    """Topics whose Fetch the broker refused (TOPIC_AUTHORIZATION_FAILED) this cycle: their
+    lagging rows have no exact time lag, and the evaluation estimates it (docs/time-lag.md)."""
 
 
 @dataclass(frozen=True, slots=True)

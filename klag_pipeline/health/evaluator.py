@@ -6,6 +6,11 @@ seen. Per partition of a kept topic: its high watermark observations over the sa
 group: the last state and the rebalance count. Everything a snapshot no longer contains is
 dropped with it, so memory follows what exists, O(window samples) per partition.
 
+Estimated time lag (health/estimate.py): per partition, a timeline of at most
+``rate_history_samples`` high watermarks over at most ``rate_history_max_age`` — of every kept
+partition in ``mode = "rate"``, else only of topics whose Fetch was denied (kept from the first
+denial until a row of the topic has an exact time lag again, or the topic disappears).
+
 Times are the snapshots' ``observed_at`` (unix seconds): a wall-clock jump shows as one odd rate
 for one window; commit ages are "since the exporter first saw it" after a start.
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from klag_pipeline import lag
+from klag_pipeline.health.estimate import Timelines
 from klag_pipeline.health.model import (
     ClusterHealth,
     GroupHealth,
@@ -39,7 +45,7 @@ from klag_pipeline.health.rules import (
     worst,
 )
 from klag_pipeline.model import GroupState, TopicPartition
-from klag_pipeline.settings.schema import HealthSettings
+from klag_pipeline.settings.schema import HealthSettings, TimestampSamplingSettings
 from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionRow
 
 REBALANCING: frozenset[GroupState] = frozenset(
@@ -72,8 +78,19 @@ class _GroupMemory:
 class Evaluator:
     """Feed it every snapshot of one cluster, in order; it returns each one's evaluation."""
 
-    def __init__(self, settings: HealthSettings, poll_interval: float) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        poll_interval: float,
+        sampling: TimestampSamplingSettings | None = None,
+    ) -> None:
         self._settings = settings
+        sampling = sampling or TimestampSamplingSettings()
+        # Time lag switched off entirely: nothing to estimate either.
+        self._estimating = sampling.enabled
+        self._rate_mode = sampling.mode == "rate"
+        self._timelines = Timelines(sampling.rate_history_samples, sampling.rate_history_max_age)
+        self._denied: set[str] = set()
         self._window = settings.window
         self._max_samples = math.ceil(settings.window / poll_interval) + 2
         self._thresholds = Thresholds(settings.stalled_after, settings.stopped_after)
@@ -87,10 +104,13 @@ class Evaluator:
         now = snapshot.observed_at
         members = {g.group: g.member_count > 0 for g in snapshot.groups}
         partitions: dict[RowKey, PartitionHealth] = {}
+        self._observe_highs(snapshot)
         evaluate_row = self._evaluate_row
+        with_estimate = self._with_estimate
         for row in snapshot.rows:
             key = (row.group, TopicPartition(row.topic, row.partition))
-            partitions[key] = evaluate_row(key, row, now, members.get(row.group, False))
+            judged = evaluate_row(key, row, now, members.get(row.group, False))
+            partitions[key] = with_estimate(judged, row, now)
         for key in self._rows.keys() - partitions.keys():
             del self._rows[key]
         produce = self._produce_rates(snapshot, now)
@@ -153,6 +173,39 @@ class Evaluator:
             status=status,
             reason=reason,
         )
+
+    def _observe_highs(self, snapshot: ClusterSnapshot) -> None:
+        """Add this snapshot's high watermarks to the timelines the estimate needs."""
+        if not self._estimating:
+            return
+        if not self._rate_mode:
+            # A lag-0 row's time lag is 0 without a read: only a lagging row's proves Read.
+            exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
+            present = {offsets.topic for offsets in snapshot.partitions}
+            self._denied = ((self._denied | snapshot.time_lag_denied) - exact) & present
+        self._timelines.observe(
+            snapshot.observed_at,
+            (
+                (TopicPartition(o.topic, o.partition), o.high)
+                for o in snapshot.partitions
+                if self._rate_mode or o.topic in self._denied
+            ),
+        )
+
+    def _with_estimate(
+        self, health: PartitionHealth, row: PartitionRow, now: float
+    ) -> PartitionHealth:
+        """``health`` with the estimated time lag where the exact one cannot be read: every row
+        in rate mode, a lagging row without exact time lag of a denied topic otherwise."""
+        if self._rate_mode:
+            wanted = self._estimating
+        else:
+            wanted = row.lag > 0 and row.lag_seconds is None and row.topic in self._denied
+        timeline = self._timelines.get(row.topic_partition) if wanted else None
+        if timeline is None:
+            return health
+        estimate = timeline.lag_seconds(row.committed, now)
+        return dataclasses.replace(health, estimated_lag_seconds=estimate)
 
     def _produce_rates(self, snapshot: ClusterSnapshot, now: float) -> dict[TopicPartition, float]:
         produce: dict[TopicPartition, float] = {}

@@ -15,6 +15,7 @@ from typing import Literal
 Granularity = Literal["partition", "topic"]
 OtelProtocol = Literal["grpc", "http/protobuf"]
 LeadershipProvider = Literal["kubernetes", "kafka"]
+SamplingMode = Literal["message", "rate"]
 
 
 def _empty() -> Mapping[str, str]:
@@ -24,6 +25,11 @@ def _empty() -> Mapping[str, str]:
 @dataclass(frozen=True, slots=True)
 class TimestampSamplingSettings:
     enabled: bool = True
+    # "message": read the record at the committed offset (exact time lag); "rate": no Fetch,
+    # time lag estimated from the high-watermark history (docs/time-lag.md).
+    mode: SamplingMode = "message"
+    rate_history_samples: int = 60  # (time, high) points kept per partition for the estimate
+    rate_history_max_age: float = 3600.0  # points older than this are dropped
     cache_ttl: float = 60.0
     max_concurrent_fetches: int = 10
     fetch_timeout: float = 5.0

@@ -53,7 +53,9 @@ class TimestampStage:
 
     async def process(self, event: WatermarksListed) -> TimestampsSampled:
         started = self._clock.monotonic()
-        if not self._settings.enabled:
+        # Rate mode estimates time lag from the watermark history instead (health/estimate.py):
+        # no Fetch at all, and no exact time-lag families, as when sampling is off.
+        if not self._settings.enabled or self._settings.mode == "rate":
             return TimestampsSampled(
                 watermarks=event,
                 samples=MappingProxyType({}),

@@ -136,9 +136,6 @@ def test_klag_exporter_only_keys_load_with_one_warning_each() -> None:
     warned = sorted(w.path for w in loaded.warnings)
     assert warned == sorted(
         [
-            "exporter.timestamp_sampling.mode",
-            "exporter.timestamp_sampling.rate_history_samples",
-            "exporter.timestamp_sampling.rate_history_max_age",
             "exporter.timestamp_sampling.rate_min_msgs_per_sec",
             "exporter.performance.client_recycle_interval",
             "exporter.performance.max_blocking_threads",
@@ -149,11 +146,37 @@ def test_klag_exporter_only_keys_load_with_one_warning_each() -> None:
     )
     assert all("ignored" in w.message for w in loaded.warnings)
     exporter = loaded.settings.exporter
+    sampling = exporter.timestamp_sampling
+    # klag-exporter's rate mode and its history bounds are honoured (docs/time-lag.md).
+    assert (sampling.mode, sampling.rate_history_samples, sampling.rate_history_max_age) == (
+        "rate",
+        5,
+        600.0,
+    )
     assert exporter.staleness_threshold == 600.0
     assert exporter.performance.max_concurrent_groups == 30
     leadership = exporter.leadership
     assert leadership.lease_namespace == "default"
     assert (leadership.lease_duration, leadership.renew_deadline) == (30.0, 20.0)
+
+
+def test_sampling_mode_is_message_or_rate() -> None:
+    assert load(CLUSTER).settings.exporter.timestamp_sampling.mode == "message"
+    with pytest.raises(ConfigError) as info:
+        parse_settings('[exporter.timestamp_sampling]\nmode = "guess"\n' + CLUSTER, {})
+    assert [path for path, _ in info.value.problems] == ["exporter.timestamp_sampling.mode"]
+
+
+def test_rate_mode_needs_the_evaluation_stage() -> None:
+    text = '[exporter.timestamp_sampling]\nmode = "rate"\n[exporter.health]\nenabled = false\n'
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text + CLUSTER, {})
+    ((path, message),) = info.value.problems
+    assert path == "exporter.timestamp_sampling.mode"
+    assert "[exporter.health]" in message
+    # With time lag switched off altogether nothing needs estimating.
+    off = text.replace('mode = "rate"', 'mode = "rate"\nenabled = false')
+    assert load(off + CLUSTER).settings.exporter.timestamp_sampling.mode == "rate"
 
 
 def test_staleness_threshold_defaults_to_three_poll_intervals() -> None:

@@ -200,12 +200,15 @@ async def test_partition_without_watermarks_is_skipped(clock: FakeClock) -> None
     assert set(result.samples) == {(TP, 1)}
 
 
-async def test_disabled_sampling_never_fetches(clock: FakeClock) -> None:
+@pytest.mark.parametrize("settings", [{"enabled": False}, {"mode": "rate"}])
+async def test_disabled_sampling_and_rate_mode_never_fetch(
+    clock: FakeClock, settings: dict[str, object]
+) -> None:
+    # Rate mode estimates time lag from watermarks in the evaluation stage: no Fetch at all,
+    # and no exact time-lag families (``enabled`` False in the event).
     client = FakeSampling(clock, {(TP, 1): sample(1)})
 
-    result = await stage(client, enabled=False).process(
-        listed({"a": {TP: 1}}, {TP: Watermarks(0, 5)})
-    )
+    result = await stage(client, **settings).process(listed({"a": {TP: 1}}, {TP: Watermarks(0, 5)}))
 
     assert client.calls == []
     assert not result.enabled

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from klag_pipeline.kafka.errors import error_name
+from klag_pipeline.kafka.errors import TOPIC_AUTHORIZATION_FAILED, error_name
 from klag_pipeline.kafka.record_batches import (
     Found,
     NeedMoreBytes,
@@ -179,11 +179,12 @@ def unread(job: Job, *, leaderless: bool) -> Failure:
     return failure(job, "no leader known for the partition" if leaderless else "not read")
 
 
-def failure(job: Job, error: str) -> Failure:
+def failure(job: Job, error: str, *, code: int = 0) -> Failure:
     return Failure(
         stage=STAGE,
         target=f"{job.tp.topic}-{job.tp.partition}",
         error=f"offset {job.asked}: {error}",
+        denied_topic=job.tp.topic if code == TOPIC_AUTHORIZATION_FAILED else None,
     )
 
 
@@ -203,7 +204,9 @@ def _ride_along(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -
     if isinstance(outcome, str):
         return Step(Move.FAILED, failure(job, outcome))
     if outcome.error_code:
-        return Step(Move.FAILED, failure(job, code_failure(outcome.error_code)))
+        return Step(
+            Move.FAILED, failure(job, code_failure(outcome.error_code), code=outcome.error_code)
+        )
     if len(outcome.records) > cap:
         return Step(Move.WAITS, job)
     scan = _scan(outcome, job.read_from, read_committed)
@@ -217,7 +220,9 @@ def _judge(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -> Ste
     if isinstance(outcome, str):
         return Step(Move.FAILED, failure(job, outcome))
     if outcome.error_code:
-        return Step(Move.FAILED, failure(job, code_failure(outcome.error_code)))
+        return Step(
+            Move.FAILED, failure(job, code_failure(outcome.error_code), code=outcome.error_code)
+        )
     if len(outcome.records) > cap:
         # Only the head partition of a request can get more than it asked for: Kafka hands
         # it its whole first batch. The cap is a hard limit, so the bytes are not read.

@@ -25,6 +25,8 @@ DURATIONS: Final[dict[str, tuple[float, float]]] = {
     # 0s: no caching.
     "exporter.timestamp_sampling.cache_ttl": (0.0, _DAY),
     "exporter.timestamp_sampling.fetch_timeout": (0.1, 5 * _MINUTE),
+    # The oldest time lag the estimate can report (older is unknown, never extrapolated).
+    "exporter.timestamp_sampling.rate_history_max_age": (1.0, 30 * _DAY),
     "exporter.otel.export_interval": (1.0, _DAY),
     "exporter.otel.timeout": (0.1, 10 * _MINUTE),
     "exporter.performance.kafka_timeout": (0.1, 10 * _MINUTE),
@@ -47,6 +49,8 @@ COUNTS: Final[dict[str, tuple[int, int]]] = {
     "exporter.http_port": (1, 65535),
     "exporter.timestamp_sampling.max_concurrent_fetches": (1, 1000),
     "exporter.timestamp_sampling.max_bytes_per_partition": (_KIB, 64 * _MIB),
+    # Two points to interpolate between; 16 bytes a point per partition (health/estimate.py).
+    "exporter.timestamp_sampling.rate_history_samples": (2, 10000),
     # 0: never rotate; otherwise at least 1 KiB (checked by the loader).
     "exporter.jsonl.rotate_bytes": (0, _TIB),
     "exporter.jsonl.keep_files": (0, 1000),

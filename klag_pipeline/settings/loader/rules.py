@@ -40,6 +40,7 @@ from klag_pipeline.settings.schema import (
     OtelProtocol,
     OtelSettings,
     PerformanceSettings,
+    SamplingMode,
     Settings,
     TimestampSamplingSettings,
 )
@@ -81,11 +82,10 @@ _IGNORED = "has no effect in klag-pipeline and is ignored"
 # klag-exporter keys without a meaning here: accepted (its config.toml must load unchanged) with
 # one warning each, so nothing configured is ignored silently.
 _SAMPLING_COMPAT: Final = {
-    "mode": f"klag-exporter's sampling mode {_IGNORED}: the record at the committed offset is "
-    "always read (exact time lag, no rate estimate)",
-    "rate_history_samples": f"klag-exporter rate-mode setting {_IGNORED}",
-    "rate_history_max_age": f"klag-exporter rate-mode setting {_IGNORED}",
-    "rate_min_msgs_per_sec": f"klag-exporter rate-mode setting {_IGNORED}",
+    # The estimate interpolates between observed high watermarks instead of dividing by a
+    # rate, so a rate floor has nothing to act on (docs/time-lag.md).
+    "rate_min_msgs_per_sec": f"klag-exporter rate-mode setting {_IGNORED}: the estimate "
+    "interpolates the high-watermark history and needs no rate floor",
 }
 _PERFORMANCE_COMPAT: Final = {
     "client_recycle_interval": f"klag-exporter's librdkafka client recycling {_IGNORED}",
@@ -135,6 +135,15 @@ def _exporter(s: Section) -> ExporterSettings:
         leadership=_leadership(s.table("leadership")),
         health=health_settings(s.table("health"), poll_interval),
     )
+    sampling = exporter.timestamp_sampling
+    if sampling.enabled and sampling.mode == "rate" and not exporter.health.enabled:
+        # The estimate is computed by the evaluation stage from its high-watermark history;
+        # silently exporting no time lag at all would be the surprise this key exists to end.
+        s.ctx.problem(
+            "exporter.timestamp_sampling.mode",
+            '"rate" estimates time lag in the evaluation stage: it needs [exporter.health] '
+            'enabled = true (or use mode = "message")',
+        )
     s.finish()
     return exporter
 
@@ -158,6 +167,9 @@ def _sampling(s: Section) -> TimestampSamplingSettings:
         max_concurrent_fetches=_count(s, "max_concurrent_fetches", d.max_concurrent_fetches),
         fetch_timeout=_duration(s, "fetch_timeout", d.fetch_timeout),
         max_bytes_per_partition=_count(s, "max_bytes_per_partition", d.max_bytes_per_partition),
+        mode=s.get("mode", d.mode, choice(get_args(SamplingMode))),
+        rate_history_samples=_count(s, "rate_history_samples", d.rate_history_samples),
+        rate_history_max_age=_duration(s, "rate_history_max_age", d.rate_history_max_age),
     )
     s.finish()
     return result
