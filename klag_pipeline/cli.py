@@ -189,13 +189,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_OK
         return _call("klag_pipeline.commands.check", "check_connect", settings, args.timeout)
     if args.command == "once":
+        # The window only when given: without it ``once`` is the one-cycle command it always was.
+        window = () if args.window is None else (args.window,)
         return _call(
-            "klag_pipeline.commands.once",
-            "once",
-            settings,
-            args.format,
-            args.timeout,
-            args.window,
+            "klag_pipeline.commands.once", "once", settings, args.format, args.timeout, *window
         )
     if args.command == "status":
         return _call(
