@@ -64,10 +64,13 @@ class TrackedClient:
         self.step_started = time.monotonic()
         # False between the cycles of a ``--window`` run: waiting then is the plan, not a broker.
         self.busy = True
+        self.resumed: float | None = None  # when the latest cycle after a rest began
 
     def _enter(self, step: str) -> None:
         self.step = step
         self.step_started = time.monotonic()
+        if not self.busy:
+            self.resumed = self.step_started
         self.busy = True
 
     def rest(self, what: str) -> None:
@@ -75,6 +78,11 @@ class TrackedClient:
         self.step = what
         self.step_started = time.monotonic()
         self.busy = False
+
+    def quiet(self, now: float) -> bool:
+        """Nothing worth a "still waiting" line: resting, or a cycle that began under
+        ``PROGRESS_FIRST`` ago (the same grace the first cycle gets)."""
+        return not self.busy or (self.resumed is not None and now - self.resumed < PROGRESS_FIRST)
 
     def waiting_on(self) -> tuple[str, ...]:
         return self.inner.waiting_on() if isinstance(self.inner, ShowsWaits) else ()
@@ -266,7 +274,7 @@ async def _report_progress(
     while True:
         now = time.monotonic()
         for cluster, client, task in zip(clusters, clients, tasks, strict=True):
-            if task.done() or not client.busy:
+            if task.done() or client.quiet(now):
                 continue
             log.info(
                 "cluster_waiting",

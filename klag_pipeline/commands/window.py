@@ -12,9 +12,10 @@ The decisions (documented in docs/health.md, "Command line"):
   the last cycle whatever the cycles' own durations. The evaluator's sample bound follows the
   interval (``poll_interval`` is replaced by it for this run).
 - **Thresholds.** ``stalled_after`` and ``stopped_after`` longer than the run could never be reached
-  (a stalled group would stay UNKNOWN), so they are shortened to the run minus half an interval:
-  a committed offset that did not move during the whole run counts as not moving. Shorter ones
-  are kept. ``enabled = false`` does not apply: asking for ``--window`` asks for the evaluation.
+  (a stalled group would stay UNKNOWN), so they are shortened to the run minus one interval: a
+  committed offset that did not move during the whole run counts as not moving, whatever the
+  cycles' own durations (the first, connecting, is the slowest). Shorter ones are kept.
+  ``enabled = false`` does not apply: asking for ``--window`` asks for the evaluation.
 - **Chain.** One chain per cluster for the whole run, built long-running (values a cycle could not
   read are carried, as in the exporter), because a row missing from one cycle would otherwise
   erase its history in the evaluator.
@@ -62,7 +63,7 @@ class Plan:
     def exporter(self, exporter: ExporterSettings) -> ExporterSettings:
         """``exporter`` with the health settings of this run (see the module docstring)."""
         health = exporter.health
-        longest = self.window - self.interval / 2
+        longest = self.window - self.interval
         return dataclasses.replace(
             exporter,
             poll_interval=self.interval,

@@ -163,7 +163,7 @@ def test_plan_health_covers_the_run_and_shortens_unreachable_thresholds() -> Non
     run_exporter = Plan.of(30.0, 5.0).exporter(exporter)
     assert run_exporter.poll_interval == 5.0
     assert run_exporter.health == HealthSettings(
-        enabled=True, window=35.0, stalled_after=27.5, stopped_after=10.0
+        enabled=True, window=35.0, stalled_after=25.0, stopped_after=10.0
     )
 
 
@@ -455,3 +455,14 @@ def test_status_with_a_failed_cluster_is_exit_1_even_when_the_group_answered(
 ) -> None:
     fake_run(monkeypatch, [snapshot(health=HEALTH)], [ClusterFailure("dr", "connect", "refused")])
     assert status_command.status(loaded, "app", None, 30.0, 5.0) == 1
+
+
+def test_progress_is_quiet_between_cycles_and_in_a_cycle_under_a_second_old() -> None:
+    tracked = client()
+    now = time.monotonic()
+    assert not tracked.quiet(now)  # the first cycle: reported as always
+    tracked.rest("waiting for cycle 2 of 3")
+    assert tracked.quiet(now)
+    tracked._enter("list groups")  # what every request does
+    assert tracked.quiet(time.monotonic())
+    assert not tracked.quiet(time.monotonic() + 1.0)
