@@ -2,7 +2,8 @@
 
 Starts a single-node Kafka 4.x from the pinned jars, creates four topics and runs:
 - ``demo-orders-fast``: a consumer that keeps up (lag ≈ 0),
-- ``demo-orders-slow``: a consumer that reads one record per second (lag and time lag grow),
+- ``demo-orders-slow``: a consumer that reads one record per second (lag and time lag grow;
+  LAGGING, or STALLED for a partition its one-record polls do not reach for 20 s),
 - ``demo-payments-stopped``: a group that committed once and has no member (Empty, lag grows):
   STOPPED,
 - ``demo-payments-stalled``: a member that polls and never commits while records arrive: STALLED,
@@ -209,7 +210,14 @@ async def demo(bootstrap: str, seconds: float) -> None:
             tasks.create_task(consume(bootstrap, "demo-orders-fast", stop, per_second=10_000))
             tasks.create_task(consume(bootstrap, "demo-orders-slow", stop, per_second=1))
             tasks.create_task(
-                consume(bootstrap, "demo-payments-stalled", stop, per_second=1, commit=False)
+                consume(
+                    bootstrap,
+                    "demo-payments-stalled",
+                    stop,
+                    per_second=1,
+                    topic="demo-payments",
+                    commit=False,
+                )
             )
             for group, rate in (("demo-shipments-lagging", 5), ("demo-shipments-backfill", 30)):
                 tasks.create_task(
