@@ -1,14 +1,22 @@
 """`make demo`: a local Kafka, a small workload and the exporter on an embedded settings file.
 
-Starts a single-node Kafka 4.x from the pinned jars, creates three topics and runs:
+Starts a single-node Kafka 4.x from the pinned jars, creates four topics and runs:
 - ``demo-orders-fast``: a consumer that keeps up (lag ≈ 0),
-- ``demo-orders-slow``: a consumer that reads one record per second (lag and time lag grow),
-- ``demo-payments-stopped``: a group that committed once and has no member (Empty, lag grows),
+- ``demo-orders-slow``: a consumer that reads one record per second (lag and time lag grow;
+  LAGGING, or STALLED for a partition its one-record polls do not reach for 20 s),
+- ``demo-payments-stopped``: a group that committed once and has no member (Empty, lag grows):
+  STOPPED,
+- ``demo-payments-stalled``: a member that polls and never commits while records arrive: STALLED,
 - ``demo-payments-kip848``: a Java consumer with ``group.protocol=consumer`` (KIP-848),
+- ``demo-shipments-lagging``: consumes 5 records/s of the 10/s produced: LAGGING, catch-up never,
+- ``demo-shipments-backfill``: works off a backlog at 30/s against 10/s produced: OK with a
+  finite catch-up time (time lag and catch-up time side by side, two different figures),
 - ``demo-audit-idle``: a group halfway through records stamped an hour ago on a topic nobody
   produces to any more (time lag ≈ 3600 s and growing: the idle-producer case),
-then the exporter, prints the URLs and a ``once`` table, and runs until Ctrl-C or
-``KLAG_DEMO_SECONDS`` (default 900) have passed. Everything stops cleanly on exit.
+then the exporter, prints the URLs, a ``once --window`` table after HEALTH_WINDOW seconds (the
+demo's ``[exporter.health]`` thresholds are short enough for every status above to show by then),
+and runs until Ctrl-C or ``KLAG_DEMO_SECONDS`` (default 900) have passed. Everything stops cleanly
+on exit.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from devtools import kafka_local
 from klag_pipeline import app
-from klag_pipeline.commands.once import collect_once
+from klag_pipeline.commands.once import collect, collect_once
 from klag_pipeline.output import render_table
 from klag_pipeline.settings.loader import load_settings
 from klag_pipeline.settings.schema import Settings
@@ -38,6 +46,9 @@ from klag_pipeline.telemetry.logging import configure_logging
 SETTINGS_FILE = Path(__file__).with_name("demo_settings.toml")
 PRODUCE_PER_SECOND = 10
 HOUR_MS = 3_600_000
+BACKLOG = 3000  # demo-shipments-backfill works it off at 20/s net: catch-up ≈ 150 s at first
+# The printed table's run: the demo's stalled_after / stopped_after (20s) fit in it.
+HEALTH_WINDOW = 30.0
 
 
 async def create_topics(bootstrap: str) -> None:
@@ -49,6 +60,7 @@ async def create_topics(bootstrap: str) -> None:
                 NewTopic("demo-orders", 3, 1),
                 NewTopic("demo-payments", 2, 1),
                 NewTopic("demo-audit", 1, 1),
+                NewTopic("demo-shipments", 1, 1),
             ]
         )
     finally:
@@ -56,7 +68,8 @@ async def create_topics(bootstrap: str) -> None:
 
 
 async def seed(bootstrap: str) -> None:
-    """History for the idle-producer group and a first commit for the stopped group."""
+    """History for the idle-producer group, a backlog for the backfill group and a first commit
+    for the stopped and the stalled groups."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
     try:
@@ -65,15 +78,16 @@ async def seed(bootstrap: str) -> None:
             await producer.send("demo-audit", b"audit", timestamp_ms=hour_ago + i * 1000)
         for i in range(20):
             await producer.send("demo-payments", b"payment", partition=i % 2)
+        for _ in range(BACKLOG):
+            await producer.send("demo-shipments", b"shipment")
         await producer.flush()
     finally:
         await producer.stop()
+    payments = {TopicPartition("demo-payments", 0): 5, TopicPartition("demo-payments", 1): 5}
     for group, offsets in (
         ("demo-audit-idle", {TopicPartition("demo-audit", 0): 50}),
-        (
-            "demo-payments-stopped",
-            {TopicPartition("demo-payments", 0): 5, TopicPartition("demo-payments", 1): 5},
-        ),
+        ("demo-payments-stopped", payments),
+        ("demo-payments-stalled", payments),
     ):
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
@@ -94,18 +108,29 @@ async def produce_forever(bootstrap: str, stop: asyncio.Event) -> None:
             for _ in range(PRODUCE_PER_SECOND):
                 await producer.send("demo-orders", b"order")
                 await producer.send("demo-payments", b"payment")
+                await producer.send("demo-shipments", b"shipment")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         await producer.stop()
 
 
-async def consume(bootstrap: str, group: str, stop: asyncio.Event, *, per_second: int) -> None:
+async def consume(
+    bootstrap: str,
+    group: str,
+    stop: asyncio.Event,
+    *,
+    per_second: int,
+    topic: str = "demo-orders",
+    commit: bool = True,
+) -> None:
+    """``commit=False``: a member that polls (so it stays in the group) and never commits."""
     consumer = AIOKafkaConsumer(
-        "demo-orders",
+        topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         auto_offset_reset="earliest",
+        enable_auto_commit=commit,
         auto_commit_interval_ms=1000,
     )
     await consumer.start()
@@ -140,6 +165,9 @@ EXPECTED_GROUPS = frozenset(
         "demo-orders-slow",
         "demo-payments-stopped",
         "demo-payments-kip848",
+        "demo-payments-stalled",
+        "demo-shipments-lagging",
+        "demo-shipments-backfill",
         "demo-audit-idle",
     }
 )
@@ -181,22 +209,46 @@ async def demo(bootstrap: str, seconds: float) -> None:
             tasks.create_task(produce_forever(bootstrap, stop))
             tasks.create_task(consume(bootstrap, "demo-orders-fast", stop, per_second=10_000))
             tasks.create_task(consume(bootstrap, "demo-orders-slow", stop, per_second=1))
+            tasks.create_task(
+                consume(
+                    bootstrap,
+                    "demo-payments-stalled",
+                    stop,
+                    per_second=1,
+                    topic="demo-payments",
+                    commit=False,
+                )
+            )
+            for group, rate in (("demo-shipments-lagging", 5), ("demo-shipments-backfill", 30)):
+                tasks.create_task(
+                    consume(bootstrap, group, stop, per_second=rate, topic="demo-shipments")
+                )
             tasks.create_task(app.serve(settings, stop=stop, settle=True))
             if not await wait_ready(port, within=60):
                 print("the exporter did not become ready within 60 s", file=sys.stderr)
                 stop.set()
                 return
-            snapshots, errors = await first_full_table(settings)
+            await first_full_table(settings)
             print(
                 f"\nklag-pipeline demo is running (Kafka at {bootstrap})\n"
                 f"  metrics:  http://127.0.0.1:{port}/metrics\n"
-                f"  status:   http://127.0.0.1:{port}/\n"
+                f"  status:   http://127.0.0.1:{port}/  (consumer status, catch-up time)\n"
                 f"  health:   http://127.0.0.1:{port}/health   ready: http://127.0.0.1:{port}/ready\n"
-                f"  stops by itself after {seconds:.0f} s; Ctrl-C stops it now.\n"
+                f"  yourself: KLAG_DEMO_BOOTSTRAP={bootstrap} klag-pipeline once --window 30s"
+                f" {SETTINGS_FILE}\n"
+                f"            KLAG_DEMO_BOOTSTRAP={bootstrap} klag-pipeline status"
+                f" demo-payments-stalled {SETTINGS_FILE}\n"
+                f"  stops by itself after {seconds:.0f} s; Ctrl-C stops it now.\n\n"
+                f"Evaluating health for {HEALTH_WINDOW:.0f} s (once --window): expect"
+                " demo-payments-stalled STALLED, demo-payments-stopped STOPPED,"
+                " demo-shipments-lagging LAGGING with catch-up never, demo-shipments-backfill OK"
+                " with a catch-up time.\n",
+                flush=True,
             )
+            snapshots, failures = await collect(settings, window=HEALTH_WINDOW)
             print(render_table(snapshots, tty=sys.stdout.isatty()))
-            for cluster, error in errors:
-                print(f"cluster {cluster} failed: {error}", file=sys.stderr)
+            for failure in failures:
+                print(f"cluster {failure.cluster} failed: {failure.message}", file=sys.stderr)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
             stop.set()

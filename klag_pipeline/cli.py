@@ -3,8 +3,11 @@
 Exit codes: 0 clean, 2 invalid configuration (every problem on stderr as ``path: message``, no
 traceback), 1 anything else fatal (a :class:`KlagError` is logged as one line without a
 traceback, e.g. ``cannot listen on 0.0.0.0:8000: address already in use``; any other exception
-is a bug and is logged with one; for ``once`` and ``check --connect``: a cluster that failed),
-130 interrupted by Ctrl-C.
+is a bug and is logged with one; for ``once``, ``status`` and ``check --connect``: a cluster that
+failed), 130 interrupted by Ctrl-C. ``status`` adds 3 (no such group or cluster) and, when it
+answered, 0 for an OK group and 10 + the status code otherwise (9 UNKNOWN, 11 LAGGING,
+12 REWOUND, 13 STALLED, 14 STOPPED): codes no other outcome uses, so a script can tell "the group
+is STALLED" from "the command failed" (:mod:`klag_pipeline.commands.status`).
 
 Without a subcommand ``run`` is assumed, so klag-exporter's ``--config FILE -l debug`` command
 line (Docker images, Helm charts) keeps working.
@@ -24,7 +27,7 @@ from typing import Any, Final
 import structlog
 
 from klag_pipeline import __version__
-from klag_pipeline.commands import DEFAULT_TIMEOUT, parse_timeout
+from klag_pipeline.commands import DEFAULT_TIMEOUT, parse_timeout, parse_window
 from klag_pipeline.errors import ConfigError, KlagError
 from klag_pipeline.settings.durations import format_duration
 from klag_pipeline.settings.loader import LoadedSettings
@@ -38,6 +41,8 @@ EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_CONFIG: Final = 2
 ONCE_FORMATS: Final = ("table", "json", "jsonl", "prometheus")
+# Long enough for rates over several cycles of a short poll_interval, short enough to wait for.
+DEFAULT_STATUS_WINDOW: Final = 30.0
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"klag-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, group: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        if group:
+            sub.add_argument("group", metavar="GROUP", help="consumer group id")
         sub.add_argument(
             "settings",
             nargs="?",
@@ -118,14 +125,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     once = command("once", "collect one cycle, print it and exit")
     once.add_argument("--format", choices=ONCE_FORMATS, default="table", help="output format")
-    for sub in (check, once):
+    once.add_argument(
+        "--window",
+        type=parse_window,
+        default=None,
+        metavar="DURATION",
+        help="collect for DURATION (1s to 1h) instead of one cycle, evaluating health over it,"
+        " and print the last cycle (the table adds STATUS, CATCH-UP, CONSUME/S, REASON);"
+        " cycles at most poll_interval apart, at least three",
+    )
+    status = command(
+        "status",
+        "evaluate one consumer group over a window and print its health; exit 0 when OK,"
+        " 10 + status code otherwise (9 UNKNOWN, 11 LAGGING, 12 REWOUND, 13 STALLED,"
+        " 14 STOPPED), 3 unknown group, 1 a cluster failed",
+        group=True,
+    )
+    status.add_argument(
+        "--cluster", metavar="NAME", default=None, help="only this cluster (default: every one)"
+    )
+    status.add_argument(
+        "--window",
+        type=parse_window,
+        default=DEFAULT_STATUS_WINDOW,
+        metavar="DURATION",
+        help="collect and evaluate for DURATION (1s to 1h;"
+        f" default {format_duration(DEFAULT_STATUS_WINDOW)})",
+    )
+    for sub in (check, once, status):
         sub.add_argument(
             "--timeout",
             type=parse_timeout,
             default=DEFAULT_TIMEOUT,
             metavar="DURATION",
             help="give up on a cluster that has not answered within DURATION "
-            f"(default {format_duration(DEFAULT_TIMEOUT)}; 100ms to 1h; check: with --connect)",
+            f"(default {format_duration(DEFAULT_TIMEOUT)}; 100ms to 1h; check: with --connect;"
+            " with --window: each cycle)",
         )
     return parser
 
@@ -154,7 +189,21 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_OK
         return _call("klag_pipeline.commands.check", "check_connect", settings, args.timeout)
     if args.command == "once":
-        return _call("klag_pipeline.commands.once", "once", settings, args.format, args.timeout)
+        # The window only when given: without it ``once`` is the one-cycle command it always was.
+        window = () if args.window is None else (args.window,)
+        return _call(
+            "klag_pipeline.commands.once", "once", settings, args.format, args.timeout, *window
+        )
+    if args.command == "status":
+        return _call(
+            "klag_pipeline.commands.status",
+            "status",
+            settings,
+            args.group,
+            args.cluster,
+            args.window,
+            args.timeout,
+        )
     return _call("klag_pipeline.app", "run", settings)
 
 

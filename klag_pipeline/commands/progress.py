@@ -62,10 +62,27 @@ class TrackedClient:
         self.inner = client
         self.step = "start"
         self.step_started = time.monotonic()
+        # False between the cycles of a ``--window`` run: waiting then is the plan, not a broker.
+        self.busy = True
+        self.resumed: float | None = None  # when the latest cycle after a rest began
 
     def _enter(self, step: str) -> None:
         self.step = step
         self.step_started = time.monotonic()
+        if not self.busy:
+            self.resumed = self.step_started
+        self.busy = True
+
+    def rest(self, what: str) -> None:
+        """Between two cycles: no "still waiting" line until the next request."""
+        self.step = what
+        self.step_started = time.monotonic()
+        self.busy = False
+
+    def quiet(self, now: float) -> bool:
+        """Nothing worth a "still waiting" line: resting, or a cycle that began under
+        ``PROGRESS_FIRST`` ago (the same grace the first cycle gets)."""
+        return not self.busy or (self.resumed is not None and now - self.resumed < PROGRESS_FIRST)
 
     def waiting_on(self) -> tuple[str, ...]:
         return self.inner.waiting_on() if isinstance(self.inner, ShowsWaits) else ()
@@ -141,13 +158,18 @@ class Interrupt:
         log.warning("interrupted", hint="cancelling; press Ctrl-C again to exit at once")
 
 
-def _no_answer(brokers: Sequence[str], time_limit: float, step: str) -> str:
-    within = f"within {format_duration(time_limit)} (step: {step})"
+def no_answer(brokers: Sequence[str], time_limit: float) -> str:
+    """``no answer from broker B within T``, naming the brokers awaited when they are known."""
+    within = f"within {format_duration(time_limit)}"
     if len(brokers) == 1:
         return f"no answer from broker {brokers[0]} {within}"
     if brokers:
         return f"no answer from brokers {', '.join(brokers)} {within}"
     return f"no answer {within}"
+
+
+def _no_answer(brokers: Sequence[str], time_limit: float, step: str) -> str:
+    return f"{no_answer(brokers, time_limit)} (step: {step})"
 
 
 async def run_per_cluster(
@@ -252,7 +274,7 @@ async def _report_progress(
     while True:
         now = time.monotonic()
         for cluster, client, task in zip(clusters, clients, tasks, strict=True):
-            if task.done():
+            if task.done() or client.quiet(now):
                 continue
             log.info(
                 "cluster_waiting",
