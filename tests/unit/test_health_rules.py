@@ -147,12 +147,25 @@ def test_status_codes_are_the_documented_ones() -> None:
 
 
 def test_a_spike_that_fell_back_is_not_lagging() -> None:
-    # Lag 100, 300, 250, 50, 120 at t = 0..240: last > first, but the least-squares slope is
-    # Σ(t−t̄)(l−l̄)/Σ(t−t̄)² = (−2·−64 − 1·136 + 0 + 1·−114 + 2·−44)·60 / (10·3600) < 0.
+    # Lag 100, 300, 250, 50, 120 at t = 0..240: last > first, but the later half (t > 120:
+    # 50, 120) is not above the earlier half (100, 300, 250).
     points = [
         Observation(60.0 * i, committed, committed + lag, lag)
         for i, (committed, lag) in enumerate([(0, 100), (10, 300), (20, 250), (30, 50), (40, 120)])
     ]
     assert status(points) is Status.OK
-    rising = [*points[:-1], Observation(240.0, 40, 440, 400)]
+
+
+def test_a_live_consumers_wobble_is_not_lagging() -> None:
+    # Caught up but for what is in flight: 3, 5, 2, 4, 5 — last > first, no trend.
+    wobble = [
+        Observation(30.0 * i, 100 * i, 100 * i + lag, lag) for i, lag in enumerate([3, 5, 2, 4, 5])
+    ]
+    assert status(wobble) is Status.OK
+
+
+def test_falling_behind_through_a_wobble_is_lagging() -> None:
+    # 100, 130, 125 | 170, 160, 210: the later half's least (160) is above the earlier's most (130).
+    lags = [100, 130, 125, 170, 160, 210]
+    rising = [Observation(30.0 * i, 100 * i, 100 * i + lag, lag) for i, lag in enumerate(lags)]
     assert status(rising) is Status.LAGGING
