@@ -196,17 +196,22 @@ def code_failure(code: int) -> str:
     return f"{error_name(code)} (error code {code})"
 
 
+def _failed(job: Job, outcome: Outcome) -> Step:
+    """FAILED: the read failed (a message), or its partition answered an error code."""
+    if isinstance(outcome, str):
+        return Step(Move.FAILED, failure(job, outcome))
+    return Step(
+        Move.FAILED, failure(job, code_failure(outcome.error_code), code=outcome.error_code)
+    )
+
+
 def _ride_along(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -> Step:
     """A job above the offset its partition was read from: the sample if the bytes hold its
     record in a complete batch, else the job unchanged for a later pass. A read that failed
     fails it too: another read of the partition this cycle would meet the same timeout or
     error, one pass after the other."""
-    if isinstance(outcome, str):
-        return Step(Move.FAILED, failure(job, outcome))
-    if outcome.error_code:
-        return Step(
-            Move.FAILED, failure(job, code_failure(outcome.error_code), code=outcome.error_code)
-        )
+    if isinstance(outcome, str) or outcome.error_code:
+        return _failed(job, outcome)
     if len(outcome.records) > cap:
         return Step(Move.WAITS, job)
     scan = _scan(outcome, job.read_from, read_committed)
@@ -217,12 +222,8 @@ def _ride_along(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -
 
 def _judge(job: Job, outcome: Outcome, *, cap: int, read_committed: bool) -> Step:
     """A job read from its own ``read_from``; a WANTED result still has the old read count."""
-    if isinstance(outcome, str):
-        return Step(Move.FAILED, failure(job, outcome))
-    if outcome.error_code:
-        return Step(
-            Move.FAILED, failure(job, code_failure(outcome.error_code), code=outcome.error_code)
-        )
+    if isinstance(outcome, str) or outcome.error_code:
+        return _failed(job, outcome)
     if len(outcome.records) > cap:
         # Only the head partition of a request can get more than it asked for: Kafka hands
         # it its whole first batch. The cap is a hard limit, so the bytes are not read.
