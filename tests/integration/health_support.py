@@ -187,6 +187,26 @@ async def group_member(
 
 
 @contextlib.asynccontextmanager
+async def commit_only_consumer(
+    bootstrap: str, group: str, topic: str, *, per_tick: int
+) -> AsyncIterator[PacedConsumer]:
+    """A :class:`PacedConsumer` that assigns partition 0 of ``topic`` itself and commits under
+    ``group`` without ever joining it (as Flink and Spark do): the group has no members."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([AioTopicPartition(topic, 0)])
+        yield PacedConsumer(consumer, TopicPartition(topic, 0), per_tick)
+    finally:
+        await consumer.stop()
+
+
+@contextlib.asynccontextmanager
 async def driving(*steps: Callable[[], object]) -> AsyncIterator[None]:
     """Run each step on the :func:`paced` schedule until the block ends."""
     tasks = [asyncio.create_task(paced(step)) for step in steps]

@@ -22,8 +22,10 @@ from klag_pipeline.snapshot import ClusterSnapshot
 from tests.integration.health_support import (
     HEALTH,
     POLL,
+    TICK,
     PacedProducer,
     between,
+    commit_only_consumer,
     driving,
     first_snapshot,
     group_health,
@@ -82,6 +84,46 @@ async def test_steady_consumer_keeping_up_is_ok(
     assert len(watched) >= 8
     assert set(statuses) == {Status.OK}, statuses
     assert {group_health(s, group).status for s in watched} == {Status.OK}  # type: ignore[union-attr]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rule 4 makes any memberless group whose lag grew STOPPED, even while its commits "
+    "move every 100 ms (a Flink/Spark-style commit-only consumer that is consuming)",
+)
+async def test_commit_only_consumer_slower_than_producer_is_lagging(
+    kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """The slow consumer of the LAGGING scenario (6 records produced a tick, 2 consumed and
+    committed), but assigning its partition itself and committing without joining the group,
+    as Flink and Spark do: it consumes all the time, so it is LAGGING, not STOPPED."""
+    topic, group = unique("t"), unique("g")
+    tp = TopicPartition(topic, 0)
+    await kafka.create_topic(topic, partitions=1)
+    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    producer = PacedProducer(kafka, topic, per_tick=6)
+    async with (
+        running(config) as run,
+        commit_only_consumer(kafka_bootstrap, group, topic, per_tick=2) as member,
+        driving(producer.step, member.step),
+    ):
+        start = time.time()
+        judged = await first_snapshot(
+            run.recorder,
+            CLUSTER,
+            lambda s: (
+                getattr(partition_health(s, group, tp), "status", Status.UNKNOWN)
+                is not Status.UNKNOWN
+            ),
+            after=start + HEALTH.window,  # rates over a window of steady driving only
+            what="a known status",
+        )
+        assert member.last_commit_at >= judged.observed_at - 2 * TICK  # it is committing
+    health = partition_health(judged, group, tp)
+    assert health is not None
+    assert summary_of(judged, group).member_count == 0  # type: ignore[union-attr]
+    assert health.commit_age_seconds < HEALTH.stalled_after
+    assert (health.status, health.reason[:13]) == (Status.LAGGING, "lag grew from")
 
 
 async def test_caught_up_group_on_idle_topic_stays_ok(
