@@ -139,7 +139,7 @@ class PacedConsumer:
     per_tick: int
     committing: bool = True
     committed: int = 0
-    last_commit_at: float = 0.0  # unix seconds of the last commit that moved the offset
+    last_commit_at: float = 0.0  # unix seconds when the last commit was sent
     caught_up_at: float | None = None
     """The first commit within one tick of ``producer``'s acknowledged records: the floor of
     lag a consumer paced in ticks reaches while production goes on (it reads a tick's records
@@ -155,9 +155,11 @@ class PacedConsumer:
         if not records:
             return
         offset = records[-1].offset + 1
+        # Stamped before the request: no observation can see this commit earlier than that.
+        sent = time.time()
         await self.consumer.commit({tp: offset})
         self.committed = offset
-        self.last_commit_at = time.time()
+        self.last_commit_at = sent
         if (
             self.caught_up_at is None
             and self.producer is not None
