@@ -169,32 +169,14 @@ class PacedConsumer:
 
 
 @contextlib.asynccontextmanager
-async def group_member(
-    bootstrap: str, group: str, topic: str, *, per_tick: int
+async def paced_consumer(
+    bootstrap: str, group: str, topic: str, *, per_tick: int, join: bool = True
 ) -> AsyncIterator[PacedConsumer]:
-    """A :class:`PacedConsumer` of partition 0 of ``topic`` (one partition), once assigned."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        await wait_until(lambda: bool(consumer.assignment()), message=f"{group} assignment")
-        yield PacedConsumer(consumer, TopicPartition(topic, 0), per_tick)
-    finally:
-        await consumer.stop()
-
-
-@contextlib.asynccontextmanager
-async def commit_only_consumer(
-    bootstrap: str, group: str, topic: str, *, per_tick: int
-) -> AsyncIterator[PacedConsumer]:
-    """A :class:`PacedConsumer` that assigns partition 0 of ``topic`` itself and commits under
+    """A :class:`PacedConsumer` of partition 0 of ``topic`` (one partition). ``join``: a group
+    member, yielded once assigned; otherwise it assigns the partition itself and commits under
     ``group`` without ever joining it (as Flink and Spark do): the group has no members."""
     consumer = AIOKafkaConsumer(
+        *([topic] if join else []),
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
@@ -202,7 +184,10 @@ async def commit_only_consumer(
     )
     await consumer.start()
     try:
-        consumer.assign([AioTopicPartition(topic, 0)])
+        if join:
+            await wait_until(lambda: bool(consumer.assignment()), message=f"{group} assignment")
+        else:
+            consumer.assign([AioTopicPartition(topic, 0)])
         yield PacedConsumer(consumer, TopicPartition(topic, 0), per_tick)
     finally:
         await consumer.stop()

@@ -18,18 +18,18 @@ from aiokafka.structs import TopicPartition as AioTopicPartition
 
 from klag_pipeline.health.model import Status
 from klag_pipeline.model import GroupState, TopicPartition
+from klag_pipeline.settings.schema import Settings
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.integration.health_support import (
     HEALTH,
     POLL,
     PacedProducer,
     between,
-    commit_only_consumer,
     driving,
     first_snapshot,
     group_health,
-    group_member,
     health_config,
+    paced_consumer,
     partition_health,
     row_of,
     summary_of,
@@ -51,19 +51,27 @@ def status_is(group: str, tp: TopicPartition, status: Status) -> Callable[[Clust
     return check
 
 
+async def one_partition(
+    kafka: KafkaTestClient, unique: Callable[[str], str], **health: object
+) -> tuple[str, str, TopicPartition, Settings]:
+    """A fresh one-partition topic, a group name, its partition, and an exporter's settings
+    watching only that group (with ``health`` overrides)."""
+    topic, group = unique("t"), unique("g")
+    await kafka.create_topic(topic, partitions=1)
+    watched = cluster(CLUSTER, kafka.bootstrap, groups=[exactly(group)])
+    return topic, group, TopicPartition(topic, 0), health_config(watched, **health)
+
+
 async def test_steady_consumer_keeping_up_is_ok(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
     """Producing 2 records a tick, consuming up to 10 a tick and committing each: the consumer
     is never more than a tick behind, so once known it stays OK (never LAGGING, STALLED...)."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    topic, group, tp, config = await one_partition(kafka, unique)
     producer = PacedProducer(kafka, topic, per_tick=2)
     async with (
         running(config) as run,
-        group_member(kafka_bootstrap, group, topic, per_tick=10) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=10) as member,
         driving(producer.step, member.step),
     ):
         known = await first_snapshot(
@@ -96,14 +104,11 @@ async def test_commit_only_consumer_slower_than_producer_is_lagging(
     """The slow consumer of the LAGGING scenario (6 records produced a tick, 2 consumed and
     committed), but assigning its partition itself and committing without joining the group,
     as Flink and Spark do: it consumes all the time, so it is LAGGING, not STOPPED."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    topic, group, tp, config = await one_partition(kafka, unique)
     producer = PacedProducer(kafka, topic, per_tick=6)
     async with (
         running(config) as run,
-        commit_only_consumer(kafka_bootstrap, group, topic, per_tick=2) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=2, join=False) as member,
         driving(producer.step, member.step),
     ):
         start = time.time()
@@ -131,11 +136,8 @@ async def test_caught_up_group_on_idle_topic_stays_ok(
 ) -> None:
     """Burrow's false STALL: a member that consumed everything on a topic nobody produces to
     never commits again, yet it is OK (caught up) for longer than stalled_after."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
+    topic, group, tp, config = await one_partition(kafka, unique)
     await kafka.produce(topic, [Rec(b"x")] * 10)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
     async with (
         running(config) as run,
         kafka.classic_member(group, topic) as member,
@@ -172,14 +174,11 @@ async def test_consumer_slower_than_producer_is_lagging(
 ) -> None:
     """6 records a tick produced, 2 consumed and committed: lag grows by 40 records/s, the
     consumer commits all the time (not STALLED), so LAGGING, and it never catches up."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    topic, group, tp, config = await one_partition(kafka, unique)
     producer = PacedProducer(kafka, topic, per_tick=6)
     async with (
         running(config) as run,
-        group_member(kafka_bootstrap, group, topic, per_tick=2) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=2) as member,
         driving(producer.step, member.step),
     ):
         start = time.time()
@@ -218,16 +217,13 @@ async def test_catch_up_time_matches_the_measured_truth(
     duration. 25 % covers the rate error (which scales with the remaining time) with a margin;
     0.75 s covers the fixed parts.
     """
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
+    topic, group, tp, config = await one_partition(kafka, unique)
     backlog = 1500
     await kafka.produce(topic, [Rec(b"x")] * backlog)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
     producer = PacedProducer(kafka, topic, per_tick=5, acked=backlog)
     async with (
         running(config) as run,
-        group_member(kafka_bootstrap, group, topic, per_tick=20) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=20) as member,
     ):
         member.producer = producer
         start = time.time()
@@ -257,14 +253,11 @@ async def test_member_that_stops_committing_is_stalled(
     """A member commits for a while, then stops committing while it stays in the group (its
     heartbeats go on) and production continues: STALLED once stalled_after has passed since
     its last commit, and not before."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    topic, group, tp, config = await one_partition(kafka, unique)
     producer = PacedProducer(kafka, topic, per_tick=2)
     async with (
         running(config) as run,
-        group_member(kafka_bootstrap, group, topic, per_tick=10) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=10) as member,
         driving(producer.step, member.step),
     ):
         await first_snapshot(run.recorder, CLUSTER, status_is(group, tp, Status.OK), what="OK")
@@ -289,14 +282,11 @@ async def test_group_that_caught_up_then_lost_its_members_is_stopped(
     """Burrow's false OK: a group reaches lag 0, then its only member leaves while production
     continues. Lag grows with nobody to consume it: STOPPED (not OK because it was caught up
     once in the window)."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
+    topic, group, tp, config = await one_partition(kafka, unique)
     producer = PacedProducer(kafka, topic, per_tick=2)
     async with running(config) as run, driving(producer.step):
         async with (
-            group_member(kafka_bootstrap, group, topic, per_tick=10) as member,
+            paced_consumer(kafka_bootstrap, group, topic, per_tick=10) as member,
             driving(member.step),
         ):
             await first_snapshot(run.recorder, CLUSTER, status_is(group, tp, Status.OK))
@@ -326,12 +316,9 @@ async def test_offset_reset_to_an_earlier_position_is_rewound(
 ) -> None:
     """Committed 20, then reset to 5 (as ``kafka-consumer-groups --reset-offsets`` does):
     REWOUND while the backward step is within the window, then no longer."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
-    await kafka.create_topic(topic, partitions=1)
+    topic, group, tp, config = await one_partition(kafka, unique)
     await kafka.produce(topic, [Rec(b"x")] * 30)
     await kafka.commit(group, {tp: 20})
-    config = health_config(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]))
     async with running(config) as run:
         await first_snapshot(
             run.recorder,
@@ -465,18 +452,13 @@ async def test_steady_consumer_keeping_up_passes_a_catch_up_threshold(
     produced, then a commit 4 records short of everything produced, as a consumer that commits
     what it finished processing a batch earlier) with ``max_catch_up_seconds = 30``: its lag is
     4 records and never grows, so its group must stay OK."""
-    topic, group = unique("t"), unique("g")
-    tp = TopicPartition(topic, 0)
+    topic, group, tp, config = await one_partition(kafka, unique, max_catch_up_seconds=30.0)
     behind = 4
-    await kafka.create_topic(topic, partitions=1)
     await kafka.produce(topic, [Rec(b"x")] * behind)
-    config = health_config(
-        cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]), max_catch_up_seconds=30.0
-    )
     producer = PacedProducer(kafka, topic, per_tick=2, acked=behind)
     async with (
         running(config) as run,
-        group_member(kafka_bootstrap, group, topic, per_tick=0) as member,
+        paced_consumer(kafka_bootstrap, group, topic, per_tick=0) as member,
     ):
 
         async def step() -> None:
