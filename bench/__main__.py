@@ -1,4 +1,4 @@
-"""``python -m bench run|soak|report|codecs`` — see docs/benchmarks.md."""
+"""``python -m bench run|soak|report|codecs|evaluation`` — see docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -80,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     codecs.add_argument("--capture", action="store_true", help="capture frames even if saved")
     codecs.add_argument("--runs", type=int, default=50)
     codecs.add_argument("--kio-site", type=Path, help="site-packages where kio is installed")
+    evaluation = commands.add_parser(
+        "evaluation", help="CPU and memory of the health evaluation; bench/results/evaluation.json"
+    )
+    evaluation.add_argument("--preset", choices=sorted(PRESETS), default="large")
+    evaluation.add_argument("--cycles", type=int, default=40, help="≥ 32 fills the 300 s window")
     args = parser.parse_args(argv)
     # aiokafka logs retried produce errors while fresh topics elect leaders: noise here.
     logging.basicConfig(level=logging.ERROR)
@@ -93,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.codecs import main as codecs_main
 
         return codecs_main(args)
+    if args.command == "evaluation":
+        from bench.evaluation import main as evaluation_main
+
+        return evaluation_main(args)
     spec = _spec(args)
     if args.poll_interval:
         poll = parse_duration(args.poll_interval)
