@@ -7,19 +7,20 @@ Rules, first match wins, for one (group, topic, partition) over the window (olde
 | 1 | fewer than two observations | UNKNOWN |
 | 2 | the committed offset moved backwards between two observations of the window | REWOUND |
 | 3 | lag now is 0 (consumable lag where known: transaction markers do not count) | OK |
-| 4 | no members, lag grew across the window | STOPPED |
-| 5 | no members, commits older than ``stopped_after`` | STOPPED |
-| 6 | no members, commit not yet seen moving, seen for less than ``stopped_after`` | UNKNOWN |
-| 7 | no members otherwise (a batch consumer between runs, on a quiet topic) | OK |
-| 8 | members present, commits older than ``stalled_after`` | STALLED |
-| 9 | members present, commit not yet seen moving, seen for less than ``stalled_after`` | UNKNOWN |
-| 10 | lag grew: last > first, and the later half's lags all above the earlier half's | LAGGING |
-| 11 | otherwise | OK |
+| 4 | no members, but the commit moved in the window and age < ``stopped_after`` | rules 10–12 |
+| 5 | no members, lag grew across the window | STOPPED |
+| 6 | no members, commits older than ``stopped_after`` | STOPPED |
+| 7 | no members, commit not yet seen moving, seen for less than ``stopped_after`` | UNKNOWN |
+| 8 | no members otherwise (a batch consumer between runs, on a quiet topic) | OK |
+| 9 | members present, commits older than ``stalled_after`` | STALLED |
+| 10 | members present, commit not yet seen moving, seen for less than ``stalled_after`` | UNKNOWN |
+| 11 | lag grew: last > first, and the later half's lags all above the earlier half's | LAGGING |
+| 12 | otherwise | OK |
 
 Why these get right what Burrow gets wrong: status is decided on the *current* lag and the
 commit age, never on "lag was 0 once in the window" (a group that caught up and then stopped is
 STOPPED once lag grows or its commits age); a caught-up group on an idle topic is OK by rule 3
-whatever its commits do; a quiet topic cannot make a group STALLED because rule 8 needs lag > 0
+whatever its commits do; a quiet topic cannot make a group STALLED because rule 9 needs lag > 0
 (records waiting) *and* a committed offset that has not moved for ``stalled_after``.
 """
 
@@ -137,7 +138,13 @@ def partition_status(
         return Status.OK, "caught up"
     grew = last.lag > first.lag
     age = round(commit_age)
-    if not members:
+    # A group without members whose commits moved within the window and recently is consumed
+    # from outside group management (Flink, Spark, assign()): judged like a member (rules
+    # 10–12), not as stopped.
+    unmanaged = (
+        not members and first.committed != last.committed and commit_age < thresholds.stopped_after
+    )
+    if not members and not unmanaged:
         if grew:
             return Status.STOPPED, f"no members; lag grew from {first.lag} to {last.lag}"
         if commit_age >= thresholds.stopped_after:
@@ -145,7 +152,7 @@ def partition_status(
         if not seen_moving:
             return Status.UNKNOWN, f"no members; lag {last.lag}; watched {age}s so far"
         return Status.OK, f"no members; lag {last.lag} steady; last commit {age}s ago"
-    if commit_age >= thresholds.stalled_after:
+    if not unmanaged and commit_age >= thresholds.stalled_after:
         return Status.STALLED, (
             f"committed offset {last.committed} unchanged for {age}s with lag {last.lag}"
         )

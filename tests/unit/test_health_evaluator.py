@@ -185,3 +185,22 @@ def test_never_catching_up_is_infinite() -> None:
     catch_up = out.partitions[("g", TopicPartition("t", 0))].catch_up_seconds
     assert catch_up is not None
     assert math.isinf(catch_up)  # consumes 1/s, produced 2/s
+
+
+def test_a_catch_up_threshold_ignores_never_for_a_consumer_keeping_pace() -> None:
+    # Lag stays 4 (consume = produce = 10/s): catch-up +inf, but the lag is not growing.
+    settings = HealthSettings(
+        window=120.0, stalled_after=120.0, stopped_after=120.0, max_catch_up_seconds=30.0
+    )
+    ev = Evaluator(settings, poll_interval=30.0)
+    out = None
+    for t in (0, 30, 60):
+        out = health(ev.evaluate(snap(float(t), [row("g", "t", 300 * t // 30, 300 * t // 30 + 4)])))
+    assert out is not None
+    assert math.isinf(out.groups["g"].max_catch_up_seconds or 0.0)
+    assert out.groups["g"].status is Status.OK
+    # Falling behind (lag 4 → 304 → 604): the same +inf is over the threshold.
+    ev = Evaluator(settings, poll_interval=30.0)
+    for t in (0, 30, 60):
+        out = health(ev.evaluate(snap(float(t), [row("g", "t", 300 * t // 30, 600 * t // 30 + 4)])))
+    assert out.groups["g"].status is Status.LAGGING

@@ -169,3 +169,13 @@ def test_falling_behind_through_a_wobble_is_lagging() -> None:
     lags = [100, 130, 125, 170, 160, 210]
     rising = [Observation(30.0 * i, 100 * i, 100 * i + lag, lag) for i, lag in enumerate(lags)]
     assert status(rising) is Status.LAGGING
+
+
+def test_a_commit_only_consumer_outside_group_management_is_judged_by_its_commits() -> None:
+    # No members (Flink/Spark assign() and commit), commits moving, slower than the producer:
+    # LAGGING, not STOPPED. Consumes 2/s, produced 6/s: lag 0 → 240 → 480.
+    points = obs((0, 0, 0), (60, 120, 360), (120, 240, 720))
+    assert status(points, members=False, commit_age=0) is Status.LAGGING
+    # The same consumer gone (no commit in the window): STOPPED.
+    gone = obs((0, 240, 720), (60, 240, 1080), (120, 240, 1440))
+    assert status(gone, members=False, commit_age=120) is Status.STOPPED
