@@ -189,7 +189,14 @@ def soak_table(result: dict[str, Any]) -> str:
 
 
 def generated_section() -> str:
-    presets = {p.stem: _load(p) for p in sorted(RESULTS.glob("*.json"))}
+    # Only preset runs (and soaks) carry ``measurements``; codecs.json and evaluation.json are
+    # micro-benchmarks with their own shape, reported by hand in docs/benchmarks.md.
+    loaded = {p.stem: _load(p) for p in sorted(RESULTS.glob("*.json"))}
+    presets = {
+        name: run
+        for name, run in loaded.items()
+        if "measurements" in run or name.startswith("soak-")
+    }
     names = [name for name in PRESET_ORDER if name in presets]
     names += sorted(n for n in presets if n not in PRESET_ORDER and not n.startswith("soak-"))
     runs = [presets[name] for name in names]
