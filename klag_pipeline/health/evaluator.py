@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Final
 
 from klag_pipeline import lag
 from klag_pipeline.health.estimate import Timelines
@@ -59,10 +60,15 @@ REBALANCING: frozenset[GroupState] = frozenset(
 
 RowKey = tuple[str, TopicPartition]
 
+MAX_OBSERVATIONS: Final = 16
+"""Observations kept per row: enough for the rates (oldest, newest) and the trend rule."""
+
 
 @dataclass(slots=True)
 class _RowMemory:
-    observations: deque[Observation]
+    # A list, not a deque: at most MAX_OBSERVATIONS items, and an empty deque alone costs
+    # ~600 bytes (one 64-slot block) — 12 MB over 20,000 rows.
+    observations: list[Observation]
     first_seen: float
     last_moved: float | None = None
     rewind: Rewind | None = None  # the last backward step of the committed offset
@@ -92,7 +98,9 @@ class Evaluator:
         self._timelines = Timelines(sampling.rate_history_samples, sampling.rate_history_max_age)
         self._denied: set[str] = set()
         self._window = settings.window
-        self._max_samples = math.ceil(settings.window / poll_interval) + 2
+        # Per row at most this many observations (memory: about 20,000 rows × 16 × ~80 bytes at
+        # the large preset); a window of more polls is thinned, not shortened.
+        self._max_samples = min(math.ceil(settings.window / poll_interval) + 2, MAX_OBSERVATIONS)
         self._thresholds = Thresholds(settings.stalled_after, settings.stopped_after)
         self._rows: dict[RowKey, _RowMemory] = {}
         self._highs: dict[TopicPartition, deque[tuple[float, int]]] = {}
@@ -136,21 +144,35 @@ class Evaluator:
         # function, copies nothing and finds a rewind when appending instead of scanning.
         memory = self._rows.get(key)
         if memory is None:
-            memory = self._rows[key] = _RowMemory(deque(maxlen=self._max_samples), now)
+            memory = self._rows[key] = _RowMemory([], now)
         history = memory.observations
         # A carried row repeats last cycle's values: not an observation of this one.
         if not row.carried and (not history or history[-1].at < now):
-            if history:
-                previous = history[-1].committed
-                if previous != row.committed:
-                    memory.last_moved = now
-                    if row.committed < previous:
-                        memory.rewind = Rewind(now, previous, row.committed)
+            committed, high = row.committed, row.high
             judged = row.consumable_lag if row.consumable_lag is not None else row.lag
-            history.append(Observation(now, row.committed, row.high, judged))
+            if history:
+                last = history[-1]
+                if last.committed != committed:
+                    memory.last_moved = now
+                    if committed < last.committed:
+                        memory.rewind = Rewind(now, last.committed, committed)
+                else:
+                    committed = last.committed  # share the int object: most rows stand still
+                if last.high == high:
+                    high = last.high
+                if last.lag == judged:
+                    judged = last.lag
+                if len(history) == self._max_samples:
+                    # Full: thin the older part (keep the oldest, for the window's span, and
+                    # the newest points dense) rather than shorten the window.
+                    del history[1]
+            history.append(Observation(now, committed, high, judged))
         oldest = now - self._window
-        while history and history[0].at < oldest:
-            history.popleft()
+        stale = 0
+        while stale < len(history) and history[stale].at < oldest:
+            stale += 1
+        if stale:
+            del history[:stale]
         rewind = memory.rewind
         if rewind is not None and (not history or rewind.at <= history[0].at):
             # Its earlier observation has left the window: the step is no longer inside it.
