@@ -48,8 +48,8 @@ SPEC_FAMILIES = frozenset(
         "kafka_consumergroup_group_consumable_lag",
     }
 )
-# Consumer health (issue 14, docs/health.md), rendered by the evaluation stage's sink work, kept
-# apart from SPEC_FAMILIES so that which test needs that work merged stays visible (below).
+# Consumer health (issue 14, docs/health.md): the families the evaluation stage adds, kept apart
+# from SPEC_FAMILIES (the klag-exporter compatibility contract).
 CONSUMER_HEALTH_FAMILIES = frozenset(
     {
         # partition (the label set of kafka_consumergroup_group_lag)
@@ -192,9 +192,8 @@ def test_spec_families_are_what_the_sink_exports() -> None:
     assert sink_families() <= SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
 
 
-def test_health_families_are_what_the_sink_exports_needs_health_sink_branch() -> None:
-    # Fails until the branch that renders the consumer-health families is merged: the health
-    # panels and alerts read exactly these names.
+def test_health_families_are_what_the_sink_exports() -> None:
+    # The health panels and alerts read exactly these names.
     assert sink_families() == SPEC_FAMILIES | CONSUMER_HEALTH_FAMILIES
 
 

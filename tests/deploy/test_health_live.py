@@ -7,9 +7,8 @@ Two sources:
   families, shaped as docs/health.md defines them (label sets, status codes, ``+Inf``), for a
   stalled, a stopped, a never-catching-up, a healthy group and an abandoned topic. Every health
   panel query returns data, and each alert fires for its group and for no other.
-- ``test_health_panels_with_the_real_exporter_needs_health_sink_branch``: the real exporter on
-  the real broker. It needs the branch that renders the health families (until that is merged
-  the exporter exports none of them and the test fails on "panels without data").
+- ``test_health_panels_with_the_real_exporter``: the real exporter on the real broker; every
+  health panel query returns data from what it exports.
 """
 
 from __future__ import annotations
@@ -230,7 +229,7 @@ async def test_health_panels_and_alerts_with_synthetic_series(tmp_path: Path) ->
                     assert {a["cluster_name"] for a in alerts} == {"prod"}
 
 
-async def test_health_panels_with_the_real_exporter_needs_health_sink_branch(
+async def test_health_panels_with_the_real_exporter(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Any, tmp_path: Path
 ) -> None:
     prefix = unique("health")
