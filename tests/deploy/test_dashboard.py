@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, CONSUMER_FAMILIES
 from klag_pipeline.pipeline.clock import FakeClock
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import StatusBoard
@@ -182,7 +182,8 @@ def test_queries_name_only_exported_families(title: str, ref: str, expr: str) ->
 
 
 def sink_families() -> set[str]:
-    return {f.name for f in CLUSTER_FAMILIES} | {"kafka_lag_exporter_up"}
+    exported = (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
+    return {f.name for f in exported} | {"kafka_lag_exporter_up"}
 
 
 def test_spec_families_are_what_the_sink_exports() -> None:

@@ -131,9 +131,15 @@ def synthetic_exposition() -> str:
         "gauge",
         [(group_labels[g], catch_up) for g, (_, catch_up) in groups.items() if catch_up],
     )
+    # "never" is LAGGING with a +Inf catch-up: its lag grows (velocity > 0), the only +Inf the
+    # CatchUpTooSlow alert counts; the others' lag falls.
+    family(
+        "kafka_consumergroup_group_sum_lag_velocity",
+        "gauge",
+        [(ls, "5" if g == "never" else "-2") for g, ls in group_labels.items()],
+    )
     for name, value in (
         ("kafka_consumergroup_group_sum_consume_rate", "12.5"),
-        ("kafka_consumergroup_group_sum_lag_velocity", "-2"),
         ("kafka_consumergroup_group_last_rebalance_timestamp_seconds", f"{time.time():.3f}"),
     ):
         family(name, "gauge", [(ls, value) for ls in group_labels.values()])

@@ -202,10 +202,10 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
             jsonl=JsonlSettings(enabled=True, path=str(jsonl_path)),
         )
         exporter = Exporter(settings)
-        assert [s.name for s in exporter.sinks] == ["prometheus", "otlp", "jsonl"]
-        otlp = exporter.sinks[1]
+        assert [s.name for s in exporter.sinks] == ["prometheus", "snapshots", "otlp", "jsonl"]
+        otlp = exporter.sinks[2]
         assert isinstance(otlp, OtlpSink)
-        assert isinstance(exporter.sinks[2], JsonlSink)
+        assert isinstance(exporter.sinks[3], JsonlSink)
 
         stop = asyncio.Event()
         runner = Runner()
