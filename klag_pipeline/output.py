@@ -49,11 +49,12 @@ REASON_WIDTH = 48
 _ALARMING = frozenset({Status.STALLED, Status.STOPPED})
 
 
-def format_catch_up(seconds: float | None) -> str:
-    """Catch-up time for humans: ``never`` for +Inf (not gaining on the producer), ``-`` unknown,
-    whole seconds under an hour (``45s``, ``12m05s``), then hours (``3h20m``) and days."""
-    if seconds is None:
-        return "-"
+def format_catch_up(seconds: float | None, unknown: str = "-") -> str:
+    """A duration for humans, as the table, ``status`` and the ``/`` page show catch-up time,
+    time lag and commit age: ``never`` for +Inf (not gaining on the producer), ``unknown`` for
+    None, whole seconds under an hour (``45s``, ``12m05s``), then hours (``3h20m``) and days."""
+    if seconds is None or math.isnan(seconds):
+        return unknown
     if math.isinf(seconds):
         return "never"
     whole = round(seconds)

@@ -10,12 +10,12 @@ page left open does not reload while someone reads or selects from it.
 from __future__ import annotations
 
 import html
-import math
 import time
 from typing import Any
 from urllib.parse import quote
 
 from klag_pipeline.http_api import groups_json
+from klag_pipeline.output import format_catch_up
 from klag_pipeline.sinks.snapshots import ClusterEntry, SnapshotStore
 from klag_pipeline.status import ClusterStatus, StatusBoard
 
@@ -31,22 +31,8 @@ th{border-bottom:1px solid #999}td.n{text-align:right}pre{background:#f4f4f4;pad
 
 
 def format_duration(seconds: float | None) -> str:
-    """``3m 20s``, ``2h 5m``, ``4.2s``; ``never`` for +Inf; ``—`` when unknown."""
-    if seconds is None or math.isnan(seconds):
-        return "—"
-    if math.isinf(seconds):
-        return "never"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    first = next(i for i, (_, size) in enumerate(units) if whole >= size)
-    # The largest unit and the next one are precise enough at a glance: "2h 5m", not "2h 5m 12s".
-    parts = []
-    for unit, size in units[first : first + 2]:
-        parts.append(f"{whole // size}{unit}")
-        whole %= size
-    return " ".join(parts)
+    """The table's durations (``12m05s``, ``never``), with ``—`` when unknown."""
+    return format_catch_up(seconds, unknown="—")
 
 
 def _catch_up(view: dict[str, Any]) -> str:

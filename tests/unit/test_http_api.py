@@ -341,9 +341,9 @@ async def test_page_lists_groups_worst_first_with_readable_durations(served: Ser
     assert 'href="/api/v1/clusters/prod/groups/team%2Fa%20b"' in page
     billing = page[page.index(">billing<") :].split("</tr>")[0]
     # time lag 75 s, catch-up never, commit age 200 s
-    assert '<td class="n">1m 15s</td><td class="n">never</td><td class="n">3m 20s</td>' in billing
+    assert '<td class="n">1m15s</td><td class="n">never</td><td class="n">3m20s</td>' in billing
     paid = page[page.index(">paid<") :].split("</tr>")[0]
-    assert '<td class="n">—</td><td class="n">caught up</td><td class="n">1h 6m</td>' in paid
+    assert '<td class="n">—</td><td class="n">caught up</td><td class="n">1h06m</td>' in paid
     assert "<script" not in page.lower().replace("&lt;script", "")
 
 
@@ -362,13 +362,13 @@ async def test_page_without_health_and_refresh(served: Served) -> None:
     [
         (None, "—"),
         (math.inf, "never"),
-        (0.0, "0.0s"),
-        (4.25, "4.2s"),
-        (59.6, "1m 0s"),
-        (200.0, "3m 20s"),
-        (3600.0, "1h 0m"),
-        (7512.0, "2h 5m"),
-        (90061.0, "1d 1h"),
+        (0.0, "0s"),
+        (4.25, "4s"),
+        (59.6, "1m00s"),
+        (200.0, "3m20s"),
+        (3600.0, "1h00m"),
+        (7512.0, "2h05m"),
+        (90061.0, "1d01h"),
     ],
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
