@@ -46,21 +46,7 @@ def _catch_up(seconds: float | None, key: str) -> Json:
     return {key: None if never else seconds, "catch_up_never": never}
 
 
-def _commit_ages(health: ClusterHealth | None) -> dict[str, float]:
-    """Per group, its freshest commit over its topics (one pass, not one scan per group)."""
-    ages: dict[str, float] = {}
-    if health is not None:
-        for (group, _), topic in health.topics.items():
-            age = ages.get(group)
-            ages[group] = (
-                topic.commit_age_seconds if age is None else min(age, topic.commit_age_seconds)
-            )
-    return ages
-
-
-def group_json(
-    summary: GroupSummary, health: ClusterHealth | None, commit_age: float | None
-) -> Json:
+def group_json(summary: GroupSummary, health: ClusterHealth | None) -> Json:
     """One group's line in the list: lag, time lag, catch-up time, status."""
     group_health: GroupHealth | None = None if health is None else health.groups.get(summary.group)
     out: Json = {
@@ -76,7 +62,7 @@ def group_json(
             None if group_health is None else group_health.max_catch_up_seconds,
             "max_catch_up_seconds",
         ),
-        "commit_age_seconds": commit_age,
+        "commit_age_seconds": None if group_health is None else group_health.commit_age_seconds,
         "consume_rate": None if group_health is None else group_health.consume_rate,
         "lag_velocity": None if group_health is None else group_health.lag_velocity,
         "rebalances": None if group_health is None else group_health.rebalances,
@@ -86,12 +72,15 @@ def group_json(
 
 
 def groups_json(entry: ClusterEntry) -> list[Json]:
-    """Every group of the cluster, worst first (ties by name, so the order is stable)."""
-    health = entry.snapshot.health
-    ages = _commit_ages(health)
-    views = [group_json(s, health, ages.get(s.group)) for s in entry.snapshot.groups]
-    views.sort(key=lambda v: (*severity(v["status_code"], v["max_lag"]), v["group"]))
-    return views
+    """Every group of the cluster, worst first (ties by name, so the order is stable). Built
+    once per snapshot: the API and the page reuse it until the next cycle."""
+    cached = entry.views.get("groups")
+    if cached is None:
+        health = entry.snapshot.health
+        views = [group_json(s, health) for s in entry.snapshot.groups]
+        views.sort(key=lambda v: (*severity(v["status_code"], v["max_lag"]), v["group"]))
+        cached = entry.views["groups"] = views
+    return cached  # type: ignore[return-value]  # only this function writes the key
 
 
 def cluster_json(entry: ClusterEntry) -> Json:
@@ -168,11 +157,8 @@ def group_detail_json(entry: ClusterEntry, summary: GroupSummary) -> Json:
         key=lambda p: (*severity(p["status_code"], p["lag"]), p["topic"], p["partition"])
     )
     topics = []
-    ages = []
     for topic in sorted(summary.topic_sum_lag):
         th = None if health is None else health.topics.get((summary.group, topic))
-        if th is not None:
-            ages.append(th.commit_age_seconds)
         topics.append(
             {
                 "topic": topic,
@@ -186,7 +172,7 @@ def group_detail_json(entry: ClusterEntry, summary: GroupSummary) -> Json:
     return {
         "cluster": entry.snapshot.cluster,
         "observed_at": entry.snapshot.observed_at,
-        **group_json(summary, health, min(ages, default=None)),
+        **group_json(summary, health),
         "topics": topics,
         "partitions": partitions,
         "members": _members(rows),

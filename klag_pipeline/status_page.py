@@ -100,6 +100,14 @@ def _group_row(cluster: str, view: dict[str, Any]) -> str:
 
 
 def _groups_section(entry: ClusterEntry) -> str:
+    """Rendered once per snapshot (thousands of rows): later page views reuse it."""
+    cached = entry.views.get("page_section")
+    if cached is None:
+        cached = entry.views["page_section"] = _render_groups_section(entry)
+    return cached  # type: ignore[return-value]  # only this function writes the key
+
+
+def _render_groups_section(entry: ClusterEntry) -> str:
     snapshot = entry.snapshot
     health = snapshot.health
     window = (

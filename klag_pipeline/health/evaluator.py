@@ -201,6 +201,8 @@ class Evaluator:
         if not self._estimating:
             return
         if not self._rate_mode:
+            if not self._denied and not snapshot.time_lag_denied:
+                return  # the usual cycle: no topic to estimate, no walk over the rows
             # A lag-0 row's time lag is 0 without a read: only a lagging row's proves Read.
             exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
             present = {offsets.topic for offsets in snapshot.partitions}
@@ -299,6 +301,7 @@ class Evaluator:
                 max_catch_up_seconds=_max_catch_up(h.catch_up_seconds for h in entries),
                 rebalances=memory.rebalances,
                 last_rebalance_at=memory.last_rebalance_at,
+                commit_age_seconds=min((h.commit_age_seconds for h in entries), default=None),
             )
         for group in self._groups.keys() - groups.keys():
             del self._groups[group]

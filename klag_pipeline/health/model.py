@@ -72,6 +72,7 @@ class GroupHealth:
     max_catch_up_seconds: float | None
     rebalances: int  # transitions into a rebalancing state observed since start (a counter)
     last_rebalance_at: float | None  # unix seconds of the last such transition
+    commit_age_seconds: float | None = None  # its freshest partition's; None: no commits
 
 
 @dataclass(frozen=True, slots=True)

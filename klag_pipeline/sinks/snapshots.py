@@ -8,7 +8,7 @@ A sink like the others: it sees exactly what ``/metrics`` shows, so a cluster wi
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from klag_pipeline.snapshot import ClusterSnapshot, ClusterWithdrawn, PartitionRow, SinkUpdate
@@ -21,6 +21,9 @@ class ClusterEntry:
 
     snapshot: ClusterSnapshot
     rows_by_group: Mapping[str, tuple[PartitionRow, ...]]
+    views: dict[str, object] = field(default_factory=dict, compare=False)
+    """Renderings of this snapshot made by the first request that needed them (the API's group
+    list, the page's section), so later requests until the next cycle only reuse them."""
 
     @classmethod
     def of(cls, snapshot: ClusterSnapshot) -> ClusterEntry:

@@ -204,3 +204,13 @@ def test_a_catch_up_threshold_ignores_never_for_a_consumer_keeping_pace() -> Non
     for t in (0, 30, 60):
         out = health(ev.evaluate(snap(float(t), [row("g", "t", 300 * t // 30, 600 * t // 30 + 4)])))
     assert out.groups["g"].status is Status.LAGGING
+
+
+def test_a_groups_commit_age_is_its_freshest_partitions() -> None:
+    ev = Evaluator(SETTINGS, poll_interval=30.0)
+    ev.evaluate(snap(0, [row("g", "a", 10, 20), row("g", "b", 10, 20)]))
+    # At t=30 only topic b's commit moves: b's age 0, a's 30 (unmoved since first seen).
+    out = health(ev.evaluate(snap(30, [row("g", "a", 10, 20), row("g", "b", 15, 20)])))
+    assert out.topics[("g", "a")].commit_age_seconds == 30.0
+    assert out.topics[("g", "b")].commit_age_seconds == 0.0
+    assert out.groups["g"].commit_age_seconds == 0.0
