@@ -79,21 +79,6 @@ def row_record(
     return record
 
 
-def _partition_health(evaluated: PartitionHealth | None) -> dict[str, Any]:
-    """The consumer health keys of a partition record: all null without an evaluation."""
-    if evaluated is None:
-        return dict.fromkeys(_PARTITION_HEALTH_KEYS)
-    return {
-        "consume_rate": evaluated.rates.consume,
-        "lag_velocity": evaluated.rates.lag_velocity,
-        "catch_up_seconds": _finite(evaluated.catch_up_seconds),
-        "status": evaluated.status.name.lower(),
-        "status_code": int(evaluated.status),
-        "status_reason": evaluated.reason,
-        "estimated_lag_seconds": evaluated.estimated_lag_seconds,
-    }
-
-
 _PARTITION_HEALTH_KEYS: Final = (
     "consume_rate",
     "lag_velocity",
@@ -119,6 +104,22 @@ _GROUP_HEALTH_KEYS: Final = (
 )
 
 
+def _partition_health(evaluated: PartitionHealth | None) -> dict[str, Any]:
+    """The consumer health keys of a partition record: all null without an evaluation."""
+    if evaluated is None:
+        return dict.fromkeys(_PARTITION_HEALTH_KEYS)
+    values = (
+        evaluated.rates.consume,
+        evaluated.rates.lag_velocity,
+        _finite(evaluated.catch_up_seconds),
+        evaluated.status.name.lower(),
+        int(evaluated.status),
+        evaluated.reason,
+        evaluated.estimated_lag_seconds,
+    )
+    return dict(zip(_PARTITION_HEALTH_KEYS, values, strict=True))
+
+
 def topic_health_by_group(
     snapshot: ClusterSnapshot,
 ) -> Mapping[str, Mapping[str, GroupTopicHealth]]:
@@ -131,36 +132,33 @@ def topic_health_by_group(
 
 
 def _group_health(
-    snapshot: ClusterSnapshot, group: str, topics: Mapping[str, GroupTopicHealth] | None
+    snapshot: ClusterSnapshot, group: str, topics: Mapping[str, GroupTopicHealth]
 ) -> dict[str, Any]:
     evaluated = snapshot.health.groups.get(group) if snapshot.health is not None else None
     if evaluated is None:
         return dict.fromkeys(_GROUP_HEALTH_KEYS)
-    if topics is None:
-        topics = topic_health_by_group(snapshot).get(group, {})
-    return {
-        "status": evaluated.status.name.lower(),
-        "status_code": int(evaluated.status),
-        "status_reason": evaluated.reason,
-        "consume_rate": evaluated.consume_rate,
-        "lag_velocity": evaluated.lag_velocity,
-        "max_catch_up_seconds": _finite(evaluated.max_catch_up_seconds),
-        "rebalances": evaluated.rebalances,
-        "last_rebalance_at": _at(evaluated.last_rebalance_at),
-        "topic_sum_consume_rate": {t: h.consume_rate for t, h in topics.items()},
-        "topic_sum_lag_velocity": {t: h.lag_velocity for t, h in topics.items()},
-        "topic_commit_age_seconds": {t: h.commit_age_seconds for t, h in topics.items()},
-        "abandoned_topics": [t for t, h in topics.items() if h.abandoned],
-    }
+    values = (
+        evaluated.status.name.lower(),
+        int(evaluated.status),
+        evaluated.reason,
+        evaluated.consume_rate,
+        evaluated.lag_velocity,
+        _finite(evaluated.max_catch_up_seconds),
+        evaluated.rebalances,
+        _at(evaluated.last_rebalance_at),
+        {t: h.consume_rate for t, h in topics.items()},
+        {t: h.lag_velocity for t, h in topics.items()},
+        {t: h.commit_age_seconds for t, h in topics.items()},
+        [t for t, h in topics.items() if h.abandoned],
+    )
+    return dict(zip(_GROUP_HEALTH_KEYS, values, strict=True))
 
 
 def group_record(
-    snapshot: ClusterSnapshot,
-    group: GroupSummary,
-    topics: Mapping[str, GroupTopicHealth] | None = None,
+    snapshot: ClusterSnapshot, group: GroupSummary, topics: Mapping[str, GroupTopicHealth]
 ) -> dict[str, Any]:
-    """``topics``: the group's entry of :func:`topic_health_by_group`, when the caller built it
-    once for all groups (otherwise it is built here, for this group)."""
+    """``topics``: the group's entry of :func:`topic_health_by_group` (built once for all
+    groups by :func:`group_records`)."""
     record: dict[str, Any] = {
         "type": "group",
         "schema_version": SCHEMA_VERSION,

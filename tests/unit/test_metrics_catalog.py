@@ -228,7 +228,7 @@ def test_catalog_jsonl_keys_are_emitted() -> None:
     snap = full_snapshot()
     emitted = {
         "partition": set(partition_records(snap)[0]),
-        "group": set(group_record(snap, snap.groups[0])),
+        "group": set(group_record(snap, snap.groups[0], {})),
         "cycle": set(cycle_record(snap)),
     }
     for family in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES):
