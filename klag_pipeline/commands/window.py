@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -96,14 +95,14 @@ async def run_cycles(
     command: str,
 ) -> ClusterSnapshot:
     """Run ``chain`` on ``plan``'s schedule; the last snapshot (with its health)."""
-    started = time.monotonic()
+    started = clock.monotonic()
     snapshot: ClusterSnapshot | None = None
     for index in range(plan.cycles):
-        delay = started + index * plan.interval - time.monotonic()
+        delay = started + index * plan.interval - clock.monotonic()
         if delay > 0:
             client.rest(f"waiting for cycle {index + 1} of {plan.cycles}")
             await asyncio.sleep(delay)
-        cycle_started = time.monotonic()
+        cycle_started = clock.monotonic()
         try:
             async with asyncio.timeout(cycle_timeout):
                 snapshot = await chain.process(
@@ -121,9 +120,9 @@ async def run_cycles(
             cluster=cluster,
             cycle=index + 1,
             cycles=plan.cycles,
-            seconds=round(time.monotonic() - cycle_started, 2),
+            seconds=round(clock.monotonic() - cycle_started, 2),
         )
-        if index >= 1 and time.monotonic() - started >= plan.window:
+        if index >= 1 and clock.monotonic() - started >= plan.window:
             break
     assert snapshot is not None  # plan.cycles >= 3
     return snapshot
