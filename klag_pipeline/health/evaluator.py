@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -59,6 +59,8 @@ REBALANCING: frozenset[GroupState] = frozenset(
 )
 
 RowKey = tuple[str, TopicPartition]
+ByTopic = dict[tuple[str, str], list[tuple[PartitionRow, PartitionHealth]]]
+"""(group, topic) → its rows with their evaluations, in snapshot order."""
 
 MAX_OBSERVATIONS: Final = 16
 """Observations kept per row: enough for the rates (oldest, newest) and the trend rule."""
@@ -113,17 +115,22 @@ class Evaluator:
         members = {g.group: g.member_count > 0 for g in snapshot.groups}
         partitions: dict[RowKey, PartitionHealth] = {}
         self._observe_highs(snapshot)
+        # Each row's evaluation goes to its group-topic here, in the one walk over the rows.
+        by_topic: ByTopic = {}
         evaluate_row = self._evaluate_row
         with_estimate = self._with_estimate
         for row in snapshot.rows:
             key = (row.group, TopicPartition(row.topic, row.partition))
-            judged = evaluate_row(key, row, now, members.get(row.group, False))
-            partitions[key] = with_estimate(judged, row, now)
+            judged = with_estimate(
+                evaluate_row(key, row, now, members.get(row.group, False)), row, now
+            )
+            partitions[key] = judged
+            by_topic.setdefault((row.group, row.topic), []).append((row, judged))
         for key in self._rows.keys() - partitions.keys():
             del self._rows[key]
         produce = self._produce_rates(snapshot, now)
-        topics = self._topics(snapshot, partitions)
-        groups = self._groups_health(snapshot, partitions, now)
+        topics = self._topics(snapshot, by_topic)
+        groups = self._groups_health(snapshot, by_topic, now)
         health = ClusterHealth(
             window_seconds=self._window,
             partitions=MappingProxyType(partitions),
@@ -254,13 +261,9 @@ class Evaluator:
     # -- per group-topic and group -----------------------------------------------------------
 
     def _topics(
-        self, snapshot: ClusterSnapshot, partitions: Mapping[RowKey, PartitionHealth]
+        self, snapshot: ClusterSnapshot, by_topic: ByTopic
     ) -> dict[tuple[str, str], GroupTopicHealth]:
         summaries = {g.group: g for g in snapshot.groups}
-        by_topic: dict[tuple[str, str], list[tuple[PartitionRow, PartitionHealth]]] = {}
-        for row in snapshot.rows:
-            key = (row.group, TopicPartition(row.topic, row.partition))
-            by_topic.setdefault((row.group, row.topic), []).append((row, partitions[key]))
         topics = {}
         for (group, topic), entries in by_topic.items():
             summary = summaries.get(group)
@@ -282,12 +285,12 @@ class Evaluator:
     def _groups_health(
         self,
         snapshot: ClusterSnapshot,
-        partitions: Mapping[RowKey, PartitionHealth],
+        by_topic: ByTopic,
         now: float,
     ) -> dict[str, GroupHealth]:
         by_group: dict[str, list[PartitionHealth]] = {}
-        for (group, _), health in partitions.items():
-            by_group.setdefault(group, []).append(health)
+        for (group, _), pairs in by_topic.items():
+            by_group.setdefault(group, []).extend(health for _, health in pairs)
         groups = {}
         for summary in snapshot.groups:
             memory = self._rebalance_memory(summary, now)
