@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 from klag_pipeline.settings.durations import format_duration
-from klag_pipeline.settings.loader.ranges import DURATIONS
-from klag_pipeline.settings.loader.sections import Section, boolean, duration
+from klag_pipeline.settings.loader.ranges import seconds_setting
+from klag_pipeline.settings.loader.sections import Section, boolean
 from klag_pipeline.settings.schema import HealthSettings
 
 
 def health_settings(s: Section, poll_interval: float) -> HealthSettings:
     d = HealthSettings()
 
-    def seconds(key: str, default: float) -> float:
-        return s.get(key, default, duration(*DURATIONS[s.at(key)]))
-
     result = HealthSettings(
         enabled=s.get("enabled", d.enabled, boolean),
-        window=seconds("window", d.window),
-        stalled_after=seconds("stalled_after", d.stalled_after),
-        stopped_after=seconds("stopped_after", d.stopped_after),
-        abandoned_after=seconds("abandoned_after", d.abandoned_after),
+        window=seconds_setting(s, "window", d.window),
+        stalled_after=seconds_setting(s, "stalled_after", d.stalled_after),
+        stopped_after=seconds_setting(s, "stopped_after", d.stopped_after),
+        abandoned_after=seconds_setting(s, "abandoned_after", d.abandoned_after),
         drop_abandoned=s.get("drop_abandoned", d.drop_abandoned, boolean),
-        max_lag_seconds=seconds("max_lag_seconds", d.max_lag_seconds),
-        max_catch_up_seconds=seconds("max_catch_up_seconds", d.max_catch_up_seconds),
+        max_lag_seconds=seconds_setting(s, "max_lag_seconds", d.max_lag_seconds),
+        max_catch_up_seconds=seconds_setting(s, "max_catch_up_seconds", d.max_catch_up_seconds),
     )
     if result.enabled and result.window < 2 * poll_interval:
         # Rates need two observations inside the window; with less, every status is UNKNOWN.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from klag_pipeline.settings.loader.sections import Section, duration, integer
+
 _MINUTE: Final = 60.0
 _HOUR: Final = 3600.0
 _DAY: Final = 86400.0
@@ -60,3 +62,13 @@ COUNTS: Final[dict[str, tuple[int, int]]] = {
 }
 
 MIN_ROTATE_BYTES: Final = _KIB
+
+
+def seconds_setting(s: Section, key: str, default: float) -> float:
+    """The duration ``key`` of section ``s``, checked against its range in :data:`DURATIONS`."""
+    return s.get(key, default, duration(*DURATIONS[s.at(key)]))
+
+
+def count_setting(s: Section, key: str, default: int) -> int:
+    """The count ``key`` of section ``s``, checked against its range in :data:`COUNTS`."""
+    return s.get(key, default, integer(*COUNTS[s.at(key)]))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, Final, get_args
 
 from klag_pipeline.settings.durations import format_duration
 from klag_pipeline.settings.loader.health import health_settings
-from klag_pipeline.settings.loader.ranges import COUNTS, DURATIONS, MIN_ROTATE_BYTES
+from klag_pipeline.settings.loader.leadership import leadership_settings
+from klag_pipeline.settings.loader.ranges import MIN_ROTATE_BYTES, count_setting, seconds_setting
 from klag_pipeline.settings.loader.sections import (
     Context,
     Invalid,
@@ -21,10 +21,8 @@ from klag_pipeline.settings.loader.sections import (
     control_character,
     duration,
     host,
-    integer,
     join_path,
     optional_printable,
-    optional_string,
     port,
     printable,
     url,
@@ -35,8 +33,6 @@ from klag_pipeline.settings.schema import (
     Granularity,
     HttpSettings,
     JsonlSettings,
-    LeadershipProvider,
-    LeadershipSettings,
     OtelProtocol,
     OtelSettings,
     PerformanceSettings,
@@ -110,8 +106,8 @@ def convert(tree: dict[str, Any], ctx: Context, source: str) -> Settings:
 
 def _exporter(s: Section) -> ExporterSettings:
     d = ExporterSettings()
-    poll_interval = _duration(s, "poll_interval", d.poll_interval)
-    staleness = _duration(s, "staleness_threshold", 3 * poll_interval)
+    poll_interval = seconds_setting(s, "poll_interval", d.poll_interval)
+    staleness = seconds_setting(s, "staleness_threshold", 3 * poll_interval)
     if "staleness_threshold" in s.data and staleness < poll_interval:
         s.problem(
             "staleness_threshold",
@@ -132,7 +128,7 @@ def _exporter(s: Section) -> ExporterSettings:
         jsonl=_jsonl(s.table("jsonl")),
         http=_http(s.table("http")),
         performance=_performance(s.table("performance", _PERFORMANCE_COMPAT)),
-        leadership=_leadership(s.table("leadership")),
+        leadership=leadership_settings(s.table("leadership")),
         health=health_settings(s.table("health"), poll_interval),
     )
     sampling = exporter.timestamp_sampling
@@ -163,13 +159,15 @@ def _sampling(s: Section) -> TimestampSamplingSettings:
     d = TimestampSamplingSettings()
     result = TimestampSamplingSettings(
         enabled=s.get("enabled", d.enabled, boolean),
-        cache_ttl=_duration(s, "cache_ttl", d.cache_ttl),
-        max_concurrent_fetches=_count(s, "max_concurrent_fetches", d.max_concurrent_fetches),
-        fetch_timeout=_duration(s, "fetch_timeout", d.fetch_timeout),
-        max_bytes_per_partition=_count(s, "max_bytes_per_partition", d.max_bytes_per_partition),
+        cache_ttl=seconds_setting(s, "cache_ttl", d.cache_ttl),
+        max_concurrent_fetches=count_setting(s, "max_concurrent_fetches", d.max_concurrent_fetches),
+        fetch_timeout=seconds_setting(s, "fetch_timeout", d.fetch_timeout),
+        max_bytes_per_partition=count_setting(
+            s, "max_bytes_per_partition", d.max_bytes_per_partition
+        ),
         mode=s.get("mode", d.mode, choice(get_args(SamplingMode))),
-        rate_history_samples=_count(s, "rate_history_samples", d.rate_history_samples),
-        rate_history_max_age=_duration(s, "rate_history_max_age", d.rate_history_max_age),
+        rate_history_samples=count_setting(s, "rate_history_samples", d.rate_history_samples),
+        rate_history_max_age=seconds_setting(s, "rate_history_max_age", d.rate_history_max_age),
     )
     s.finish()
     return result
@@ -182,8 +180,8 @@ def _otel(s: Section) -> OtelSettings:
         enabled=s.get("enabled", d.enabled, boolean),
         endpoint=s.get("endpoint", d.endpoint, url),
         protocol=s.get("protocol", d.protocol, choice(get_args(OtelProtocol))),
-        export_interval=_duration(s, "export_interval", d.export_interval),
-        timeout=_duration(s, "timeout", d.timeout),
+        export_interval=seconds_setting(s, "export_interval", d.export_interval),
+        timeout=seconds_setting(s, "timeout", d.timeout),
         headers=MappingProxyType(s.string_map("headers", plain_text=True)),
         resource_attributes=MappingProxyType(s.string_map("resource_attributes", plain_text=True)),
         insecure=insecure,
@@ -203,8 +201,8 @@ def _jsonl(s: Section) -> JsonlSettings:
         enabled=s.get("enabled", d.enabled, boolean),
         path=s.get("path", d.path, printable),
         only_lagging=s.get("only_lagging", d.only_lagging, boolean),
-        rotate_bytes=_count(s, "rotate_bytes", d.rotate_bytes),
-        keep_files=_count(s, "keep_files", d.keep_files),
+        rotate_bytes=count_setting(s, "rotate_bytes", d.rotate_bytes),
+        keep_files=count_setting(s, "keep_files", d.keep_files),
     )
     if 0 < result.rotate_bytes < MIN_ROTATE_BYTES:
         s.problem(
@@ -244,91 +242,16 @@ def _http(s: Section) -> HttpSettings:
 def _performance(s: Section) -> PerformanceSettings:
     d = PerformanceSettings()
     result = PerformanceSettings(
-        kafka_timeout=_duration(s, "kafka_timeout", d.kafka_timeout),
-        offset_fetch_timeout=_duration(s, "offset_fetch_timeout", d.offset_fetch_timeout),
-        max_concurrent_groups=_count(s, "max_concurrent_groups", d.max_concurrent_groups),
-        max_concurrent_watermarks=_count(
+        kafka_timeout=seconds_setting(s, "kafka_timeout", d.kafka_timeout),
+        offset_fetch_timeout=seconds_setting(s, "offset_fetch_timeout", d.offset_fetch_timeout),
+        max_concurrent_groups=count_setting(s, "max_concurrent_groups", d.max_concurrent_groups),
+        max_concurrent_watermarks=count_setting(
             s, "max_concurrent_watermarks", d.max_concurrent_watermarks
         ),
-        queue_capacity=_count(s, "queue_capacity", d.queue_capacity),
+        queue_capacity=count_setting(s, "queue_capacity", d.queue_capacity),
     )
     s.finish()
     return result
-
-
-def _duration(s: Section, key: str, default: float) -> float:
-    return s.get(key, default, duration(*DURATIONS[s.at(key)]))
-
-
-def _count(s: Section, key: str, default: int) -> int:
-    return s.get(key, default, integer(*COUNTS[s.at(key)]))
-
-
-def _whole_seconds(low: float, high: float) -> Callable[[object], float]:
-    """klag-exporter's ``*_secs`` keys are integer seconds; a duration string is accepted too."""
-    as_duration = duration(low, high)
-
-    def convert(value: object) -> float:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not low <= value <= high:
-                raise Invalid(
-                    f"must be between {format_duration(low)} and {format_duration(high)}, "
-                    f"got {value} seconds"
-                )
-            return float(value)
-        return as_duration(value)
-
-    return convert
-
-
-def _leadership(s: Section) -> LeadershipSettings:
-    d = LeadershipSettings()
-    lease_duration = _aliased(s, "lease_duration", "lease_duration_secs", d.lease_duration)
-    renew_deadline = _duration(s, "renew_deadline", d.renew_deadline)
-    # klag-exporter's grace period is the margin between the leader's last chance to renew and
-    # the lease running out, i.e. lease_duration − renew_deadline (15 s − 5 s = our 10 s default).
-    grace = s.get("grace_period_secs", None, _whole_seconds(*DURATIONS[s.at("renew_deadline")]))
-    if grace is not None:
-        if "renew_deadline" in s.data:
-            s.problem("grace_period_secs", "set either renew_deadline or grace_period_secs")
-        elif grace >= lease_duration:
-            s.problem("grace_period_secs", "must be less than the lease duration")
-        else:
-            renew_deadline = lease_duration - grace
-    result = LeadershipSettings(
-        enabled=s.get("enabled", d.enabled, boolean),
-        provider=s.get("provider", d.provider, choice(get_args(LeadershipProvider))),
-        lease_name=s.get("lease_name", d.lease_name, printable),
-        lease_namespace=s.get("lease_namespace", d.lease_namespace, optional_printable),
-        identity=s.get("identity", d.identity, optional_printable),
-        lease_duration=lease_duration,
-        renew_deadline=renew_deadline,
-        retry_period=_duration(s, "retry_period", d.retry_period),
-        cluster=s.get("cluster", d.cluster, optional_string),
-        kubeconfig=s.get("kubeconfig", d.kubeconfig, optional_printable),
-    )
-    if not result.lease_duration > result.renew_deadline > result.retry_period:
-        s.problem(
-            "renew_deadline",
-            "must be less than lease_duration and greater than retry_period (got "
-            f"{format_duration(result.lease_duration)} > {format_duration(result.renew_deadline)}"
-            f" > {format_duration(result.retry_period)})",
-        )
-    s.finish()
-    return result
-
-
-def _aliased(s: Section, key: str, alias: str, default: float) -> float:
-    low, high = DURATIONS[s.at(key)]
-    if alias not in s.data:
-        s.known.append(alias)
-        return s.get(key, default, duration(low, high))
-    if key in s.data:
-        s.raw(key)
-        s.problem(alias, f"set either {key} or {alias}, not both")
-    else:
-        s.known.append(key)
-    return s.get(alias, default, _whole_seconds(low, high))
 
 
 def _clusters(root: Section, ctx: Context) -> list[ClusterSettings]:
