@@ -409,3 +409,18 @@ async def test_topics_carry_their_own_commit_age_and_abandoned_flag(served: Serv
         ("t", 4000.0, False),
         ("u", 10.0, True),
     ]
+
+
+async def test_a_new_cycle_replaces_what_earlier_requests_rendered(served: Served) -> None:
+    # The group list and the page section are built once per snapshot and reused: the next
+    # snapshot of the cluster must show, not the rendering kept from the one before.
+    first = scenario()
+    served.store.apply(first)
+    before = (await served.json("/api/v1/clusters/prod/groups"))["groups"]
+    page_before = (await served.get("/"))[2]
+    assert before == (await served.json("/api/v1/clusters/prod/groups"))["groups"]
+    served.store.apply(replace(first, health=None, cycle=8))
+    after = (await served.json("/api/v1/clusters/prod/groups"))["groups"]
+    assert {g["status"] for g in before} != {None}
+    assert {g["status"] for g in after} == {None}
+    assert (await served.get("/"))[2] != page_before
