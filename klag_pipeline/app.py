@@ -26,6 +26,7 @@ from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
 from klag_pipeline.settings.redaction import redact_settings
 from klag_pipeline.settings.schema import ClusterSettings, Settings
+from klag_pipeline.sharding.gate import ShardGate
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.sinks.snapshots import SnapshotStore
@@ -71,6 +72,13 @@ class Exporter:
             settings, self.status, self.self_metrics, self.clock, leadership_provider
         )
         self.elector = self.leadership.elector
+        # Sharded mode (docs/scaling.md) replaces the leadership gate: the loader refuses both.
+        self.sharding = (
+            ShardGate(settings, self.status, self.self_metrics, self.clock)
+            if exporter.sharding.enabled
+            else None
+        )
+        self.gate: LeadershipGate | ShardGate = self.sharding or self.leadership
         self.prometheus = PrometheusSink(
             exporter.granularity,
             self.status,
@@ -98,7 +106,7 @@ class Exporter:
         self.pipelines = [
             self._build_pipeline(cluster, client_factory) for cluster in settings.clusters
         ]
-        self.leadership.attach(self.pipelines, self.snapshots)
+        self.gate.attach(self.pipelines, self.snapshots)
         self._publishers_left = len(self.pipelines)
         self.self_metrics.register_queue("snapshots", self.snapshots.qsize)
         for name, inbox in self.inboxes.items():
@@ -120,7 +128,12 @@ class Exporter:
                     exporter.otel,
                     granularity=exporter.granularity,
                     version=__version__,
-                    instance_id=exporter.leadership.identity or socket.gethostname(),
+                    instance_id=(
+                        exporter.sharding.identity
+                        if exporter.sharding.enabled
+                        else exporter.leadership.identity
+                    )
+                    or socket.gethostname(),
                     on_error=self.self_metrics.sink_error,
                     up=self.status.fresh_by_cluster,
                     cluster_labels=self._cluster_labels(),
@@ -153,11 +166,12 @@ class Exporter:
             evaluate=True,
             on_cycle_start=attempted,
             cache_lookup=self.self_metrics.cache_lookup,
+            ownership=self.sharding.current if self.sharding is not None else None,
         )
         return ClusterPipeline(
             cluster,
             client,
-            self.leadership.gate(chain, on_skipped=attempted),
+            self.gate.gate(chain, on_skipped=attempted),
             poll_interval=exporter.poll_interval,
             queue_capacity=exporter.performance.queue_capacity,
             clock=self.clock,
@@ -175,7 +189,7 @@ class Exporter:
     def add_to(self, runner: Runner, stop: asyncio.Event) -> None:
         exporter = self.settings.exporter
         for pipeline in self.pipelines:
-            pipeline.add_to(runner, self.leadership.publish, self._publisher_done)
+            pipeline.add_to(runner, self.gate.publish, self._publisher_done)
         runner.add(
             "staleness",
             lambda: watch_staleness(
@@ -195,6 +209,9 @@ class Exporter:
         if self.elector is not None:
             elector = self.elector
             runner.add("leadership", lambda: elector.run(stop))
+        if self.sharding is not None:
+            sharding = self.sharding
+            runner.add("sharding", lambda: sharding.run(stop))
         fanout = FanOut(self.inboxes)
         runner.add("fanout", lambda: fanout.run(self.snapshots))
         for sink in self.sinks:

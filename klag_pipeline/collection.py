@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from klag_pipeline.events import CycleStarted
+from klag_pipeline.events import CycleStarted, OffsetsFetched
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.pipeline.chain import Chain
 from klag_pipeline.pipeline.clock import TimeSource
@@ -21,6 +21,7 @@ from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import DiscoveryStage
 from klag_pipeline.stages.evaluation import EvaluationStage
+from klag_pipeline.stages.sharding import CurrentOwnership, OwnedGroupsStage, OwnedSeriesStage
 from klag_pipeline.stages.timestamps import CacheLookup, TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 
@@ -37,26 +38,29 @@ def collection_chain(
     evaluate: bool = False,
     on_cycle_start: Callable[[], None] | None = None,
     cache_lookup: CacheLookup | None = None,
+    ownership: CurrentOwnership | None = None,
 ) -> CollectionChain:
     """The five stages for one cluster.
 
     ``long_running``: the exporter's chain remembers across cycles for ``staleness_threshold``
     (vanished groups are asked about again, values a cycle could not read are carried); a
     one-shot chain (``once``) has no previous cycle to remember. ``evaluate``: end with the
-    evaluation stage (when ``[exporter.health]`` is enabled), which needs several cycles."""
+    evaluation stage (when ``[exporter.health]`` is enabled), which needs several cycles.
+    ``ownership``: sharded mode — keep only the groups and partitions this replica owns."""
     remember_for = exporter.staleness_threshold if long_running else 0.0
-    chain = (
-        Chain.of(
-            DiscoveryStage(
-                client,
-                cluster,
-                clock=clock,
-                on_cycle_start=on_cycle_start,
-                recheck_for=remember_for if long_running else math.inf,
-            )
+    offsets: Chain[CycleStarted, OffsetsFetched] = Chain.of(
+        DiscoveryStage(
+            client,
+            cluster,
+            clock=clock,
+            on_cycle_start=on_cycle_start,
+            recheck_for=remember_for if long_running else math.inf,
         )
-        .then(CommittedOffsetsStage(client, cluster, clock=clock))
-        .then(WatermarksStage(client, clock=clock))
+    ).then(CommittedOffsetsStage(client, cluster, clock=clock))
+    if ownership is not None:
+        offsets = offsets.then(OwnedGroupsStage(ownership))
+    chain = (
+        offsets.then(WatermarksStage(client, clock=clock))
         .then(
             TimestampStage(
                 client, exporter.timestamp_sampling, cache_lookup=cache_lookup, clock=clock
@@ -64,6 +68,8 @@ def collection_chain(
         )
         .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
     )
+    if ownership is not None:
+        chain = chain.then(OwnedSeriesStage(ownership))
     if evaluate and exporter.health.enabled:
         chain = chain.then(
             EvaluationStage(exporter.health, exporter.poll_interval, exporter.timestamp_sampling)

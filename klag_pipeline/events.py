@@ -76,7 +76,9 @@ class GroupsDiscovered:
 class OffsetsFetched:
     """Committed offsets of every kept group on kept topics, read before any watermark.
 
-    ``unanswered``: described groups whose OffsetFetch got no trustworthy answer this cycle."""
+    ``unanswered``: described groups whose OffsetFetch got no trustworthy answer this cycle.
+    ``other_topics``: in sharded mode, topics committed only by groups another replica owns;
+    their watermarks are read too, for the ``kafka_partition_*`` series this replica owns."""
 
     discovered: GroupsDiscovered
     committed: Mapping[str, Mapping[TopicPartition, int]]
@@ -84,6 +86,7 @@ class OffsetsFetched:
     kafka_seconds: float
     observed_at: float
     unanswered: frozenset[str] = frozenset()
+    other_topics: frozenset[str] = frozenset()
 
     @property
     def cluster(self) -> str:

@@ -612,6 +612,36 @@ LEADERSHIP_ERRORS: Final = _self(
     "Election rounds that failed to reach the coordination backend.",
     ("provider",),
 )
+SHARD_BUCKETS: Final = _self(
+    "klag_pipeline_shard_buckets",
+    "gauge",
+    "Buckets of the cluster this replica owns in sharded mode (0: none).",
+    ("cluster_name",),
+)
+SHARD_GROUPS: Final = _self(
+    "klag_pipeline_shard_groups",
+    "gauge",
+    "Consumer groups of the cluster this replica exported in its last published snapshot.",
+    ("cluster_name",),
+)
+SHARD_ROWS: Final = _self(
+    "klag_pipeline_shard_rows",
+    "gauge",
+    "Group partitions of the cluster this replica exported in its last published snapshot.",
+    ("cluster_name",),
+)
+SHARD_MEMBERS: Final = _self(
+    "klag_pipeline_shard_members",
+    "gauge",
+    "Members of the sharding group in this replica's generation (0: not assigned).",
+    (),
+)
+SHARD_REBALANCES: Final = _self(
+    "klag_pipeline_shard_rebalances_total",
+    "counter",
+    "Assignments this replica received from the sharding group's leader.",
+    (),
+)
 SELF_METRICS: Final[tuple[Family, ...]] = (
     CYCLES,
     STAGE_ERRORS,
@@ -631,6 +661,11 @@ SELF_METRICS: Final[tuple[Family, ...]] = (
     LEADER,
     LEADERSHIP_TRANSITIONS,
     LEADERSHIP_ERRORS,
+    SHARD_BUCKETS,
+    SHARD_GROUPS,
+    SHARD_ROWS,
+    SHARD_MEMBERS,
+    SHARD_REBALANCES,
 )
 """The exporter's own metrics, in docs/metrics.md's order (prometheus_client registers and renders
 them in telemetry/self_metrics.py's order)."""

@@ -53,6 +53,12 @@ LEADERSHIP_PROTOCOL_TYPE = "klag-pipeline-leader"
 """Protocol type of the group klag-pipeline replicas join to elect a leader (leadership/kafka.py).
 Discovery leaves such groups out: they are ours, not consumers, and never commit offsets."""
 
+SHARDING_PROTOCOL_TYPE = "klag-pipeline-shard"
+"""Protocol type of the group sharded replicas join to share the work (klag_pipeline/sharding/).
+Left out by discovery like the leadership group."""
+
+EXPORTER_PROTOCOL_TYPES = frozenset({LEADERSHIP_PROTOCOL_TYPE, SHARDING_PROTOCOL_TYPE})
+
 
 @dataclass(frozen=True, slots=True)
 class ListedGroup:
@@ -146,7 +152,9 @@ EMPTY_FAILURES: tuple[Failure, ...] = ()
 
 __all__ = [
     "EMPTY_FAILURES",
+    "EXPORTER_PROTOCOL_TYPES",
     "LEADERSHIP_PROTOCOL_TYPE",
+    "SHARDING_PROTOCOL_TYPE",
     "Failure",
     "GroupDescription",
     "GroupMember",

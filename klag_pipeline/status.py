@@ -8,7 +8,7 @@ for display.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +101,8 @@ class StatusBoard:
         self._clusters = {name: _ClusterState() for name in cluster_names}
         self.identity = identity
         self._is_leader = is_leader
+        self.readiness: Callable[[], tuple[bool, str] | None] | None = None
+        """A verdict that overrides ``ready`` while it returns one (sharded mode, unassigned)."""
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -170,9 +172,14 @@ class StatusBoard:
         return {name: self._fresh(state, now) for name, state in self._clusters.items()}
 
     def ready(self) -> tuple[bool, str]:
-        """(True, "ok"), or False with "standby", "no data yet" or "all clusters stale"."""
+        """(True, "ok"), or False with "standby", "sharding: …", "no data yet" or
+        "all clusters stale"."""
         if not self._is_leader:
             return False, "standby"
+        if self.readiness is not None:
+            verdict = self.readiness()
+            if verdict is not None:
+                return verdict
         now = self._clock.monotonic()
         states = self._clusters.values()
         if any(self._fresh(state, now) for state in states):

@@ -2,7 +2,8 @@
 
 Shared by the exporter (``klag_pipeline.app``) and the one-shot commands
 (``klag_pipeline.commands``); tests pass their own factory to either. Likewise the
-:class:`~klag_pipeline.kafka.membership.GroupMembership` the ``kafka`` leadership provider uses.
+:class:`~klag_pipeline.kafka.membership.GroupMembership` the ``kafka`` leadership provider and
+sharding use.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any
 
 from klag_pipeline.kafka.membership import GroupMembership, MembershipTiming
 from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.kafka.protocol.membership import LEADER_PROTOCOL, GroupProtocol
 from klag_pipeline.settings.schema import ClusterSettings, ExporterSettings, PerformanceSettings
 
 ClientFactory = Callable[[ClusterSettings, ExporterSettings, RequestObserver], ClusterClient]
 MembershipFactory = Callable[
-    [ClusterSettings, str, MembershipTiming, PerformanceSettings], GroupMembership
+    [ClusterSettings, str, MembershipTiming, PerformanceSettings, GroupProtocol], GroupMembership
 ]
 
 
@@ -36,6 +38,7 @@ def default_membership_factory(
     group: str,
     timing: MembershipTiming,
     performance: PerformanceSettings,
+    protocol: GroupProtocol = LEADER_PROTOCOL,
     *,
     transport_factory: Callable[..., Any] | None = None,
 ) -> GroupMembership:
@@ -45,5 +48,10 @@ def default_membership_factory(
     from klag_pipeline.kafka.adapter.transport import Transport
 
     return KafkaGroupMembership(
-        cluster, group, timing, performance, transport_factory=transport_factory or Transport
+        cluster,
+        group,
+        timing,
+        performance,
+        protocol,
+        transport_factory=transport_factory or Transport,
     )

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from klag_pipeline.leadership.elector import LeaderElector, LeadershipObserver, Transition
 from klag_pipeline.leadership.gate import StandbyGate
 from klag_pipeline.leadership.provider import LeadershipError, LeadershipProvider, NotLeader
-from klag_pipeline.settings.schema import LeadershipSettings, Settings
+from klag_pipeline.settings.schema import LeadershipSettings, Settings, ShardingSettings
 
 __all__ = [
     "LeaderElector",
@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 
-def resolve_identity(settings: LeadershipSettings, env: Mapping[str, str] = os.environ) -> str:
+def resolve_identity(
+    settings: LeadershipSettings | ShardingSettings, env: Mapping[str, str] = os.environ
+) -> str:
     """``identity`` if configured, else ``POD_NAME``, ``HOSTNAME``, or a random name.
 
     Two instances with the same identity would both believe they hold a Kubernetes Lease: set

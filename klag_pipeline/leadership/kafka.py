@@ -41,6 +41,7 @@ from klag_pipeline.kafka.membership import (
     SessionTimeoutRejected,
     Synced,
 )
+from klag_pipeline.kafka.protocol.membership import LEADER_PROTOCOL
 from klag_pipeline.leadership.provider import LeadershipError, ProviderState
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings
 
@@ -82,7 +83,9 @@ class KafkaGroupProvider(ProviderState):
             # to the rebalance timeout.
             join_seconds=settings.lease_duration + request_seconds,
         )
-        self._membership = membership_factory(cluster, self._group, timing, performance)
+        self._membership = membership_factory(
+            cluster, self._group, timing, performance, LEADER_PROTOCOL
+        )
         self._member_id = ""
         self._generation = -1
 

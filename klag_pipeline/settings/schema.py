@@ -91,6 +91,19 @@ class LeadershipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardingSettings:
+    """``[exporter.sharding]``: replicas share the work through a Kafka group (docs/scaling.md)."""
+
+    enabled: bool = False
+    cluster: str | None = None  # whose group coordinator coordinates; None = the first
+    group_id: str = "klag-pipeline-shards"
+    buckets: int = 64  # work units per configured cluster
+    session_timeout: float = 15.0  # a replica killed without a word loses its buckets after it
+    heartbeat_interval: float = 3.0  # also how soon a member notices a rebalance
+    identity: str | None = None  # None: POD_NAME / HOSTNAME / random (logs and the API only)
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSettings:
     """``[exporter.health]``: the evaluation stage (docs/health.md)."""
 
@@ -118,6 +131,7 @@ class ExporterSettings:
     http: HttpSettings = field(default_factory=HttpSettings)
     performance: PerformanceSettings = field(default_factory=PerformanceSettings)
     leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
+    sharding: ShardingSettings = field(default_factory=ShardingSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
 
 

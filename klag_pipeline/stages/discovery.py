@@ -12,7 +12,7 @@ from types import MappingProxyType
 from klag_pipeline.errors import KafkaError, KafkaTimeoutError
 from klag_pipeline.events import CycleStarted, GroupsDiscovered
 from klag_pipeline.kafka.port import ClusterClient
-from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, GroupState, ListedGroup
+from klag_pipeline.model import EXPORTER_PROTOCOL_TYPES, GroupState, ListedGroup
 from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.settings.schema import ClusterSettings
 
@@ -117,7 +117,8 @@ class DiscoveryStage:
         kept = [
             g
             for g in listing.groups
-            if g.protocol_type != LEADERSHIP_PROTOCOL_TYPE and self._cluster.keeps_group(g.group_id)
+            if g.protocol_type not in EXPORTER_PROTOCOL_TYPES
+            and self._cluster.keeps_group(g.group_id)
         ]
         # A group that was there last cycle and is missing from this listing is asked about
         # directly: a broker that has not loaded its group metadata yet (resuming after a hang,

@@ -38,6 +38,7 @@ class WatermarksStage:
     async def process(self, event: OffsetsFetched) -> WatermarksListed:
         started = self._clock.monotonic()
         topics = {tp.topic for offsets in event.committed.values() for tp in offsets}
+        topics.update(event.other_topics)
         if topics:
             listing = await self._client.list_watermarks(sorted(topics))
             watermarks, missing, failures = (

@@ -30,6 +30,11 @@ from klag_pipeline.metrics_catalog import (
     LEADERSHIP_TRANSITIONS,
     PARTIAL_FAILURES,
     QUEUE_DEPTH,
+    SHARD_BUCKETS,
+    SHARD_GROUPS,
+    SHARD_MEMBERS,
+    SHARD_REBALANCES,
+    SHARD_ROWS,
     SINK_DROPPED,
     SINK_ERRORS,
     STAGE_ERRORS,
@@ -109,6 +114,7 @@ class SelfMetrics:
         self._carried_groups = Gauge(*_declaration(CARRIED_GROUPS), registry=registry)
         self._queues = _QueueDepths()
         self._leadership: LeadershipMetrics | None = None
+        self._sharding: ShardMetrics | None = None
 
     # RequestObserver -------------------------------------------------------------------------
 
@@ -195,6 +201,12 @@ class SelfMetrics:
             self._leadership = LeadershipMetrics(self, provider)
         return self._leadership
 
+    def sharding(self) -> ShardMetrics:
+        """Sharded mode's metrics (registered on first use, like the leadership ones)."""
+        if self._sharding is None:
+            self._sharding = ShardMetrics(self)
+        return self._sharding
+
     # Exposition ------------------------------------------------------------------------------
 
     def render(self, openmetrics: bool) -> bytes:
@@ -240,6 +252,34 @@ class LeadershipMetrics:
     def error(self) -> None:
         self._metrics._generation += 1
         self._errors.labels(self._provider).inc()
+
+
+class ShardMetrics:
+    """``klag_pipeline_shard_*``: what this replica owns and exports in sharded mode."""
+
+    def __init__(self, metrics: SelfMetrics) -> None:
+        self._metrics = metrics
+        registry = metrics.registry
+        self._buckets = Gauge(*_declaration(SHARD_BUCKETS), registry=registry)
+        self._groups = Gauge(*_declaration(SHARD_GROUPS), registry=registry)
+        self._rows = Gauge(*_declaration(SHARD_ROWS), registry=registry)
+        self._members = Gauge(*_declaration(SHARD_MEMBERS), registry=registry)
+        self._rebalances = Counter(*_declaration(SHARD_REBALANCES), registry=registry)
+        self._members.set(0)
+        metrics._generation += 1
+
+    def owned(self, buckets: dict[str, int], members: int, new_assignment: bool) -> None:
+        self._metrics._generation += 1
+        for cluster, count in buckets.items():
+            self._buckets.labels(cluster).set(count)
+        self._members.set(members)
+        if new_assignment:
+            self._rebalances.inc()
+
+    def exported(self, cluster: str, groups: int, rows: int) -> None:
+        self._metrics._generation += 1
+        self._groups.labels(cluster).set(groups)
+        self._rows.labels(cluster).set(rows)
 
 
 class ClusterRequestObserver:

@@ -73,7 +73,10 @@ def test_reference_file_mentions_every_schema_key() -> None:
         TimestampSamplingSettings(),
         PerformanceSettings(),
         LeadershipSettings(),
-        *(getattr(ExporterSettings(), name) for name in ("otel", "jsonl", "http", "health")),
+        *(
+            getattr(ExporterSettings(), name)
+            for name in ("otel", "jsonl", "http", "health", "sharding")
+        ),
     )
     expected = {name for section in sections for name in section.__dataclass_fields__}
     expected |= set(ClusterSettings.__dataclass_fields__)
@@ -85,6 +88,7 @@ def test_reference_file_mentions_every_schema_key() -> None:
         "performance",
         "leadership",
         "health",
+        "sharding",
     }
     assert expected - nested - written == set()
 
@@ -355,6 +359,26 @@ INVALID = [
         "[exporter.leadership]\ncluster = 'elsewhere'\n" + CLUSTER,
         "exporter.leadership.cluster",
         "no cluster is named 'elsewhere'",
+    ),
+    (
+        "[exporter.sharding]\ncluster = 'elsewhere'\n" + CLUSTER,
+        "exporter.sharding.cluster",
+        "no cluster is named 'elsewhere'",
+    ),
+    (
+        "[exporter.sharding]\nsession_timeout = '6s'\nheartbeat_interval = '4s'\n" + CLUSTER,
+        "exporter.sharding.heartbeat_interval",
+        "at most half of session_timeout (6s), got 4s",
+    ),
+    (
+        "[exporter.sharding]\nbuckets = 0\n" + CLUSTER,
+        "exporter.sharding.buckets",
+        "at least 1",
+    ),
+    (
+        "[exporter.sharding]\nenabled = true\n[exporter.leadership]\nenabled = true\n" + CLUSTER,
+        "exporter.sharding.enabled",
+        "cannot be combined with [exporter.leadership]",
     ),
     (
         "[exporter.http]\ntls_cert_file = '/c.pem'\n" + CLUSTER,

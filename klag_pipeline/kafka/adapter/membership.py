@@ -32,6 +32,8 @@ from klag_pipeline.kafka.protocol import (
     encode_find_coordinator,
 )
 from klag_pipeline.kafka.protocol.membership import (
+    LEADER_PROTOCOL,
+    GroupProtocol,
     decode_heartbeat,
     decode_join_group,
     decode_leave_group,
@@ -57,11 +59,13 @@ class KafkaGroupMembership:
         group: str,
         timing: port.MembershipTiming,
         performance: PerformanceSettings,
+        protocol: GroupProtocol = LEADER_PROTOCOL,
         *,
         transport_factory: Callable[..., Any] = Transport,
     ) -> None:
         self._cluster = cluster.name
         self._group = group
+        self._protocol = protocol
         self._timing = timing
         # The coordinator holds a JoinGroup until every member rejoined (up to the rebalance
         # timeout); aiokafka's own request timeout must not abort it before that.
@@ -82,6 +86,7 @@ class KafkaGroupMembership:
                 rebalance_ms=self._timing.rebalance_ms,
                 member_id=member_id,
                 metadata=metadata,
+                protocol=self._protocol,
             ),
             decode_join_group,
             self._timing.join_seconds,
@@ -112,6 +117,7 @@ class KafkaGroupMembership:
                 generation=generation,
                 member_id=member_id,
                 assignments=assignments,
+                protocol=self._protocol,
             ),
             decode_sync_group,
             self._timing.join_seconds,

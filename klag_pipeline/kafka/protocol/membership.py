@@ -1,7 +1,8 @@
 """JoinGroup, SyncGroup, Heartbeat and LeaveGroup for one member of a classic group.
 
-Only what leader election needs (see :mod:`klag_pipeline.leadership.kafka`): the protocol type
-``klag-pipeline-leader`` with one protocol, dynamic membership, no topic subscription. Built on
+Only what the exporter's own groups need (leader election, :mod:`klag_pipeline.leadership.kafka`,
+and sharding, :mod:`klag_pipeline.sharding`): one protocol type with one protocol (a
+:class:`GroupProtocol`), dynamic membership, no topic subscription. Built on
 the primitives of :mod:`klag_pipeline.kafka.protocol`; the adapter in
 :mod:`klag_pipeline.kafka.adapter.membership` sends them.
 """
@@ -10,14 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from klag_pipeline.kafka.protocol.primitives import Reader, Writer
 from klag_pipeline.kafka.protocol.versions import HEARTBEAT, JOIN_GROUP, LEAVE_GROUP, SYNC_GROUP
-from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE
+from klag_pipeline.model import LEADERSHIP_PROTOCOL_TYPE, SHARDING_PROTOCOL_TYPE
 
-PROTOCOL_TYPE: Final = LEADERSHIP_PROTOCOL_TYPE
-PROTOCOL_NAME: Final = "klag-pipeline-leader-v1"
+
+class GroupProtocol(NamedTuple):
+    """The protocol type a group's members share and the one protocol they all offer."""
+
+    type: str
+    name: str
+
+
+LEADER_PROTOCOL: Final = GroupProtocol(LEADERSHIP_PROTOCOL_TYPE, "klag-pipeline-leader-v1")
+SHARD_PROTOCOL: Final = GroupProtocol(SHARDING_PROTOCOL_TYPE, "klag-pipeline-shard-v1")
+PROTOCOL_TYPE: Final = LEADER_PROTOCOL.type
+PROTOCOL_NAME: Final = LEADER_PROTOCOL.name
 
 
 class _Writer(Writer):
@@ -50,13 +61,14 @@ def encode_join_group(
     member_id: str,
     metadata: bytes,
     reason: str | None = None,
+    protocol: GroupProtocol = LEADER_PROTOCOL,
 ) -> bytes:
     w = _Writer(JOIN_GROUP.flexible(version))
     w.string(group).int32(session_ms).int32(rebalance_ms).string(member_id)
     w.string(None)  # group_instance_id: dynamic membership
-    w.string(PROTOCOL_TYPE)
+    w.string(protocol.type)
     w.array_length(1)
-    w.string(PROTOCOL_NAME)
+    w.string(protocol.name)
     w.raw_bytes(metadata).tags()
     if version >= 8:
         w.string(reason)
@@ -101,11 +113,12 @@ def encode_sync_group(
     generation: int,
     member_id: str,
     assignments: Sequence[tuple[str, bytes]],
+    protocol: GroupProtocol = LEADER_PROTOCOL,
 ) -> bytes:
     w = _Writer(SYNC_GROUP.flexible(version))
     w.string(group).int32(generation).string(member_id).string(None)
     if version >= 5:
-        w.string(PROTOCOL_TYPE).string(PROTOCOL_NAME)
+        w.string(protocol.type).string(protocol.name)
     w.array_length(len(assignments))
     for mid, assignment in assignments:
         w.string(mid)

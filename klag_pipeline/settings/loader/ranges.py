@@ -37,6 +37,10 @@ DURATIONS: Final[dict[str, tuple[float, float]]] = {
     "exporter.leadership.lease_duration": (1.0, _HOUR),
     "exporter.leadership.renew_deadline": (0.1, _HOUR),
     "exporter.leadership.retry_period": (0.1, 10 * _MINUTE),
+    # The broker's group.min/max.session.timeout.ms bound it too (6 s to 30 min by default).
+    "exporter.sharding.session_timeout": (1.0, 30 * _MINUTE),
+    # Also at most half the session timeout (checked by the loader).
+    "exporter.sharding.heartbeat_interval": (0.1, 10 * _MINUTE),
     # Also at least 2 × poll_interval (checked by the loader).
     "exporter.health.window": (0.2, _DAY),
     "exporter.health.stalled_after": (0.1, 7 * _DAY),
@@ -59,6 +63,8 @@ COUNTS: Final[dict[str, tuple[int, int]]] = {
     "exporter.performance.max_concurrent_groups": (1, 1000),
     "exporter.performance.max_concurrent_watermarks": (1, 1000),
     "exporter.performance.queue_capacity": (1, 10000),
+    # Per configured cluster; more buckets than replicas × a few gains nothing.
+    "exporter.sharding.buckets": (1, 4096),
 }
 
 MIN_ROTATE_BYTES: Final = _KIB

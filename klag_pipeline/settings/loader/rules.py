@@ -27,6 +27,7 @@ from klag_pipeline.settings.loader.sections import (
     printable,
     url,
 )
+from klag_pipeline.settings.loader.sharding import sharding_settings
 from klag_pipeline.settings.schema import (
     ClusterSettings,
     ExporterSettings,
@@ -98,9 +99,13 @@ def convert(tree: dict[str, Any], ctx: Context, source: str) -> Settings:
     exporter = _exporter(root.table("exporter"))
     clusters = _clusters(root, ctx)
     root.finish()
+    names = {c.name for c in clusters}
     leader_cluster = exporter.leadership.cluster
-    if leader_cluster is not None and leader_cluster not in {c.name for c in clusters}:
+    if leader_cluster is not None and leader_cluster not in names:
         ctx.problem("exporter.leadership.cluster", f"no cluster is named {leader_cluster!r}")
+    shard_cluster = exporter.sharding.cluster
+    if shard_cluster is not None and shard_cluster not in names:
+        ctx.problem("exporter.sharding.cluster", f"no cluster is named {shard_cluster!r}")
     return Settings(exporter=exporter, clusters=tuple(clusters), source=source)
 
 
@@ -129,6 +134,7 @@ def _exporter(s: Section) -> ExporterSettings:
         http=_http(s.table("http")),
         performance=_performance(s.table("performance", _PERFORMANCE_COMPAT)),
         leadership=leadership_settings(s.table("leadership")),
+        sharding=sharding_settings(s.table("sharding")),
         health=health_settings(s.table("health"), poll_interval),
     )
     sampling = exporter.timestamp_sampling
@@ -139,6 +145,15 @@ def _exporter(s: Section) -> ExporterSettings:
             "exporter.timestamp_sampling.mode",
             '"rate" estimates time lag in the evaluation stage: it needs [exporter.health] '
             'enabled = true (or use mode = "message")',
+        )
+    if exporter.sharding.enabled and exporter.leadership.enabled:
+        # One replica would both stand by (leadership) and own buckets (sharding): the two
+        # answer "who exports what" differently. Sharding keeps every replica busy and covers
+        # a lost replica within session_timeout (docs/scaling.md).
+        s.ctx.problem(
+            "exporter.sharding.enabled",
+            "cannot be combined with [exporter.leadership] enabled = true: choose active-passive "
+            "(leadership) or sharding (docs/scaling.md)",
         )
     s.finish()
     return exporter

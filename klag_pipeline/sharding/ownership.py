@@ -1,0 +1,112 @@
+"""Which series a replica exports: buckets of ``(cluster, group)`` and ``(cluster, partition)``.
+
+Every consumer group of a cluster falls into one of ``buckets`` hash buckets, and so does every
+topic-partition (for the ``kafka_partition_*`` families, which belong to no group). A replica
+exports a group's series, and a partition's, exactly when it owns the bucket. The hash is CRC-32
+of the UTF-8 key, the same on every replica and in every process (Python's ``hash`` is salted).
+
+:func:`restrict` narrows a finished snapshot to what a replica owns; it is pure, so the same
+function serves the collection chain (before the evaluation) and the publication (when the
+assignment changed while a cycle ran).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from klag_pipeline.snapshot import ClusterSnapshot
+
+
+def group_bucket(group: str, buckets: int) -> int:
+    return zlib.crc32(b"g\0" + group.encode()) % buckets
+
+
+def partition_bucket(topic: str, partition: int, buckets: int) -> int:
+    return zlib.crc32(f"p\0{topic}\0{partition}".encode()) % buckets
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """The buckets one replica owns in one generation of the sharding group.
+
+    ``units`` maps a cluster name to its owned bucket numbers; a cluster missing from it is
+    owned not at all. ``members`` is the generation's member count (for self-metrics and logs).
+    """
+
+    generation: int
+    buckets: int
+    units: Mapping[str, frozenset[int]]
+    members: int = 1
+
+    def owned(self, cluster: str) -> frozenset[int]:
+        return self.units.get(cluster, frozenset())
+
+    def owns_group(self, cluster: str, group: str) -> bool:
+        return group_bucket(group, self.buckets) in self.owned(cluster)
+
+    def owns_partition(self, cluster: str, topic: str, partition: int) -> bool:
+        return partition_bucket(topic, partition, self.buckets) in self.owned(cluster)
+
+
+NOTHING = Ownership(generation=-1, buckets=1, units=MappingProxyType({}), members=0)
+"""Before the first assignment, and after losing the coordinating cluster: nothing is owned."""
+
+
+def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot:
+    """``snapshot`` with only the groups and partitions ``ownership`` owns.
+
+    The cluster-level figures (cycle time, poll time, the compaction and data-loss counts) stay
+    this replica's own: the counts are recomputed over the rows kept, so their sum over all
+    replicas is the single-process count (docs/scaling.md)."""
+    cluster = snapshot.cluster
+    owned = ownership.owned(cluster)
+    buckets = ownership.buckets
+    groups_kept: dict[str, bool] = {}
+
+    def keeps(group: str) -> bool:
+        kept = groups_kept.get(group)
+        if kept is None:
+            kept = groups_kept[group] = group_bucket(group, buckets) in owned
+        return kept
+
+    rows = tuple(row for row in snapshot.rows if keeps(row.group))
+    partitions = tuple(
+        p for p in snapshot.partitions if partition_bucket(p.topic, p.partition, buckets) in owned
+    )
+    groups = tuple(g for g in snapshot.groups if keeps(g.group))
+    health = snapshot.health
+    if health is not None:
+        kept_partitions = {(p.topic, p.partition) for p in partitions}
+        health = dataclasses.replace(
+            health,
+            partitions=MappingProxyType(
+                {key: value for key, value in health.partitions.items() if keeps(key[0])}
+            ),
+            topics=MappingProxyType(
+                {key: value for key, value in health.topics.items() if keeps(key[0])}
+            ),
+            groups=MappingProxyType(
+                {key: value for key, value in health.groups.items() if keeps(key)}
+            ),
+            produce_rates=MappingProxyType(
+                {
+                    tp: rate
+                    for tp, rate in health.produce_rates.items()
+                    if (tp.topic, tp.partition) in kept_partitions
+                }
+            ),
+        )
+    return dataclasses.replace(
+        snapshot,
+        rows=rows,
+        partitions=partitions,
+        groups=groups,
+        health=health,
+        compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
+        data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
+        carried_rows=sum(1 for row in rows if row.carried),
+    )

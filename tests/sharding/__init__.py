@@ -1,0 +1,1 @@
+"""Sharded mode (docs/scaling.md)."""
