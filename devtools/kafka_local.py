@@ -301,7 +301,10 @@ def maven() -> str:
         if digest != MAVEN_SHA512:
             raise FetchError(f"{_MAVEN_URL}: SHA-512 {digest} is not the pinned {MAVEN_SHA512}")
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # Python < 3.11.4 has no filters; the archive's SHA-512 is pinned above
+                tar.extractall(tmp)
         staging = Path(tmp) / f"apache-maven-{MAVEN_VERSION}"
         home.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -1071,7 +1074,7 @@ class KerberosKdc:
 
     @classmethod
     def available(cls) -> bool:
-        """Whether the MIT KDC programs are installed (``make system-deps`` installs them)."""
+        """Whether the MIT KDC programs are installed (``make test-system-deps`` installs them)."""
         return all(cls.program(p) for p in ("krb5kdc", "kdb5_util", "kadmin.local"))
 
     @property
@@ -1109,7 +1112,7 @@ class KerberosKdc:
         for program in ("krb5kdc", "kdb5_util", "kadmin.local"):
             if self.program(program) is None:
                 raise ToolchainMissingError(
-                    f"`{program}` not found: run `make system-deps` (installs krb5-kdc, "
+                    f"`{program}` not found: run `make test-system-deps` (installs krb5-kdc, "
                     "krb5-admin-server and libkrb5-dev)"
                 )
         self.directory.mkdir(parents=True, exist_ok=True)
