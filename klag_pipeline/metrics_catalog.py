@@ -588,6 +588,13 @@ CARRIED_GROUPS: Final = _self(
     "Groups whose values were repeated from an earlier cycle (no trustworthy answer).",
     ("cluster_name",),
 )
+TIME_LAG_DENIED_TOPICS: Final = _self(
+    "klag_pipeline_time_lag_denied_topics",
+    "gauge",
+    "Topics whose records the last cycle could not read for time lag because the broker "
+    "answered Fetch with TOPIC_AUTHORIZATION_FAILED (the principal lacks Read on the topic).",
+    ("cluster_name",),
+)
 QUEUE_DEPTH: Final = _self(
     "klag_pipeline_queue_depth",
     "gauge",
@@ -649,6 +656,7 @@ SELF_METRICS: Final[tuple[Family, ...]] = (
     TICKS_SKIPPED,
     CARRIED_ROWS,
     CARRIED_GROUPS,
+    TIME_LAG_DENIED_TOPICS,
     SINK_DROPPED,
     SINK_ERRORS,
     QUEUE_DEPTH,

@@ -47,6 +47,7 @@ class ClusterLog:
         self._last_cycle_seconds: float | None = None
         self._last_success: float | None = None
         self._counts = _Counts()
+        self._denied: frozenset[str] = frozenset()
 
     @property
     def failing(self) -> bool:
@@ -81,6 +82,7 @@ class ClusterLog:
         self._rows = len(snapshot.rows)
         self._last_cycle_seconds = snapshot.duration_seconds
         self._last_success = self._monotonic()
+        self._time_lag_denied(snapshot)
         if self._down_since is not None:
             log.info(
                 "cluster_recovered",
@@ -91,6 +93,34 @@ class ClusterLog:
             )
             self._down_since = None
             self.last_error = ""
+
+    def _time_lag_denied(self, snapshot: ClusterSnapshot) -> None:
+        """One warning when topics' Fetch starts being refused (no Read ACL), one info line when
+        a lagging row of such a topic has an exact time lag again (Read granted); not a line per
+        cycle. A topic without lagging rows is not read at all, so it proves nothing either way."""
+        if not self._denied and not snapshot.time_lag_denied:
+            return  # the usual cycle: no walk over the rows
+        fresh = snapshot.time_lag_denied - self._denied
+        if fresh:
+            log.warning(
+                "time_lag_denied",
+                cluster=self.cluster,
+                cycle=snapshot.cycle,
+                topics=sorted(fresh),
+                reason="Fetch answered TOPIC_AUTHORIZATION_FAILED: no Read ACL on these topics, "
+                "so their time lag is not read; offset lag stays exact (grant Read for time lag)",
+            )
+        exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
+        present = {offsets.topic for offsets in snapshot.partitions}
+        allowed = self._denied & exact
+        if allowed:
+            log.info(
+                "time_lag_allowed",
+                cluster=self.cluster,
+                cycle=snapshot.cycle,
+                topics=sorted(allowed),
+            )
+        self._denied = frozenset(((self._denied | snapshot.time_lag_denied) - exact) & present)
 
     def summarize(self) -> None:
         """Log the ``cluster_summary`` line and start counting afresh."""

@@ -39,6 +39,7 @@ from klag_pipeline.metrics_catalog import (
     SINK_ERRORS,
     STAGE_ERRORS,
     TICKS_SKIPPED,
+    TIME_LAG_DENIED_TOPICS,
     Family,
 )
 
@@ -112,6 +113,7 @@ class SelfMetrics:
         self._throttle_seconds = Counter(*_declaration(KAFKA_THROTTLE_SECONDS), registry=registry)
         self._carried = Gauge(*_declaration(CARRIED_ROWS), registry=registry)
         self._carried_groups = Gauge(*_declaration(CARRIED_GROUPS), registry=registry)
+        self._time_lag_denied = Gauge(*_declaration(TIME_LAG_DENIED_TOPICS), registry=registry)
         self._queues = _QueueDepths()
         self._leadership: LeadershipMetrics | None = None
         self._sharding: ShardMetrics | None = None
@@ -165,6 +167,11 @@ class SelfMetrics:
         self._generation += 1
         self._carried.labels(cluster).set(rows)
         self._carried_groups.labels(cluster).set(groups)
+
+    def time_lag_denied(self, cluster: str, topics: int) -> None:
+        """Topics of ``cluster``'s last published snapshot whose Fetch the broker refused."""
+        self._generation += 1
+        self._time_lag_denied.labels(cluster).set(topics)
 
     def ticks_skipped(self, cluster: str, n: int) -> None:
         if n > 0:

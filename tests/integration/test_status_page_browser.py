@@ -4,7 +4,7 @@ once ``stopped_after`` passes), and a group whose name is markup. The DOM Chromi
 list them worst first with their statuses, the markup as text; the screenshot must be a PNG of
 the window's size showing the two status colours.
 
-Chromium comes from the Debian packages ``make system-deps`` installs (``chromium``).
+Chromium comes from the Debian packages ``make test-system-deps`` installs (``chromium``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class GroupRows(HTMLParser):
 
 async def _chromium(*args: str, profile: Path) -> bytes:
     binary = shutil.which("chromium")
-    assert binary is not None, "chromium is not installed (make system-deps installs it)"
+    assert binary is not None, "chromium is not installed (make test-system-deps installs it)"
     # Run as a subprocess of this event loop: the exporter answering Chromium lives in it too.
     process = await asyncio.create_subprocess_exec(
         binary,

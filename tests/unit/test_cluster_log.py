@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import textwrap
 
 import pytest
@@ -11,7 +12,7 @@ import structlog
 from klag_pipeline.errors import ConfigError, KafkaConnectionError
 from klag_pipeline.settings.loader import parse_settings
 from klag_pipeline.settings.schema import ExporterSettings
-from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.snapshot import ClusterSnapshot, PartitionOffsets, PartitionRow
 from klag_pipeline.telemetry.cluster_log import ClusterLog, log_summaries
 from tests.support.kafka import wait_until
 
@@ -127,3 +128,53 @@ async def test_summaries_are_logged_every_interval_until_stopped() -> None:
             await task
     assert [e["cluster"] for e in logs[:4]] == ["a", "b", "a", "b"]
     assert {(e["state"], e["cycles_ok"], e["cycles_failed"]) for e in logs} == {("starting", 0, 0)}
+
+
+def denied_snapshot(cycle: int, denied: set[str], rows: dict[str, float | None]) -> ClusterSnapshot:
+    """A cycle whose Fetch was refused for ``denied``; ``rows``: topic → lag_seconds of one
+    lagging row (None: no exact time lag)."""
+    base = snapshot_of("local", cycle)
+    return dataclasses.replace(
+        base,
+        partitions=tuple(PartitionOffsets(topic, 0, 0, 10) for topic in rows),
+        rows=tuple(
+            PartitionRow(
+                group="g",
+                topic=topic,
+                partition=0,
+                member_host="",
+                consumer_id="",
+                client_id="",
+                committed=5,
+                low=0,
+                high=10,
+                lag=5,
+                lag_seconds=seconds,
+                compaction_detected=False,
+                data_loss_detected=False,
+                messages_lost=0,
+                retention_margin=5,
+                lag_retention_ratio=0.0,
+            )
+            for topic, seconds in rows.items()
+        ),
+        time_lag_denied=frozenset(denied),
+    )
+
+
+def test_a_denied_topic_is_reported_once_and_its_read_coming_back_once() -> None:
+    cluster_log = ClusterLog("local")
+    with structlog.testing.capture_logs() as logs:
+        cluster_log.cycle_succeeded(denied_snapshot(1, {"a", "b"}, {"a": None, "b": None}))
+        cluster_log.cycle_succeeded(denied_snapshot(2, {"a", "b"}, {"a": None, "b": None}))
+        # "b" not read this cycle (nothing to read): neither denied again nor allowed.
+        cluster_log.cycle_succeeded(denied_snapshot(3, {"a"}, {"a": None, "b": None}))
+        cluster_log.cycle_succeeded(denied_snapshot(4, {"a"}, {"a": None, "b": 12.0}))
+        cluster_log.cycle_succeeded(denied_snapshot(5, {"a", "b"}, {"a": None, "b": None}))
+    events = [(e["event"], e["cycle"], e["topics"]) for e in logs if e["event"].startswith("time")]
+    assert events == [
+        ("time_lag_denied", 1, ["a", "b"]),
+        ("time_lag_allowed", 4, ["b"]),
+        ("time_lag_denied", 5, ["b"]),
+    ]
+    assert all(e["log_level"] == "warning" for e in logs if e["event"] == "time_lag_denied")
