@@ -7,8 +7,10 @@ small (64 buckets × a few clusters), readable in a packet capture, and versione
 
 The assignment, for the same members and metadata, is always the same:
 
-* the units are balanced: every member gets ⌊units / members⌋ or one more;
-* the members that already own the most units get the larger quotas (ties: member id order);
+* each cluster's buckets are balanced on their own (clusters differ in size; so does the work of
+  one of their buckets): every member gets ⌊buckets / members⌋ of each cluster, or one more;
+* the members that already own the most of a cluster's buckets get its larger quotas (ties:
+  member id order, rotated from cluster to cluster so that the extra buckets spread);
 * every member keeps the units it owns, up to its quota, and only the rest move, to the
   members with room, in unit order. A member joining takes units only from members over their
   new quota; a member leaving hands only its own units on.
@@ -37,13 +39,17 @@ class MalformedShardData(ValueError):
 @dataclass(frozen=True, slots=True)
 class Layout:
     clusters: tuple[str, ...]
+    """Kept sorted: the settings' cluster order must not make two replicas' layouts differ."""
     buckets: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clusters", tuple(sorted(self.clusters)))
+
     def units(self) -> list[Unit]:
-        return [(cluster, b) for cluster in sorted(self.clusters) for b in range(self.buckets)]
+        return [(cluster, b) for cluster in self.clusters for b in range(self.buckets)]
 
     def as_json(self) -> dict[str, object]:
-        return {"clusters": sorted(self.clusters), "buckets": self.buckets}
+        return {"clusters": list(self.clusters), "buckets": self.buckets}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,7 @@ def decode_metadata(data: bytes) -> MemberMetadata:
     ):
         raise MalformedShardData("layout needs cluster names and a bucket count ≥ 1")
     return MemberMetadata(
-        identity, Layout(tuple(sorted(clusters)), buckets), _units_from(value.get("owned", {}))
+        identity, Layout(tuple(clusters), buckets), _units_from(value.get("owned", {}))
     )
 
 
@@ -159,8 +165,7 @@ def assign(
     members: Sequence[tuple[str, MemberMetadata]], layout: Layout, leader_identity: str
 ) -> dict[str, Assignment]:
     """Every member's assignment (see the module docstring); ``layout`` is the leader's."""
-    universe = layout.units()
-    valid = set(universe)
+    valid = set(layout.units())
     eligible = [(mid, meta) for mid, meta in members if meta.layout == layout]
     refused = f"layout differs from the leader's ({layout.as_json()})"
     result = {
@@ -170,26 +175,46 @@ def assign(
     }
     if not eligible:
         return result
-    previous = {mid: sorted(meta.owned & valid) for mid, meta in eligible}
-    order = sorted(eligible, key=lambda m: (-len(previous[m[0]]), m[0]))
-    base, extra = divmod(len(universe), len(order))
-    quota = {mid: base + (1 if i < extra else 0) for i, (mid, _) in enumerate(order)}
+    mine: dict[str, set[Unit]] = {mid: set() for mid, _ in eligible}
+    ids = sorted(mid for mid, _ in eligible)
+    offset = 0
+    for cluster in layout.clusters:
+        units = [(cluster, b) for b in range(layout.buckets)]
+        previous = {mid: sorted(u for u in meta.owned if u[0] == cluster and u in valid)
+                    for mid, meta in eligible}  # fmt: skip
+        # Ties (e.g. the first assignment) rotate from cluster to cluster, so the one-more
+        # quotas of several clusters go to different members.
+        order = sorted(
+            ids, key=lambda mid: (-len(previous[mid]), (ids.index(mid) - offset) % len(ids))
+        )
+        offset += len(units) % len(ids)
+        for mid, units_of_member in _balance(units, order, previous).items():
+            mine[mid].update(units_of_member)
+    for mid, owned in mine.items():
+        result[mid] = Assignment(frozenset(owned), layout.buckets, len(members), leader_identity)
+    return result
+
+
+def _balance(
+    units: list[Unit], order: list[str], previous: Mapping[str, list[Unit]]
+) -> dict[str, list[Unit]]:
+    """One cluster's units over ``order``: quotas first to last, kept units first."""
+    base, extra = divmod(len(units), len(order))
+    quota = {mid: base + (1 if i < extra else 0) for i, mid in enumerate(order)}
     owner: dict[Unit, str] = {}
-    mine: dict[str, list[Unit]] = {mid: [] for mid, _ in order}
-    for mid, _ in order:
+    mine: dict[str, list[Unit]] = {mid: [] for mid in order}
+    for mid in order:
         for unit in previous[mid]:
             if unit not in owner and len(mine[mid]) < quota[mid]:
                 owner[unit] = mid
                 mine[mid].append(unit)
-    free = iter(unit for unit in universe if unit not in owner)
-    for mid, _ in order:
+    free = iter(unit for unit in units if unit not in owner)
+    for mid in order:
         while len(mine[mid]) < quota[mid]:
             unit = next(free)
             owner[unit] = mid
             mine[mid].append(unit)
-    for mid, units in mine.items():
-        result[mid] = Assignment(frozenset(units), layout.buckets, len(members), leader_identity)
-    return result
+    return mine
 
 
 def moved(before: Mapping[str, frozenset[Unit]], after: Mapping[str, frozenset[Unit]]) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import importlib.util
 import io
@@ -56,6 +57,7 @@ from klag_pipeline.settings.schema import (
     ExporterSettings,
     PerformanceSettings,
     Settings,
+    ShardingSettings,
 )
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.support.kafka import KafkaTestClient, Rec
@@ -293,6 +295,57 @@ async def test_sasl_ssl_with_scram(secure: Secure, baseline: list[tuple[Any, ...
     _assert_same_as_plaintext(
         await _collect(_settings(secure, "SASL_SSL", props)), baseline, secure
     )
+
+
+async def test_sharding_coordinates_over_sasl_ssl_and_exports_the_same_lag(
+    secure: Secure, baseline: list[tuple[Any, ...]]
+) -> None:
+    """The sharding group lives on the secured cluster: the membership requests go through the
+    same authenticated, encrypted connection setup as collection (docs/scaling.md)."""
+    props = {
+        **_sasl("SCRAM-SHA-512", SCRAM512_USER),
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(secure.tls.ca_cert),
+    }
+    base = _settings(secure, "SASL_SSL", props)
+    settings = dataclasses.replace(
+        base,
+        exporter=dataclasses.replace(
+            base.exporter,
+            sharding=ShardingSettings(
+                enabled=True,
+                group_id=f"{secure.group}-shards",
+                buckets=4,
+                session_timeout=6.0,
+                heartbeat_interval=1.0,
+                identity="secure-replica",
+            ),
+        ),
+    )
+    published: list[ClusterSnapshot] = []
+
+    class Recording:
+        name = "recording"
+
+        async def run(self, inbox: Any) -> None:
+            async for update in inbox:
+                if isinstance(update, ClusterSnapshot):
+                    published.append(update)
+
+    exporter = Exporter(settings, extra_sinks=[Recording()])
+    stop = asyncio.Event()
+    runner = Runner()
+    exporter.add_to(runner, stop)
+    task = asyncio.create_task(runner.run(stop, shutdown_timeout=10.0))
+    try:
+        await wait_until(lambda: published, within=60, message="a sharded snapshot")
+        assert exporter.sharding is not None
+        assert exporter.sharding.member.ownership.owned("secured") == frozenset(range(4))
+        _assert_same_as_plaintext(published[0], baseline, secure)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await exporter.close_clients()
 
 
 def _unsigned_jwt(subject: str, lifetime: int = 600) -> str:

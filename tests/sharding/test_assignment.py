@@ -38,6 +38,9 @@ def test_every_unit_goes_to_exactly_one_member_and_the_counts_differ_by_at_most_
         assert sorted(units) == sorted(LAYOUT.units()), n
         sizes = [len(a.units) for a in plan.values()]
         assert max(sizes) - min(sizes) <= 1, (n, sizes)
+        for cluster in LAYOUT.clusters:
+            per_cluster = [sum(u[0] == cluster for u in a.units) for a in plan.values()]
+            assert max(per_cluster) - min(per_cluster) <= 1, (n, cluster)
         assert all(a.members == n and a.buckets == 64 for a in plan.values())
 
 
@@ -99,6 +102,17 @@ def test_metadata_and_assignment_survive_the_wire() -> None:
     plan = assign([("a", meta)], LAYOUT, "r1")["a"]
     assert decode_assignment(encode_assignment(plan)) == plan
     assert plan.by_cluster() == {"east": frozenset(range(64)), "west": frozenset(range(64))}
+
+
+def test_the_cluster_order_of_the_settings_does_not_change_the_layout() -> None:
+    # Two replicas listing the same clusters in another order must share the work; a leader
+    # once refused itself because its own unsorted layout differed from its decoded metadata.
+    mine = MemberMetadata("a", Layout(("west", "east"), 64), frozenset())
+    plan = assign(
+        [("a", decode_metadata(encode_metadata(mine)))], Layout(("west", "east"), 64), "a"
+    )
+    assert len(plan["a"].units) == 128
+    assert not plan["a"].refused
 
 
 @pytest.mark.parametrize(

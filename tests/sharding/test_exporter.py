@@ -1,0 +1,208 @@
+"""The exporter in sharded mode, in process, on the real broker.
+
+* A replica whose coordinating cluster cannot be reached owns nothing: it exports no consumer
+  series of any cluster (it never falls back to collecting everything), ``/ready`` says why, and
+  it keeps trying: once the coordinator answers it is assigned and exports.
+* When the assignment takes buckets away, the replica republishes at once without them: the
+  sinks see the narrowed snapshot before any new cycle ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from klag_pipeline.app import Exporter
+from klag_pipeline.kafka.factory import default_membership_factory
+from klag_pipeline.kafka.membership import MembershipTiming
+from klag_pipeline.kafka.protocol.membership import SHARD_PROTOCOL
+from klag_pipeline.model import TopicPartition
+from klag_pipeline.pipeline.clock import SYSTEM_CLOCK
+from klag_pipeline.pipeline.runner import Runner
+from klag_pipeline.settings.schema import (
+    ClusterSettings,
+    ExporterSettings,
+    Settings,
+    ShardingSettings,
+    TimestampSamplingSettings,
+)
+from klag_pipeline.sharding.assignment import Layout
+from klag_pipeline.sharding.member import ShardMember
+from klag_pipeline.sharding.ownership import Ownership, group_bucket
+from klag_pipeline.snapshot import ClusterSnapshot, SinkUpdate
+from tests.support.kafka import KafkaTestClient
+from tests.support.waiting import wait_until
+
+
+class RecordingSink:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.updates: list[SinkUpdate] = []
+
+    async def run(self, inbox: AsyncIterable[SinkUpdate]) -> None:
+        async for update in inbox:
+            self.updates.append(update)
+
+    def snapshots(self) -> list[ClusterSnapshot]:
+        return [u for u in self.updates if isinstance(u, ClusterSnapshot)]
+
+
+def settings(bootstrap: str, prefix: str, *, coordinator: str) -> Settings:
+    def cluster(name: str, servers: str) -> ClusterSettings:
+        return ClusterSettings(
+            name=name,
+            bootstrap_servers=(servers,),
+            group_whitelist=(re.compile(f"^{re.escape(prefix)}-g"),),
+        )
+
+    return Settings(
+        exporter=ExporterSettings(
+            # Far longer than the waits below: a cycle that happens was kicked or is the first.
+            poll_interval=30.0,
+            staleness_threshold=90.0,
+            timestamp_sampling=TimestampSamplingSettings(enabled=False),
+            sharding=ShardingSettings(
+                enabled=True,
+                cluster="coord",
+                group_id=f"{prefix}-shards",
+                buckets=8,
+                session_timeout=6.0,
+                heartbeat_interval=0.5,
+                identity="replica-1",
+            ),
+        ),
+        clusters=(cluster("data", bootstrap), cluster("coord", coordinator)),
+    )
+
+
+def second_member(settings: Settings) -> ShardMember:
+    """Another replica's membership, without an exporter around it."""
+    sharding = settings.exporter.sharding
+    coordinator = next(c for c in settings.clusters if c.name == sharding.cluster)
+    timing = MembershipTiming(6000, 6000, 2.0, 8.0)
+    membership = default_membership_factory(
+        coordinator, sharding.group_id, timing, settings.exporter.performance, SHARD_PROTOCOL
+    )
+
+    async def ignore(_: Ownership) -> None:
+        return None
+
+    return ShardMember(
+        membership,
+        identity="replica-2",
+        group=sharding.group_id,
+        layout=Layout(tuple(c.name for c in settings.clusters), sharding.buckets),
+        session_timeout=sharding.session_timeout,
+        heartbeat_interval=sharding.heartbeat_interval,
+        clock=SYSTEM_CLOCK,
+        on_change=ignore,
+    )
+
+
+@asynccontextmanager
+async def running(exporter: Exporter) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    runner = Runner()
+    exporter.add_to(runner, stop)
+    task = asyncio.create_task(runner.run(stop, shutdown_timeout=10.0))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await exporter.close_clients()
+
+
+async def seed(kafka: KafkaTestClient, prefix: str) -> set[str]:
+    topic = f"{prefix}-t"
+    await kafka.create_topic(topic, 2)
+    groups = {f"{prefix}-g{i}": {TopicPartition(topic, i % 2): 0} for i in range(12)}
+    await kafka.commit_many(groups)
+    return set(groups)
+
+
+async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_why(
+    kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("unreach")
+    await seed(kafka, prefix)
+    sink = RecordingSink()
+    # The coordinating cluster points at a port nothing listens on.
+    exporter = Exporter(
+        settings(kafka_bootstrap, prefix, coordinator="127.0.0.1:1"), extra_sinks=[sink]
+    )
+    async with running(exporter):
+        assert exporter.sharding is not None
+        member = exporter.sharding.member
+        await wait_until(
+            lambda: member.problem not in (None, "not yet assigned"),
+            within=20,
+            message="a join failure",
+        )
+        ok, reason = exporter.status.ready()
+        assert not ok
+        assert reason.startswith("sharding: ")
+        assert "coord" in reason
+        # Cycles reach the gate (the loop is alive) but nothing is collected or published.
+        await wait_until(lambda: all(s.cycles >= 1 for s in exporter.status.snapshot()), within=10)
+        assert exporter.status.healthy() == (True, "ok")
+        assert sink.snapshots() == []
+        assert [p.client for p in exporter.pipelines]  # clients exist but were never asked
+        rounds = member.rebalances
+        await asyncio.sleep(1.5)  # three heartbeat periods: it keeps trying, still owns nothing
+        assert member.rebalances == rounds == 0
+        assert sink.snapshots() == []
+
+
+async def test_losing_buckets_republishes_the_last_snapshot_without_them_at_once(
+    kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    prefix = unique("narrow")
+    groups = await seed(kafka, prefix)
+    sink = RecordingSink()
+    exporter = Exporter(
+        settings(kafka_bootstrap, prefix, coordinator=kafka_bootstrap), extra_sinks=[sink]
+    )
+    async with running(exporter):
+        gate = exporter.sharding
+        assert gate is not None
+
+        def data_groups() -> set[str] | None:
+            snaps = [s for s in sink.snapshots() if s.cluster == "data"]
+            return {g.group for g in snaps[-1].groups} if snaps else None
+
+        await wait_until(lambda: data_groups() == groups, within=30, message="all groups")
+        assert exporter.status.ready() == (True, "ok")
+        before = len(sink.updates)
+        cycles = exporter.status.snapshot()[0].cycles
+        # A second replica joins: the rebalance hands it about half of every cluster's buckets.
+        second = second_member(exporter.settings)
+        stop_second = asyncio.Event()
+        joined = asyncio.create_task(second.run(stop_second))
+        try:
+            await wait_until(
+                lambda: gate.member.ownership.members == 2, within=30, message="a rebalance"
+            )
+
+            def republished() -> ClusterSnapshot | None:
+                later = [u for u in sink.updates[before:] if isinstance(u, ClusterSnapshot)]
+                return next((u for u in later if u.cluster == "data"), None)
+
+            narrowed = await wait_until(republished, within=5, message="a republication")
+            kept = gate.member.ownership.owned("data")
+            assert kept
+            assert kept | second.ownership.owned("data") == frozenset(range(8))
+        finally:
+            stop_second.set()
+            await asyncio.wait_for(joined, 15)
+        expected = {g for g in groups if group_bucket(g, 8) in kept}
+        assert {g.group for g in narrowed.groups} == expected
+        assert {r.group for r in narrowed.rows} == expected
+        # No cycle ran in between: the withdrawal did not wait for one.
+        assert exporter.status.snapshot()[0].cycles == cycles
+        # The second replica left (LeaveGroup): this one owns everything again and collects the
+        # buckets it regained at once instead of at its next tick, 30 s away.
+        await wait_until(lambda: data_groups() == groups, within=20, message="all groups again")
