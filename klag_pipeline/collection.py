@@ -21,7 +21,7 @@ from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import DiscoveryStage
 from klag_pipeline.stages.evaluation import EvaluationStage
-from klag_pipeline.stages.sharding import CurrentOwnership, OwnedGroupsStage, OwnedSeriesStage
+from klag_pipeline.stages.sharding import CurrentOwnership, OwnedGroupsStage
 from klag_pipeline.stages.timestamps import CacheLookup, TimestampStage
 from klag_pipeline.stages.watermarks import WatermarksStage
 
@@ -46,7 +46,8 @@ def collection_chain(
     (vanished groups are asked about again, values a cycle could not read are carried); a
     one-shot chain (``once``) has no previous cycle to remember. ``evaluate``: end with the
     evaluation stage (when ``[exporter.health]`` is enabled), which needs several cycles.
-    ``ownership``: sharded mode — keep only the groups and partitions this replica owns."""
+    ``ownership``: sharded mode — collect only the groups this replica owns (the publication
+    narrows the partitions, after the evaluation: docs/scaling.md)."""
     remember_for = exporter.staleness_threshold if long_running else 0.0
     offsets: Chain[CycleStarted, OffsetsFetched] = Chain.of(
         DiscoveryStage(
@@ -68,8 +69,6 @@ def collection_chain(
         )
         .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
     )
-    if ownership is not None:
-        chain = chain.then(OwnedSeriesStage(ownership))
     if evaluate and exporter.health.enabled:
         chain = chain.then(
             EvaluationStage(exporter.health, exporter.poll_interval, exporter.timestamp_sampling)

@@ -5,9 +5,11 @@ topic-partition (for the ``kafka_partition_*`` families, which belong to no grou
 exports a group's series, and a partition's, exactly when it owns the bucket. The hash is CRC-32
 of the UTF-8 key, the same on every replica and in every process (Python's ``hash`` is salted).
 
-:func:`restrict` narrows a finished snapshot to what a replica owns; it is pure, so the same
-function serves the collection chain (before the evaluation) and the publication (when the
-assignment changed while a cycle ran).
+:func:`restrict` narrows a finished, evaluated snapshot to what a replica owns, at publication
+(with the ownership current then) and when the assignment takes buckets away (the last
+published snapshot, narrowed further). It runs after the evaluation on purpose: the evaluation's
+estimated time lag of a row reads the high-watermark history of the row's partition, which may
+belong to another replica's bucket.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot
     groups = tuple(g for g in snapshot.groups if keeps(g.group))
     health = snapshot.health
     if health is not None:
+        # The produce rate of a partition is a P series (exported by the partition's owner) and
+        # also a field of the JSON-lines record of every row on it (kept with the row); the
+        # sinks export the P series only for the partitions in ``partitions``.
         kept_partitions = {(p.topic, p.partition) for p in partitions}
+        kept_partitions.update((row.topic, row.partition) for row in rows)
         health = dataclasses.replace(
             health,
             partitions=MappingProxyType(

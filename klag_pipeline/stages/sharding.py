@@ -1,15 +1,13 @@
-"""Sharded mode's two steps in the collection chain (docs/scaling.md).
+"""Sharded mode's step in the collection chain (docs/scaling.md).
 
-* :class:`OwnedGroupsStage`, after the committed offsets: keeps only the groups this replica
-  owns, so watermarks' loss checks, timestamps, calculation and evaluation run for those alone.
-  The topics the other groups commit are kept aside (``other_topics``): this replica owns some
-  of their partitions' ``kafka_partition_*`` series, whoever owns the groups.
-* :class:`OwnedSeriesStage`, after the calculation: keeps only the partitions this replica owns,
-  so the evaluation computes produce rates for those alone.
-
-Both read the ownership current when the cycle reaches them; the publication narrows again
-with the ownership current then, so a cycle that outlived a rebalance publishes nothing it no
-longer owns.
+:class:`OwnedGroupsStage`, after the committed offsets, keeps only the groups this replica owns,
+so the loss checks, timestamps, calculation and evaluation run for those alone. The topics the
+other groups commit are kept aside (``other_topics``): this replica owns some of their
+partitions' ``kafka_partition_*`` series, whoever owns the groups, so their watermarks are read
+too. It reads the ownership current when the cycle reaches it; the publication narrows the
+finished snapshot (partitions included) with the ownership current then
+(:func:`klag_pipeline.sharding.ownership.restrict`), so a cycle that outlived a rebalance
+publishes nothing it no longer owns.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from klag_pipeline.events import OffsetsFetched
-from klag_pipeline.sharding.ownership import Ownership, restrict
-from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.sharding.ownership import Ownership
 
 CurrentOwnership = Callable[[], Ownership]
 
@@ -57,13 +54,3 @@ class OwnedGroupsStage:
             unanswered=event.unanswered & owned,
             other_topics=frozenset(others - mine),
         )
-
-
-class OwnedSeriesStage:
-    name = "owned_series"
-
-    def __init__(self, current: CurrentOwnership) -> None:
-        self._current = current
-
-    async def process(self, event: ClusterSnapshot) -> ClusterSnapshot:
-        return restrict(event, self._current())
