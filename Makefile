@@ -35,6 +35,11 @@ system-deps:
 	  echo "installing Chromium and its driver from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
+	@# podman + runc build and run the container image; debootstrap makes its base (tests/deploy/test_image_live.py).
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  echo "installing podman, runc and debootstrap from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; \
+	fi
 
 # Download the pinned Apache Kafka jars from Maven Central into the user cache (once).
 kafka: install system-deps
