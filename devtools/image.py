@@ -20,6 +20,7 @@ dependencies are pinned to what the running interpreter has installed (``pip fre
 constraints), i.e. the versions the test suite passed with.
 
     python -m devtools.image wheels dist/wheels   # what `docker build .` expects in dist/wheels
+    python -m devtools.image wheels dist/wheels --arch aarch64   # + linux/arm64
     python -m devtools.image base                 # the debootstrap base (cached)
     python -m devtools.image build                # base + wheels + podman build (cached)
 """
@@ -270,11 +271,20 @@ def _constraints(directory: Path, python: str) -> Path:
     return path
 
 
-def build_wheels(dest: Path, *, python: str = sys.executable, source: Path = ROOT) -> list[Path]:
+def build_wheels(
+    dest: Path,
+    *,
+    python: str = sys.executable,
+    source: Path = ROOT,
+    extra_architectures: Sequence[str] = (),
+) -> list[Path]:
     """The project wheel and a wheel of every runtime dependency in ``dest`` (emptied first).
 
     Offline from :func:`wheel_cache` when it has everything; otherwise pip fills the cache from
     the index once and the offline pass is repeated, so what is installed came from the cache.
+    ``extra_architectures`` (``aarch64``) add the binary dependency wheels of other machines from
+    the index, for a multi-arch build: pip in the image picks the one matching its platform from
+    the same directory. Same pins; any manylinux tag the bookworm glibc (2.36) runs.
     """
     if dest.exists():
         shutil.rmtree(dest)
@@ -328,6 +338,28 @@ def build_wheels(dest: Path, *, python: str = sys.executable, source: Path = ROO
             # The cache holds dependencies only: a project wheel there could shadow a newer one.
             (wheel_cache() / own.name).unlink(missing_ok=True)
             _run(dependencies, timeout=PIP_TIMEOUT_SECONDS, env=_pip_env(offline=True))
+        for architecture in extra_architectures:
+            platforms = [f"--platform=manylinux2014_{architecture}"] + [
+                f"--platform=manylinux_2_{minor}_{architecture}" for minor in range(17, 37)
+            ]
+            _run(
+                [
+                    *pip,
+                    "download",
+                    "--quiet",
+                    "--only-binary=:all:",
+                    *platforms,
+                    "--python-version=3.11",
+                    "--implementation=cp",
+                    "--dest",
+                    str(dest),
+                    "--constraint",
+                    str(constraints),
+                    str(own),
+                ],
+                timeout=PIP_TIMEOUT_SECONDS,
+                env=_pip_env(offline=False),
+            )
     return sorted(dest.glob("*.whl"))
 
 
@@ -435,12 +467,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     wheels = commands.add_parser("wheels", help="build the project and dependency wheels into DEST")
     wheels.add_argument("dest", type=Path, nargs="?", default=ROOT / WHEELS_IN_CONTEXT)
+    wheels.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        help="also the binary wheels for this machine (repeatable), e.g. aarch64 for linux/arm64",
+    )
     commands.add_parser("base", help="make (or reuse) the debootstrap base image")
     commands.add_parser("build", help="build (or reuse) the image; prints its tag and size")
     args = parser.parse_args(argv)
     try:
         if args.command == "wheels":
-            for wheel in build_wheels(args.dest):
+            for wheel in build_wheels(args.dest, extra_architectures=args.arch):
                 print(wheel)
         elif args.command == "base":
             print(BASE_TAG, ensure_base())
