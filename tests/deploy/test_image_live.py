@@ -249,6 +249,7 @@ async def test_exporter_image_exports_exact_lag_read_only_and_stops_on_sigterm(
         final = state(name)
         assert final["Status"] == "exited"
         assert final["ExitCode"] == 0, logs(name)
+        print(f"SIGTERM to exit: {elapsed:.2f}s (bound {SHUTDOWN_BOUND_SECONDS:g}s)")
         assert elapsed < SHUTDOWN_BOUND_SECONDS, f"stopped after {elapsed:.1f}s\n{logs(name)}"
 
 
