@@ -21,6 +21,9 @@ TEST_STAMP := $(VENV)/.installed-test
 TEST_APT_PACKAGES += krb5-kdc krb5-admin-server libkrb5-dev
 # Headless Chromium for the status page test (tests/integration/test_status_page_browser.py).
 TEST_APT_PACKAGES += chromium chromium-driver
+# podman + runc build and run the container image; debootstrap makes its base
+# (tests/deploy/test_image_live.py, docs/deployment.md#container-image).
+TEST_APT_PACKAGES += podman runc debootstrap
 
 .PHONY: test demo lint typecheck pytest kafka java tools install install-demo install-test \
 	demo-system-deps test-system-deps system-deps clean
