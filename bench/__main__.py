@@ -1,4 +1,4 @@
-"""``python -m bench run|soak|report|codecs|evaluation`` — see docs/benchmarks.md."""
+"""``python -m bench run|soak|sharding|report|codecs|evaluation`` — see docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bench.harness import RunOptions, main_log, run_preset, write_result
 from bench.scenario import PRESETS, ScenarioSpec, preset
 from klag_pipeline.settings.durations import parse_duration
 
-DEFAULT_POLL_SECONDS = {"small": 2.0, "medium": 5.0, "large": 10.0}
+DEFAULT_POLL_SECONDS = {"small": 2.0, "medium": 5.0, "large": 10.0, "xlarge": 30.0}
 """Long enough that a cold cycle fits (a cycle never outlives poll_interval), short enough for
 ≥ 10 steady cycles in a few minutes."""
 
@@ -72,6 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _scenario_arguments(soak)
     soak.add_argument("--cycles", type=int, default=1000)
     soak.add_argument("--churn-every", type=int, default=5, help="churn every N cycles")
+    sharding = commands.add_parser(
+        "sharding", help="1, 2, 4… sharded replicas on one scenario (issue 15)"
+    )
+    _scenario_arguments(sharding)
+    sharding.add_argument("--replicas", default="1,2,4", help="comma-separated counts")
+    sharding.add_argument("--warm-cycles", type=int, default=6)
+    sharding.add_argument("--no-timestamps", action="store_true", help="time lag off")
     commands.add_parser("report", help="regenerate the table in docs/benchmarks.md")
     codecs = commands.add_parser(
         "codecs", help="decode cost of real answers, ours vs kio; bench/results/codecs.json"
@@ -109,6 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll = SOAK_POLL_SECONDS
     else:
         poll = DEFAULT_POLL_SECONDS[args.preset]
+    if args.command == "sharding":
+        from bench.sharding import run_sharding
+
+        counts = [int(n) for n in args.replicas.split(",")]
+        options = RunOptions(
+            poll_interval=poll,
+            warm_cycles=args.warm_cycles,
+            timestamp_sampling=not args.no_timestamps,
+        )
+        result = asyncio.run(run_sharding(spec, counts, options, main_log))
+        main_log(f"wrote {write_result(result, args.name or f'sharding-{args.preset}')}")
+        return 0
     if args.command == "run":
         options = RunOptions(
             poll_interval=poll,

@@ -98,8 +98,11 @@ PRESETS: dict[str, ScenarioSpec] = {
                            live_groups=4),
     "large": ScenarioSpec("large", topics=100, partitions=10, groups=2000, empty_groups=20,
                           live_groups=6),
+    "xlarge": ScenarioSpec("xlarge", topics=500, partitions=10, groups=10000, empty_groups=20,
+                           live_groups=6, records_per_partition=50),
 }  # fmt: skip
-"""small: 50 groups / 500 group-partitions; medium: 500 / 5,000; large: 2,000 / 20,000."""
+"""small: 50 groups / 500 group-partitions; medium: 500 / 5,000; large: 2,000 / 20,000;
+xlarge: 10,000 / 100,000 (fewer records per partition, so that setup stays within minutes)."""
 
 
 def preset(name: str, **overrides: Any) -> ScenarioSpec:
