@@ -16,6 +16,7 @@ read, and a denied topic is named in a ``time_lag_denied`` warning and counted b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,7 @@ from klag_pipeline.settings.schema import (
     ExporterSettings,
     PerformanceSettings,
     Settings,
+    ShardingSettings,
 )
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.support.kafka import KafkaTestClient, Rec
@@ -278,3 +280,56 @@ async def test_running_exporter_says_which_topic_lacks_read(running: Any) -> Non
     assert denied[0]["topics"] == [DENIED]
     assert denied[0]["cluster"] == "acl"
     assert "Read" in denied[0]["reason"]
+
+
+async def test_sharding_without_read_on_its_group_owns_nothing_and_says_why(
+    secured: Secured,
+) -> None:
+    """Sharding joins a group of its own: Describe alone is refused (GROUP_AUTHORIZATION_FAILED),
+    the replica exports nothing and ``/ready`` names the reason; Read on that group is enough."""
+    base = _settings(secured, DESCRIBE_ONLY, poll_interval=1.0)
+    shard_group = "acl-shards"
+    settings = dataclasses.replace(
+        base,
+        exporter=dataclasses.replace(
+            base.exporter,
+            sharding=ShardingSettings(
+                enabled=True, group_id=shard_group, buckets=4, heartbeat_interval=0.5
+            ),
+        ),
+    )
+    exporter = Exporter(settings)
+    stop = asyncio.Event()
+    runner = Runner()
+    exporter.add_to(runner, stop)
+    task = asyncio.create_task(runner.run(stop, shutdown_timeout=5.0))
+    grant = ("--allow-principal", f"User:{DESCRIBE_ONLY[0]}", "--operation", "Read")
+    try:
+        assert exporter.sharding is not None
+        member = exporter.sharding.member
+
+        def refused() -> str | None:
+            return (
+                member.problem if "GROUP_AUTHORIZATION_FAILED" in (member.problem or "") else None
+            )
+
+        await wait_until(refused, within=30, message="the join refused")
+        ok, reason = exporter.status.ready()
+        assert not ok
+        assert "GROUP_AUTHORIZATION_FAILED" in reason
+        body, _, _ = exporter.prometheus.render(None, None)
+        assert _series(body.decode(), "kafka_consumergroup_group_lag") == {}
+        _acl(secured.cluster.bootstrap, "--add", *grant, "--group", shard_group)
+
+        def exported() -> dict[tuple[str, int], float]:
+            body, _, _ = exporter.prometheus.render(None, None)
+            return _series(body.decode(), "kafka_consumergroup_group_lag")
+
+        assert await wait_until(exported, within=30, message="lag exported") == EXPECTED_LAG
+        assert exporter.status.ready() == (True, "ok")
+    finally:
+        _acl(secured.cluster.bootstrap, "--remove", "--force", *grant, "--group", shard_group)
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+        await exporter.close_clients()
