@@ -101,9 +101,10 @@ async def _ready(request: web.Request) -> web.Response:
 
 async def _leader(request: web.Request) -> web.Response:
     status = request.app[STATUS_KEY]
-    return web.json_response(
-        {"is_leader": status.is_leader, "identity": status.identity}, headers=_NO_STORE
-    )
+    body: dict[str, object] = {"is_leader": status.is_leader, "identity": status.identity}
+    if status.sharding is not None:
+        body["sharding"] = status.sharding()
+    return web.json_response(body, headers=_NO_STORE)
 
 
 async def _index(request: web.Request) -> web.Response:

@@ -103,6 +103,8 @@ class StatusBoard:
         self._is_leader = is_leader
         self.readiness: Callable[[], tuple[bool, str] | None] | None = None
         """A verdict that overrides ``ready`` while it returns one (sharded mode, unassigned)."""
+        self.sharding: Callable[[], dict[str, object]] | None = None
+        """Sharded mode's state for ``/leader`` (generation, members, owned buckets, problem)."""
 
     @property
     def cluster_names(self) -> tuple[str, ...]:

@@ -70,6 +70,8 @@ class ShardGate:
         )
         status.identity = self.member.identity
         status.readiness = self._readiness
+        status.sharding = self.view
+        self._group = sharding.group_id
         self._metrics = self_metrics.sharding()
         self._lock = asyncio.Lock()
         self._pipelines: Sequence[ClusterPipeline] = ()
@@ -103,6 +105,18 @@ class ShardGate:
             self._published[snapshot.cluster] = narrowed
             self._metrics.exported(snapshot.cluster, len(narrowed.groups), len(narrowed.rows))
             await self._snapshots.send(narrowed)
+
+    def view(self) -> dict[str, object]:
+        """What ``/leader`` shows in sharded mode."""
+        ownership = self.member.ownership
+        return {
+            "group_id": self._group,
+            "generation": ownership.generation,
+            "members": ownership.members,
+            "buckets_per_cluster": ownership.buckets if ownership is not NOTHING else None,
+            "owned": {cluster: sorted(b) for cluster, b in sorted(ownership.units.items())},
+            "problem": self.member.problem,
+        }
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -146,6 +146,10 @@ async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_
         assert not ok
         assert reason.startswith("sharding: ")
         assert "coord" in reason
+        assert exporter.status.sharding is not None
+        view = exporter.status.sharding()
+        assert view["owned"] == {}
+        assert view["problem"] == member.problem
         # Cycles reach the gate (the loop is alive) but nothing is collected or published.
         await wait_until(lambda: all(s.cycles >= 1 for s in exporter.status.snapshot()), within=10)
         assert exporter.status.healthy() == (True, "ok")
@@ -176,6 +180,11 @@ async def test_losing_buckets_republishes_the_last_snapshot_without_them_at_once
 
         await wait_until(lambda: data_groups() == groups, within=30, message="all groups")
         assert exporter.status.ready() == (True, "ok")
+        assert exporter.status.sharding is not None
+        assert exporter.status.sharding()["owned"] == {
+            "coord": list(range(8)),
+            "data": list(range(8)),
+        }
         before = len(sink.updates)
         cycles = exporter.status.snapshot()[0].cycles
         # A second replica joins: the rebalance hands it about half of every cluster's buckets.
