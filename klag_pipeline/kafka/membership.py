@@ -9,7 +9,7 @@ on becomes a :class:`MembershipError` whose message already names the cluster.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,3 +98,44 @@ class GroupMembership(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+JOIN_ATTEMPTS = 4
+"""A join round may be answered MEMBER_ID_REQUIRED, then land in a rebalance that another
+member's join restarts; more than this many tries in one round means something is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A generation this member joined and synced: ``assignment`` is what the leader gave it."""
+
+    joined: Joined
+    member_id: str
+    assignment: bytes
+
+    @property
+    def leading(self) -> bool:
+        return self.joined.leader == self.member_id
+
+
+async def join_and_sync(
+    membership: GroupMembership,
+    member_id: str,
+    metadata: bytes,
+    plan: Callable[[Joined], Sequence[tuple[str, bytes]]],
+) -> Settled | JoinAgain:
+    """JoinGroup, then SyncGroup, until a generation settles or :data:`JOIN_ATTEMPTS` rounds
+    passed (then ``JoinAgain`` with the member id to use next). ``plan`` gives the leader's
+    assignments for every member; it is called only when this member leads."""
+    for _ in range(JOIN_ATTEMPTS):
+        joined = await membership.join(member_id, metadata)
+        member_id = joined.member_id
+        if isinstance(joined, JoinAgain):
+            continue
+        assignments = plan(joined) if joined.leader == member_id else ()
+        synced = await membership.sync(joined.generation, member_id, assignments)
+        if isinstance(synced, JoinAgain):
+            member_id = synced.member_id
+            continue
+        return Settled(joined, member_id, synced.assignment)
+    return JoinAgain(member_id)

@@ -33,23 +33,19 @@ import structlog
 # only when called, so this module depends on the port alone.
 from klag_pipeline.kafka.factory import MembershipFactory, default_membership_factory
 from klag_pipeline.kafka.membership import (
+    JOIN_ATTEMPTS,
     Beat,
     JoinAgain,
-    Joined,
     MembershipError,
     MembershipTiming,
     SessionTimeoutRejected,
-    Synced,
+    join_and_sync,
 )
 from klag_pipeline.kafka.protocol.membership import LEADER_PROTOCOL
 from klag_pipeline.leadership.provider import LeadershipError, ProviderState
 from klag_pipeline.settings.schema import ClusterSettings, LeadershipSettings, PerformanceSettings
 
 log = structlog.get_logger("klag_pipeline.leadership")
-
-# A join round may be answered MEMBER_ID_REQUIRED, then land in a rebalance that another
-# member's join restarts; more than this many tries in one round means something is wrong.
-_JOIN_ATTEMPTS = 4
 
 
 class KafkaGroupProvider(ProviderState):
@@ -146,29 +142,21 @@ class KafkaGroupProvider(ProviderState):
     async def _join(self) -> bool:
         self._generation = -1
         self._leading = False
-        for _ in range(_JOIN_ATTEMPTS):
-            joined = await self._membership.join(self._member_id, self._identity.encode())
-            self._member_id = joined.member_id
-            if isinstance(joined, JoinAgain):
-                continue
-            synced = await self._sync(joined)
-            if isinstance(synced, JoinAgain):
-                self._member_id = synced.member_id
-                continue
-            self._generation = joined.generation
-            self._leading = joined.leader == self._member_id
-            self._holder = synced.assignment.decode(errors="replace") or None
-            return self._leading
-        raise LeadershipError(
-            f"cluster {self._cluster}: group {self._group} did not settle after "
-            f"{_JOIN_ATTEMPTS} join attempts"
+        identity = self._identity.encode()
+        # The leader tells everyone who leads.
+        settled = await join_and_sync(
+            self._membership,
+            self._member_id,
+            identity,
+            lambda joined: [(mid, identity) for mid, _ in joined.members],
         )
-
-    async def _sync(self, joined: Joined) -> Synced | JoinAgain:
-        """SyncGroup for the generation ``joined``."""
-        leader = joined.leader == self._member_id
-        # The leader tells everyone who leads; followers send no assignments.
-        assignments = (
-            [(mid, self._identity.encode()) for mid, _ in joined.members] if leader else []
-        )
-        return await self._membership.sync(joined.generation, self._member_id, assignments)
+        self._member_id = settled.member_id
+        if isinstance(settled, JoinAgain):
+            raise LeadershipError(
+                f"cluster {self._cluster}: group {self._group} did not settle after "
+                f"{JOIN_ATTEMPTS} join attempts"
+            )
+        self._generation = settled.joined.generation
+        self._leading = settled.leading
+        self._holder = settled.assignment.decode(errors="replace") or None
+        return self._leading

@@ -29,13 +29,14 @@ from types import MappingProxyType
 import structlog
 
 from klag_pipeline.kafka.membership import (
+    JOIN_ATTEMPTS,
     Beat,
     GroupMembership,
     JoinAgain,
     Joined,
     MembershipError,
     SessionTimeoutRejected,
-    Synced,
+    join_and_sync,
 )
 from klag_pipeline.pipeline.clock import TimeSource
 from klag_pipeline.sharding.assignment import (
@@ -53,8 +54,6 @@ from klag_pipeline.sharding.assignment import (
 from klag_pipeline.sharding.ownership import NOTHING, Ownership
 
 log = structlog.get_logger("klag_pipeline.sharding")
-
-_JOIN_ATTEMPTS = 4
 
 OnChange = Callable[[Ownership], Awaitable[None]]
 
@@ -154,42 +153,33 @@ class ShardMember:
     async def _join(self) -> None:
         self._generation = -1
         metadata = encode_metadata(MemberMetadata(self.identity, self._layout, self._sticky))
-        for _ in range(_JOIN_ATTEMPTS):
-            joined = await self._membership.join(self._member_id, metadata)
-            self._member_id = joined.member_id
-            if isinstance(joined, JoinAgain):
-                continue
-            synced = await self._sync(joined)
-            if isinstance(synced, JoinAgain):
-                self._member_id = synced.member_id
-                continue
-            self._generation = joined.generation
-            await self._assigned(joined.generation, synced.assignment)
-            return
-        raise MembershipError(
-            f"group {self._group} did not settle after {_JOIN_ATTEMPTS} join attempts"
-        )
-
-    async def _sync(self, joined: Joined) -> Synced | JoinAgain:
-        assignments: list[tuple[str, bytes]] = []
-        if joined.leader == self._member_id:
-            members: list[tuple[str, MemberMetadata]] = []
-            for member_id, raw in joined.members:
-                try:
-                    members.append((member_id, decode_metadata(raw)))
-                except MalformedShardData as exc:
-                    # Not one of ours (or a future version): it gets nothing and says why.
-                    log.warning("sharding_member_unreadable", member=member_id, error=str(exc))
-                    members.append((member_id, MemberMetadata("", Layout((), 0), frozenset())))
-            plan = assign(members, self._layout, self.identity)
-            assignments = [(mid, encode_assignment(plan[mid])) for mid, _ in members]
-            log.info(
-                "sharding_assigned",
-                group=self._group,
-                generation=joined.generation,
-                members={meta.identity or mid: len(plan[mid].units) for mid, meta in members},
+        settled = await join_and_sync(self._membership, self._member_id, metadata, self._plan)
+        self._member_id = settled.member_id
+        if isinstance(settled, JoinAgain):
+            raise MembershipError(
+                f"group {self._group} did not settle after {JOIN_ATTEMPTS} join attempts"
             )
-        return await self._membership.sync(joined.generation, self._member_id, assignments)
+        self._generation = settled.joined.generation
+        await self._assigned(settled.joined.generation, settled.assignment)
+
+    def _plan(self, joined: Joined) -> list[tuple[str, bytes]]:
+        """As the leader: every member's buckets."""
+        members: list[tuple[str, MemberMetadata]] = []
+        for member_id, raw in joined.members:
+            try:
+                members.append((member_id, decode_metadata(raw)))
+            except MalformedShardData as exc:
+                # Not one of ours (or a future version): it gets nothing and says why.
+                log.warning("sharding_member_unreadable", member=member_id, error=str(exc))
+                members.append((member_id, MemberMetadata("", Layout((), 0), frozenset())))
+        plan = assign(members, self._layout, self.identity)
+        log.info(
+            "sharding_assigned",
+            group=self._group,
+            generation=joined.generation,
+            members={meta.identity or mid: len(plan[mid].units) for mid, meta in members},
+        )
+        return [(mid, encode_assignment(plan[mid])) for mid, _ in members]
 
     async def _assigned(self, generation: int, raw: bytes) -> None:
         try:
