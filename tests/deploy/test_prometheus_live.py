@@ -79,7 +79,8 @@ def render_rules(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def prometheus_process(tmp_path: Path, exporter_port: int) -> Iterator[str]:
+def prometheus_process(tmp_path: Path, *exporter_ports: int) -> Iterator[str]:
+    """Prometheus scraping every one of ``exporter_ports`` in job ``JOB``; yields its base URL."""
     rules = tmp_path / "rules.yaml"
     render_rules(rules)
     config = {
@@ -90,7 +91,7 @@ def prometheus_process(tmp_path: Path, exporter_port: int) -> Iterator[str]:
                 "job_name": JOB,
                 "honor_labels": True,
                 "scrape_timeout": SCRAPE_INTERVAL,
-                "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in exporter_ports]}],
             }
         ],
     }
