@@ -441,3 +441,171 @@ def test_promtool_test_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
     result = promtool("test", "rules", str(test_file))
     assert result.returncode != 0
     assert "KafkaConsumerGroupDataLoss" in result.stdout + result.stderr
+
+
+def test_alerts_fire_once_across_sharded_replicas(tmp_path: Path) -> None:
+    # Sharded mode (docs/deployment.md): three replicas, each exporting its own groups. During a
+    # rebalance a group is exported by two replicas for a moment (with values observed at
+    # slightly different times); a group also moves from one replica to another. Every
+    # consumer-group alert fires exactly once per group (and topic), never per replica.
+    def on(instance: str, labels: str) -> str:
+        return f'{JOB},instance="{instance}:8000",{labels}'
+
+    lost = "kafka_consumergroup_group_messages_lost"
+    max_lag = "kafka_consumergroup_group_max_lag_seconds"
+    state = "kafka_consumergroup_group_state"
+    sum_lag = "kafka_consumergroup_group_sum_lag"
+    status = "kafka_consumergroup_group_status"
+    cluster_up = "klag_pipeline_cluster_up"
+    data_loss = {
+        "interval": "1m",
+        "input_series": [
+            # Exported by r1 and r2 at once (the overlap of a rebalance), for the whole test.
+            series(lost, on("r1", f'{GPM},group="twice"'), "5x10"),
+            series(lost, on("r2", f'{GPM},group="twice"'), "5x10"),
+            # Moves from r1 to r3 at 4m (one overlapping scrape, then r1's series is stale).
+            series(lost, on("r1", f'{GPM},group="moved"'), "7 7 7 7 7 stale"),
+            series(lost, on("r3", f'{GPM},group="moved"'), "_ _ _ _ 7x6"),
+            series(lost, on("r2", f'{GPM},group="healthy"'), "0x10"),
+            series(lost, on("r3", f'{GPM},group="healthy"'), "0x10"),
+        ],
+        "alert_rule_test": [
+            fires(
+                when,
+                "KafkaConsumerGroupDataLoss",
+                *(
+                    alert(
+                        {
+                            "severity": "critical",
+                            "cluster_name": "prod",
+                            "group": group,
+                            "topic": "orders",
+                        },
+                        f"Consumer group {group} lost messages of topic orders to retention.",
+                        f"On cluster prod, retention deleted {value} messages of orders (largest "
+                        f"partition) that group {group} had not consumed: its committed offset "
+                        "is below the partition's earliest offset.",
+                    )
+                    for group, value in (("moved", 7), ("twice", 5))
+                ),
+            )
+            for when in ("3m", "5m", "8m")
+        ],
+    }
+    time_lag = {
+        "interval": "1m",
+        "input_series": [
+            # Observed a moment apart by the two replicas: one alert, with the larger value.
+            series(max_lag, on("r1", 'cluster_name="prod",group="slow"'), "400x10"),
+            series(max_lag, on("r2", 'cluster_name="prod",group="slow"'), "410x10"),
+            series(max_lag, on("r3", 'cluster_name="prod",group="fast"'), "10x10"),
+        ],
+        "alert_rule_test": [
+            fires(
+                "6m",
+                "KafkaConsumerGroupTimeLagHigh",
+                {
+                    "exp_labels": {"severity": "warning", "cluster_name": "prod", "group": "slow"},
+                    "exp_annotations": {
+                        "summary": "Consumer group slow is 6m 50s behind.",
+                        "description": "On cluster prod, the oldest message group slow has not "
+                        "consumed yet is 6m 50s old (threshold 300s).",
+                    },
+                },
+            )
+        ],
+    }
+    not_stable_and_stalled = {
+        "interval": "1m",
+        "input_series": [
+            series(state, on("r1", 'cluster_name="prod",group="rebalancing"'), "1x20"),
+            series(state, on("r2", 'cluster_name="prod",group="rebalancing"'), "1x20"),
+            series(sum_lag, on("r1", 'cluster_name="prod",group="rebalancing"'), "0x20"),
+            series(sum_lag, on("r2", 'cluster_name="prod",group="rebalancing"'), "0x20"),
+            series(status, on("r2", 'cluster_name="prod",group="stuck"'), "3x20"),
+            series(status, on("r3", 'cluster_name="prod",group="stuck"'), "3x20"),
+        ],
+        "alert_rule_test": [
+            fires(
+                "16m",
+                "KafkaConsumerGroupNotStable",
+                alert(
+                    {"severity": "warning", "cluster_name": "prod", "group": "rebalancing"},
+                    "Consumer group rebalancing has not been Stable for a while.",
+                    "On cluster prod, group rebalancing is in state 1 (0 Unknown, "
+                    "1 PreparingRebalance, 2 CompletingRebalance, 4 Dead, 5 Empty with lag, "
+                    "6 Assigning, 7 Reconciling): it is rebalancing repeatedly or its consumers "
+                    "are gone while messages wait. An Empty group with no lag does not alert.",
+                ),
+            ),
+            fires(
+                "16m",
+                "KafkaConsumerGroupStalled",
+                alert(
+                    {"severity": "critical", "cluster_name": "prod", "group": "stuck"},
+                    "Consumer group stuck is stalled: it has members but commits nothing.",
+                    "On cluster prod, group stuck has members and records waiting, but its "
+                    "committed offsets have not moved for stalled_after (health status 3 "
+                    "STALLED): its consumers are stuck (a hung poll loop, a poison message, a "
+                    "blocked downstream) and lag grows until they are fixed or restarted. "
+                    'kafka_consumergroup_group_partition_status{group="stuck"} == 3 names the '
+                    "partitions.",
+                ),
+            ),
+        ],
+    }
+    stale_and_down = {
+        "interval": "1m",
+        "input_series": [
+            # prod: r3 cannot reach it, r1 and r2 can: the cluster is up (some replica collects
+            # it). dr: no replica reaches it from 1m on: one alert, not three.
+            series(cluster_up, on("r1", 'cluster_name="prod"'), "1x12"),
+            series(cluster_up, on("r2", 'cluster_name="prod"'), "1x12"),
+            series(cluster_up, on("r3", 'cluster_name="prod"'), "0x12"),
+            series(cluster_up, on("r1", 'cluster_name="dr"'), "1 0x11"),
+            series(cluster_up, on("r2", 'cluster_name="dr"'), "1 0x11"),
+            series(cluster_up, on("r3", 'cluster_name="dr"'), "1 0x11"),
+            # One replica of three cannot be scraped: one alert, for it.
+            series("up", f'{JOB},instance="r1:8000"', "1x12"),
+            series("up", f'{JOB},instance="r2:8000"', "0x12"),
+            series("up", f'{JOB},instance="r3:8000"', "1x12"),
+        ],
+        "alert_rule_test": [
+            fires(
+                "8m",
+                "KlagPipelineDataStale",
+                alert(
+                    {"severity": "warning", "job": "klag-pipeline", "cluster_name": "dr"},
+                    "klag-pipeline has no fresh data for Kafka cluster dr.",
+                    "No collection cycle of cluster dr has succeeded within its staleness "
+                    "threshold on any exporter instance (klag_pipeline_cluster_up is 0; 0 from "
+                    "start-up until the first success): the cluster is unreachable, refuses the "
+                    "exporter, answers too slowly, or no instance is leader. Its series are "
+                    'withdrawn. See klag_pipeline_stage_errors_total{cluster_name="dr"} and the '
+                    "exporter's logs.",
+                ),
+            ),
+            fires(
+                "8m",
+                "KlagPipelineExporterDown",
+                alert(
+                    {"severity": "critical", "job": "klag-pipeline", "instance": "r2:8000"},
+                    "The klag-pipeline exporter cannot be scraped.",
+                    "Prometheus has not scraped r2:8000 successfully (or has no target at all); "
+                    "consumer lag is not being monitored.",
+                ),
+            ),
+        ],
+    }
+    rules_test = {
+        "rule_files": [str(ALERTS_FILE)],
+        "evaluation_interval": "1m",
+        "tests": [data_loss, time_lag, not_stable_and_stalled, stale_and_down],
+    }
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(rules_test, sort_keys=False), "utf-8")
+
+    result = promtool("test", "rules", str(test_file))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout

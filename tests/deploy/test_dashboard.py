@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, CONSUMER_FAMILIES
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, CONSUMER_FAMILIES, SELF_METRICS
 from klag_pipeline.pipeline.clock import FakeClock
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.status import StatusBoard
@@ -85,6 +85,16 @@ STATUS_NAMES = {
 # The exporter's per-cluster health gauge (docs/metrics.md), rendered per scrape by the sink
 # rather than kept in the self-metrics registry.
 CLUSTER_UP = "klag_pipeline_cluster_up"
+# Sharded mode's self-metrics (docs/scaling.md): exported only with [exporter.sharding] enabled.
+SHARDING_PREFIX = "klag_pipeline_shard_"
+# Cluster-level counts of which every sharded replica exports its own share: summed over the
+# replicas (one value per scrape target first), never max-ed.
+SHARE_FAMILIES = frozenset(
+    {
+        "kafka_lag_exporter_data_loss_partitions_total",
+        "kafka_lag_exporter_compaction_detected_total",
+    }
+)
 METRIC_NAME = re.compile(r"\b((?:kafka|klag_pipeline)_[a-z0-9_]+)\b")
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range"})
@@ -114,6 +124,11 @@ def is_consumer_health_query(expr: str) -> bool:
     return bool(set(METRIC_NAME.findall(expr)) & CONSUMER_HEALTH_FAMILIES)
 
 
+def is_sharding_query(expr: str) -> bool:
+    """Queries of the sharding self-metrics: they have data only from sharded replicas."""
+    return any(name.startswith(SHARDING_PREFIX) for name in METRIC_NAME.findall(expr))
+
+
 def concrete_query(expr: str, rate_interval: str) -> str:
     """The query Grafana would send with every variable at "All" (regex ``.*``)."""
     expr = expr.replace("$__rate_interval", rate_interval)
@@ -121,7 +136,11 @@ def concrete_query(expr: str, rate_interval: str) -> str:
 
 
 def self_metric_families() -> set[str]:
-    body = SelfMetrics().render(openmetrics=False).decode()
+    metrics = SelfMetrics()
+    # Registered on first use: an exporter exposes them only in that mode.
+    metrics.leadership("kafka")
+    metrics.sharding()
+    body = metrics.render(openmetrics=False).decode()
     families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
     histograms = {line.split()[2] for line in body.splitlines() if line.endswith(" histogram")}
     exported = {f + "_total" for f in families if "_total" not in f}  # counters get _total
@@ -152,6 +171,7 @@ def test_dashboard_structure() -> None:
         "Consumer health",
         "Message rates",
         "Exporter health",
+        "Sharding",
     } <= rows
 
 
@@ -287,3 +307,45 @@ def test_health_panels_show_status_rates_and_catch_up_time() -> None:
         for transformation in panel.get("transformations", []):
             if renamed := transformation["options"].get("renameByName"):
                 assert {name.removeprefix("Value #") for name in renamed} == refs, panel["title"]
+
+
+# -- correct across sharded replicas (docs/deployment.md, "Sharded mode") ------------------------
+
+GROUP_LEVEL = re.compile(r"\b(?:max|min) by \((?:cluster_name, )?(?:group|topic)\b")
+
+
+def test_group_and_partition_series_are_deduplicated_across_replicas() -> None:
+    # A group (or partition) exported by two replicas for a moment during a rebalance must not be
+    # counted twice: every query of a consumer or partition family either collapses the replicas
+    # with max/min by (...) over the series' identifying labels, or sums per-series rates (each
+    # replica's series covers only the time it exported the group).
+    consumer = {f.name for f in CONSUMER_FAMILIES} | {
+        "kafka_partition_latest_offset",
+        "kafka_partition_earliest_offset",
+        "kafka_partition_produce_rate",
+    }
+    for title, ref, expr in panel_queries(load_dashboard()):
+        names = set(METRIC_NAME.findall(expr))
+        if not names & consumer:
+            continue
+        deduplicated = bool(GROUP_LEVEL.search(expr)) or expr.startswith("max(")
+        per_series_rate = "(rate(" in expr
+        assert deduplicated or per_series_rate, f"{title}/{ref}: {expr}"
+
+
+def test_cluster_counts_sum_the_replicas_shares() -> None:
+    queries = [(t, r, e) for t, r, e in panel_queries(load_dashboard())]
+    using = [(t, r, e) for t, r, e in queries if set(METRIC_NAME.findall(e)) & SHARE_FAMILIES]
+    assert len(using) >= 3
+    for title, ref, expr in using:
+        for name in set(METRIC_NAME.findall(expr)) & SHARE_FAMILIES:
+            share = f"sum by (cluster_name) (max by (cluster_name, instance) ({name}{{"
+            assert share in expr, f"{title}/{ref}: {expr}"
+
+
+def test_sharding_row_shows_every_sharding_family() -> None:
+    queries = panel_queries(load_dashboard())
+    used = {name for _, _, expr in queries for name in METRIC_NAME.findall(expr)}
+    sharding = {f.name for f in SELF_METRICS if f.name.startswith(SHARDING_PREFIX)}
+    assert len(sharding) == 5
+    assert sharding <= used

@@ -23,8 +23,9 @@ CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RELEASE = "klag-pipeline"
 # No JSON schema for the Prometheus Operator CRDs is obtainable here; their content is checked
-# below instead (rules by promtool, ServiceMonitor against the Service it selects).
-CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
+# below instead (rules by promtool, ServiceMonitor against the Service it selects, PodMonitor
+# against the pods).
+CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 TOOL_TIMEOUT = 120.0
 
 VALUE_SETS = [None, *CI_VALUES]
@@ -382,14 +383,168 @@ def test_prometheus_rule_is_the_alerts_file_and_passes_promtool(tmp_path: Path) 
     assert alerts["KafkaConsumerGroupDataLoss"]["labels"]["team"] == "streaming"
 
 
+# -- sharded mode --------------------------------------------------------------------------------
+
+SHARDING_VALUES = CHART / "ci" / "sharding-values.yaml"
+
+
+def test_sharded_mode_renders_the_sharding_table_and_the_loader_takes_it(tmp_path: Path) -> None:
+    documents = helm_template(SHARDING_VALUES)
+    text = one(documents, "ConfigMap")["data"]["settings.toml"]
+    parsed = tomllib.loads(text)
+    assert parsed["exporter"]["sharding"] == {
+        "enabled": True,
+        "cluster": "primary",
+        "group_id": "klag-pipeline-ci-shards",
+        "buckets": 128,
+        "session_timeout": "20s",
+        "heartbeat_interval": "4s",
+    }
+    assert parsed["exporter"]["leadership"]["enabled"] is False
+    settings_file = tmp_path / "settings.toml"
+    settings_file.write_text(text, "utf-8")
+    deployment = one(documents, "Deployment")
+
+    sharding = load_settings(
+        settings_file, container_environ(deployment)
+    ).settings.exporter.sharding
+
+    assert sharding.enabled is True
+    assert sharding.cluster == "primary"
+    assert sharding.group_id == "klag-pipeline-ci-shards"
+    assert sharding.buckets == 128
+    assert (sharding.session_timeout, sharding.heartbeat_interval) == (20.0, 4.0)
+    # No identity in the file: each pod is known by its POD_NAME (downward API).
+    assert sharding.identity is None
+    pod = deployment["spec"]["template"]["spec"]
+    env = {v["name"]: v for v in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert deployment["spec"]["replicas"] == 3
+    # An unassigned replica is not ready: a rollout waits for each new pod to own buckets.
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ready"
+    # Sharding needs no Kubernetes permission.
+    assert by_kind(documents, "Role") == []
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_sharded_mode_defaults_are_the_exporters() -> None:
+    # values.yaml spells out the exporter's defaults; the rendered table must equal them.
+    text = one(helm_template(sets=["settings.exporter.sharding.enabled=true"]), "ConfigMap")
+    parsed = tomllib.loads(text["data"]["settings.toml"])
+    reference = tomllib.loads((ROOT / "config" / "settings.reference.toml").read_text("utf-8"))
+    assert parsed["exporter"]["sharding"] == {**reference["exporter"]["sharding"], "enabled": True}
+
+
+def test_pod_monitor_scrapes_every_pod() -> None:
+    documents = helm_template(SHARDING_VALUES)
+    monitor = one(documents, "PodMonitor")
+    deployment = one(documents, "Deployment")
+    assert by_kind(documents, "ServiceMonitor") == []
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # It selects the pods themselves (not the Service, which only routes to one pod per scrape).
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert selector.items() <= deployment["spec"]["selector"]["matchLabels"].items()
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [
+        deployment["metadata"]["namespace"]
+    ]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert endpoint["port"] in ports
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "15s"
+    assert endpoint["honorLabels"] is True
+    # The job label the alerts select by default (job="<full name>", as with the ServiceMonitor).
+    (job,) = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+    assert job["replacement"] == RELEASE
+    rules = one(documents, "PrometheusRule")["spec"]["groups"]
+    down = next(r for g in rules for r in g["rules"] if r["alert"] == "KlagPipelineExporterDown")
+    assert f'job="{RELEASE}"' in down["expr"]
+
+
+def test_pod_disruption_budget_covers_the_shards() -> None:
+    documents = helm_template(SHARDING_VALUES)
+    budget = one(documents, "PodDisruptionBudget")
+    deployment = one(documents, "Deployment")
+    assert budget["spec"]["maxUnavailable"] == 1
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        (
+            ["settings.exporter.leadership.enabled=true"],
+            "settings.exporter.sharding.enabled and settings.exporter.leadership.enabled are "
+            "both true",
+        ),
+        (
+            [
+                "settings.exporter.leadership.enabled=true",
+                "settings.exporter.leadership.provider=kafka",
+            ],
+            "settings.exporter.sharding.enabled and settings.exporter.leadership.enabled are "
+            "both true",
+        ),
+        (["serviceMonitor.enabled=true"], "podMonitor.enabled and serviceMonitor.enabled"),
+    ],
+    ids=["with-kubernetes-leadership", "with-kafka-leadership", "with-both-monitors"],
+)
+def test_sharded_mode_refuses_conflicting_values(sets: list[str], complaint: str) -> None:
+    argv = [
+        str(tools.tool_path("helm")),
+        "template",
+        RELEASE,
+        str(CHART),
+        "-f",
+        str(SHARDING_VALUES),
+    ]
+    for item in sets:
+        argv += ["--set", item]
+    result = run_tool(argv)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_leadership_alone_still_renders() -> None:
+    # The guard is on the pair only: leadership without sharding is the HA mode.
+    documents = helm_template(CHART / "ci" / "leadership-values.yaml")
+    assert one(documents, "Deployment")["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("interval", ["off", "0s", "90s"])
+def test_log_summary_interval_is_accepted(interval: str, tmp_path: Path) -> None:
+    documents = helm_template(sets=[f"settings.exporter.log_summary_interval={interval}"])
+    settings_file = tmp_path / "settings.toml"
+    settings_file.write_text(one(documents, "ConfigMap")["data"]["settings.toml"], "utf-8")
+    loaded = load_settings(settings_file, {}).settings
+    assert loaded.exporter.log_summary_interval == (90.0 if interval == "90s" else 0.0)
+
+
 @pytest.mark.parametrize(
     ("sets", "complaint"),
     [
         (["replicaCount=two"], "replicaCount"),
         (["settings.clusters[0].name=null"], "name"),
         (["service.port=0"], "port"),
+        (["settings.exporter.sharding.buckets=0"], "buckets"),
+        (["settings.exporter.sharding.buckets=5000"], "buckets"),
+        (["settings.exporter.sharding.session_timeout=soon"], "session_timeout"),
+        (["settings.exporter.log_summary_interval=sometimes"], "log_summary_interval"),
+        (["podMonitor.honorLabels=yes"], "honorLabels"),
     ],
-    ids=["replicas-not-int", "cluster-without-name", "port-out-of-range"],
+    ids=[
+        "replicas-not-int",
+        "cluster-without-name",
+        "port-out-of-range",
+        "no-buckets",
+        "too-many-buckets",
+        "session-timeout-not-a-duration",
+        "summary-interval-not-a-duration",
+        "pod-monitor-honor-labels-not-bool",
+    ],
 )
 def test_values_schema_rejects_invalid_values(sets: list[str], complaint: str) -> None:
     argv = [str(tools.tool_path("helm")), "template", RELEASE, str(CHART)]

@@ -1,8 +1,10 @@
 {{/*
 The alert rules, as the `groups:` of a Prometheus rules file. Rendered into the PrometheusRule
 and, with default values, identical to deploy/prometheus/alerts.yaml (a test compares them).
-Expressions aggregate with max by (...) so that custom cluster labels, scrape labels and HA
-replicas (standbys export no cluster series) never split or duplicate an alert.
+Expressions aggregate with max by (...) so that custom cluster labels, scrape labels, HA
+replicas (standbys export no cluster series) and sharded replicas (a group exported by two of them
+for a moment during a rebalance) never split or duplicate an alert; KlagPipelineDataStale takes
+the max over replicas (a cluster is fresh when some replica collects it).
 */}}
 {{- define "klag-pipeline.alertGroups" -}}
 {{- $a := .Values.alerts }}

@@ -54,6 +54,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $l.enabled (eq (default "kubernetes" $l.provider) "kubernetes") }}true{{ end }}
 {{- end }}
 
+{{- define "klag-pipeline.sharding" -}}
+{{- $exporter := .Values.settings.exporter | default dict }}
+{{- toJson (get $exporter "sharding" | default dict) }}
+{{- end }}
+
+{{/*
+"true" in sharded mode. Fails the render when leader election is on too: one replica would both
+stand by and own buckets, which the exporter refuses at start-up (docs/scaling.md).
+*/}}
+{{- define "klag-pipeline.shardingEnabled" -}}
+{{- $s := include "klag-pipeline.sharding" . | fromJson }}
+{{- $l := include "klag-pipeline.leadership" . | fromJson }}
+{{- if and $s.enabled $l.enabled }}
+{{- fail "settings.exporter.sharding.enabled and settings.exporter.leadership.enabled are both true: choose one — leader election (one replica exports everything, the others stand by) or sharding (every replica exports its share)" }}
+{{- end }}
+{{- if $s.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "klag-pipeline.leaseNamespace" -}}
 {{- $l := include "klag-pipeline.leadership" . | fromJson }}
 {{- default .Release.Namespace $l.lease_namespace }}
