@@ -46,7 +46,7 @@ def alert(labels: dict[str, str], summary: str, description: str) -> dict[str, A
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(ALERTS_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_alerts_fire_exactly_when_they_should(tmp_path: Path) -> None:
@@ -562,6 +562,10 @@ def test_alerts_fire_once_across_sharded_replicas(tmp_path: Path) -> None:
             series(cluster_up, on("r1", 'cluster_name="prod"'), "1x12"),
             series(cluster_up, on("r2", 'cluster_name="prod"'), "1x12"),
             series(cluster_up, on("r3", 'cluster_name="prod"'), "0x12"),
+            # r3 owns buckets of prod that it cannot collect: nobody exports those groups.
+            series("klag_pipeline_shard_buckets", on("r1", 'cluster_name="prod"'), "21x12"),
+            series("klag_pipeline_shard_buckets", on("r3", 'cluster_name="prod"'), "21x12"),
+            series("klag_pipeline_shard_buckets", on("r3", 'cluster_name="dr"'), "22x12"),
             series(cluster_up, on("r1", 'cluster_name="dr"'), "1 0x11"),
             series(cluster_up, on("r2", 'cluster_name="dr"'), "1 0x11"),
             series(cluster_up, on("r3", 'cluster_name="dr"'), "1 0x11"),
@@ -583,6 +587,24 @@ def test_alerts_fire_once_across_sharded_replicas(tmp_path: Path) -> None:
                     "exporter, answers too slowly, or no instance is leader. Its series are "
                     'withdrawn. See klag_pipeline_stage_errors_total{cluster_name="dr"} and the '
                     "exporter's logs.",
+                ),
+            ),
+            fires(
+                "8m",
+                "KlagPipelineShardNotCollecting",
+                alert(
+                    {
+                        "severity": "warning",
+                        "job": "klag-pipeline",
+                        "instance": "r3:8000",
+                        "cluster_name": "prod",
+                    },
+                    "klag-pipeline replica r3:8000 cannot collect its share of cluster prod.",
+                    "In sharded mode (docs/scaling.md) replica r3:8000 owns buckets of cluster "
+                    "prod but has not collected it within its staleness threshold, while other "
+                    "replicas do: the groups in its buckets are exported by no replica. Its "
+                    "buckets move only if it leaves the sharding group: check its network path "
+                    "and credentials to that cluster, or restart it.",
                 ),
             ),
             fires(

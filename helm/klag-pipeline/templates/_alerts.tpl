@@ -201,6 +201,30 @@ groups:
           description: >-
             Prometheus has not scraped {{`{{ $labels.instance }}`}} successfully (or has no
             target at all); consumer lag is not being monitored.
+      - alert: KlagPipelineShardNotCollecting
+        expr: >-
+          (max by (job, namespace, instance, cluster_name)
+          (klag_pipeline_cluster_up{ {{- $job -}} }) == 0)
+          and on (job, namespace, instance, cluster_name)
+          (klag_pipeline_shard_buckets{ {{- $job -}} } > 0)
+          unless on (job, namespace, cluster_name)
+          (max by (job, namespace, cluster_name) (klag_pipeline_cluster_up{ {{- $job -}} }) == 0)
+        for: {{ $a.staleData.for }}
+        labels:
+          severity: {{ $a.staleData.severity }}
+          {{- with $a.labels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: >-
+            klag-pipeline replica {{`{{ $labels.instance }}`}} cannot collect its share of cluster
+            {{`{{ $labels.cluster_name }}`}}.
+          description: >-
+            In sharded mode (docs/scaling.md) replica {{`{{ $labels.instance }}`}} owns buckets of
+            cluster {{`{{ $labels.cluster_name }}`}} but has not collected it within its staleness
+            threshold, while other replicas do: the groups in its buckets are exported by no
+            replica. Its buckets move only if it leaves the sharding group: check its network
+            path and credentials to that cluster, or restart it.
       - alert: KlagPipelineDataStale
         expr: >-
           max by (job, namespace, cluster_name)
