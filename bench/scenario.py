@@ -251,6 +251,12 @@ class _PauseOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         self.assigned.set()
 
 
+async def _keep_polling(consumer: AIOKafkaConsumer) -> None:
+    """Poll a paused member once a second until cancelled (it fetches nothing)."""
+    while True:
+        await consumer.getmany(timeout_ms=1000)
+
+
 class Scenario:
     """Creates a plan on a broker and keeps its live members running until ``close``."""
 
@@ -261,6 +267,7 @@ class Scenario:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60000)
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
         self._members: dict[str, AIOKafkaConsumer] = {}
+        self._pollers: dict[str, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> Scenario:
         await self._client.bootstrap()
@@ -272,6 +279,11 @@ class Scenario:
         await self.close()
 
     async def close(self) -> None:
+        pollers = list(self._pollers.values())
+        self._pollers.clear()
+        for poller in pollers:
+            poller.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
         members = list(self._members.values())
         self._members.clear()
         await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
@@ -425,8 +437,16 @@ class Scenario:
         self._members[group_id] = consumer
         consumer.subscribe(list(topics), listener=listener)
         await _wait_assigned(listener)
+        # aiokafka leaves the group when the application has not polled for
+        # max_poll_interval_ms (5 min): poll (paused, so nothing is fetched) to stay a member
+        # for the whole run, so later measurements see the same group states (issue 17).
+        self._pollers[group_id] = asyncio.create_task(_keep_polling(consumer))
 
     async def stop_member(self, group_id: str) -> None:
+        poller = self._pollers.pop(group_id, None)
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
         consumer = self._members.pop(group_id, None)
         if consumer is not None:
             await consumer.stop()
