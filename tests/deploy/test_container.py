@@ -255,7 +255,7 @@ def test_compose_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> No
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
     config = yaml.safe_load((etc / "prometheus.yml").read_text("utf-8"))
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "klag-pipeline"  # what the alerts' job selector expects
