@@ -14,6 +14,8 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import structlog
+
 from klag_pipeline.app import Exporter
 from klag_pipeline.kafka.factory import default_membership_factory
 from klag_pipeline.kafka.membership import MembershipTiming
@@ -134,31 +136,44 @@ async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_
     exporter = Exporter(
         settings(kafka_bootstrap, prefix, coordinator="127.0.0.1:1"), extra_sinks=[sink]
     )
-    async with running(exporter):
-        assert exporter.sharding is not None
-        member = exporter.sharding.member
-        await wait_until(
-            lambda: member.problem not in (None, "not yet assigned"),
-            within=20,
-            message="a join failure",
-        )
-        ok, reason = exporter.status.ready()
-        assert not ok
-        assert reason.startswith("sharding: ")
-        assert "coord" in reason
-        assert exporter.status.sharding is not None
-        view = exporter.status.sharding()
-        assert view["owned"] == {}
-        assert view["problem"] == member.problem
-        # Cycles reach the gate (the loop is alive) but nothing is collected or published.
-        await wait_until(lambda: all(s.cycles >= 1 for s in exporter.status.snapshot()), within=10)
-        assert exporter.status.healthy() == (True, "ok")
-        assert sink.snapshots() == []
-        assert [p.client for p in exporter.pipelines]  # clients exist but were never asked
-        rounds = member.rebalances
-        await asyncio.sleep(1.5)  # three heartbeat periods: it keeps trying, still owns nothing
-        assert member.rebalances == rounds == 0
-        assert sink.snapshots() == []
+    with structlog.testing.capture_logs() as logs:
+        async with running(exporter):
+            assert exporter.sharding is not None
+            member = exporter.sharding.member
+            await wait_until(
+                lambda: member.problem not in (None, "not yet assigned"),
+                within=20,
+                message="a join failure",
+            )
+            await _unreachable_checks(exporter, sink)
+    failed = [e for e in logs if e["event"] == "sharding_join_failed"]
+    assert failed, logs
+    assert failed[0]["log_level"] == "warning"
+    assert "coord" in failed[0]["error"]
+    # Said once per reason, not once per retry.
+    assert len(failed) <= 2, failed
+
+
+async def _unreachable_checks(exporter: Exporter, sink: RecordingSink) -> None:
+    assert exporter.sharding is not None
+    member = exporter.sharding.member
+    ok, reason = exporter.status.ready()
+    assert not ok
+    assert reason.startswith("sharding: ")
+    assert "coord" in reason
+    assert exporter.status.sharding is not None
+    view = exporter.status.sharding()
+    assert view["owned"] == {}
+    assert view["problem"] == member.problem
+    # Cycles reach the gate (the loop is alive) but nothing is collected or published.
+    await wait_until(lambda: all(s.cycles >= 1 for s in exporter.status.snapshot()), within=10)
+    assert exporter.status.healthy() == (True, "ok")
+    assert sink.snapshots() == []
+    assert [p.client for p in exporter.pipelines]  # clients exist but were never asked
+    rounds = member.rebalances
+    await asyncio.sleep(1.5)  # three heartbeat periods: it keeps trying, still owns nothing
+    assert member.rebalances == rounds == 0
+    assert sink.snapshots() == []
 
 
 async def test_losing_buckets_republishes_the_last_snapshot_without_them_at_once(
