@@ -423,7 +423,20 @@ def build_image(*, python: str = sys.executable) -> BuiltImage:
         tag = f"{IMAGE_REPOSITORY}:ctx-{content[:16]}"
         built = not image_exists(tag)
         if built:
-            argv = ["build", "--network", "host", *LIMITS, "--format", "docker", "--pull=never"]
+            # --no-cache: buildah keys a cached RUN layer by its command line, not by the content
+            # of the bind-mounted wheels, so a changed wheel reused the layer of an older one (an
+            # image without the sharding code once answered "exporter.sharding: unknown key").
+            # The tag above already caches by the context's content.
+            argv = [
+                "build",
+                "--no-cache",
+                "--network",
+                "host",
+                *LIMITS,
+                "--format",
+                "docker",
+                "--pull=never",
+            ]
             for key, value in build_args.items():
                 argv += ["--build-arg", f"{key}={value}"]
             argv += ["--tag", tag, "--file", str(context / "Dockerfile"), str(context)]
