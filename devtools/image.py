@@ -44,6 +44,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools import user_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -79,10 +81,7 @@ class ImageError(RuntimeError):
 
 def cache_dir() -> Path:
     """``$KLAG_IMAGE_CACHE`` or ``~/.cache/klag-pipeline/image``."""
-    configured = os.environ.get("KLAG_IMAGE_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "klag-pipeline" / "image"
+    return user_cache("KLAG_IMAGE_CACHE", "image")
 
 
 def package_version(root: Path = ROOT) -> str:

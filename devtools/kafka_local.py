@@ -47,6 +47,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal, Self
 
+from devtools import user_cache
+
 KAFKA_VERSION = "4.1.1"
 SCALA_BINARY_VERSION = "2.13"
 LOG4J_VERSION = "2.24.3"
@@ -109,10 +111,7 @@ class ToolError(HarnessError):
 
 def cache_dir() -> Path:
     """Where the jars live: ``$KLAG_KAFKA_CACHE`` or ``~/.cache/klag-pipeline/kafka-<version>``."""
-    configured = os.environ.get("KLAG_KAFKA_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "klag-pipeline" / f"kafka-{KAFKA_VERSION}"
+    return user_cache("KLAG_KAFKA_CACHE", f"kafka-{KAFKA_VERSION}")
 
 
 def run_dir() -> Path:

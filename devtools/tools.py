@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools import user_cache
+
 HELM_VERSION = "v3.22.0"
 HELM_KUBE_VERSION = ("1", "37")
 """Kubernetes version helm renders for by default: that of the client-go it is built with."""
@@ -59,10 +61,7 @@ class ToolError(RuntimeError):
 
 def tools_dir() -> Path:
     """Root of the tool cache: ``$KLAG_TOOLS_DIR`` or ``~/.cache/klag-pipeline/tools``."""
-    configured = os.environ.get("KLAG_TOOLS_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "klag-pipeline" / "tools"
+    return user_cache("KLAG_TOOLS_DIR", "tools")
 
 
 def bin_dir() -> Path:
