@@ -18,7 +18,12 @@ from klag_pipeline import __version__
 from klag_pipeline.cluster_pipeline import ClusterPipeline
 from klag_pipeline.collection import collection_chain
 from klag_pipeline.errors import ConfigError, KlagError
-from klag_pipeline.kafka.factory import ClientFactory, default_client_factory
+from klag_pipeline.kafka.factory import (
+    ClientFactory,
+    MembershipFactory,
+    default_client_factory,
+    default_membership_factory,
+)
 from klag_pipeline.leadership import LeadershipProvider
 from klag_pipeline.pipeline.channel import Channel, DroppingChannel
 from klag_pipeline.pipeline.clock import Clock, SystemClock
@@ -55,9 +60,11 @@ class Exporter:
         client_factory: ClientFactory = default_client_factory,
         extra_sinks: Sequence[Sink] = (),
         leadership_provider: LeadershipProvider | None = None,
+        membership_factory: MembershipFactory = default_membership_factory,
     ) -> None:
         """``leadership_provider`` replaces the one ``[exporter.leadership]`` would build (tests);
-        it is used only when leadership is enabled."""
+        it is used only when leadership is enabled. ``membership_factory`` builds the sharding
+        group's membership (tests may wrap it)."""
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         exporter = settings.exporter
@@ -74,7 +81,7 @@ class Exporter:
         self.elector = self.leadership.elector
         # Sharded mode (docs/scaling.md) replaces the leadership gate: the loader refuses both.
         self.sharding = (
-            ShardGate(settings, self.status, self.self_metrics, self.clock)
+            ShardGate(settings, self.status, self.self_metrics, self.clock, membership_factory)
             if exporter.sharding.enabled
             else None
         )

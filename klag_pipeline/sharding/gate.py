@@ -77,7 +77,7 @@ class ShardGate:
         self._pipelines: Sequence[ClusterPipeline] = ()
         self._snapshots: Channel[SinkUpdate] | None = None
         self._published: dict[str, ClusterSnapshot] = {}
-        self._owned: dict[str, frozenset[int]] = {}
+        self._before: Ownership = NOTHING  # what _changed last acted on
 
     def current(self) -> Ownership:
         return self.member.ownership
@@ -101,7 +101,8 @@ class ShardGate:
             ownership = self.member.ownership
             if ownership is NOTHING:
                 return  # assigned nothing, or lost it while this cycle ran
-            narrowed = restrict(snapshot, ownership)
+            # A walk over every row and health entry: off the event loop, like the calculation.
+            narrowed = await asyncio.to_thread(restrict, snapshot, ownership)
             self._published[snapshot.cluster] = narrowed
             self._metrics.exported(snapshot.cluster, len(narrowed.groups), len(narrowed.rows))
             await self._snapshots.send(narrowed)
@@ -129,26 +130,26 @@ class ShardGate:
 
     async def _changed(self, ownership: Ownership) -> None:
         async with self._lock:
-            owned = {p.name: ownership.owned(p.name) for p in self._pipelines}
             self._metrics.owned(
-                {name: len(buckets) for name, buckets in owned.items()},
+                {p.name: len(ownership.owned(p.name)) for p in self._pipelines},
                 ownership.members,
                 new_assignment=ownership is not NOTHING,
             )
             for pipeline in self._pipelines:
                 name = pipeline.name
-                before, after = self._owned.get(name, frozenset()), owned[name]
+                before, after = self._before.owned(name), ownership.owned(name)
                 if before - after and name in self._published:
                     await self._narrow(name, ownership)
                 if after - before:
                     pipeline.ticker.kick()
-            self._owned = owned
+            self._before = ownership
 
     async def _narrow(self, cluster: str, ownership: Ownership) -> None:
         assert self._snapshots is not None, "attach() before the member runs"
         update: SinkUpdate
         if ownership.owned(cluster):
-            update = self._published[cluster] = restrict(self._published[cluster], ownership)
+            update = await asyncio.to_thread(restrict, self._published[cluster], ownership)
+            self._published[cluster] = update
             self._metrics.exported(cluster, len(update.groups), len(update.rows))
         else:
             update = ClusterWithdrawn(cluster, "sharding: no bucket of this cluster is owned")

@@ -84,8 +84,6 @@ class ShardMember:
         self._sticky: frozenset[Unit] = frozenset()
         self.ownership: Ownership = NOTHING
         self.problem: str | None = "not yet assigned"
-        self.rebalances = 0
-        """Assignments received (the first one included)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         last_answered = self._clock.monotonic()
@@ -186,7 +184,6 @@ class ShardMember:
             assignment = decode_assignment(raw)
         except MalformedShardData as exc:
             raise MembershipError(f"group {self._group}: unreadable assignment: {exc}") from exc
-        self.rebalances += 1
         if assignment.refused:
             await self._set(NOTHING, f"the leader ({assignment.leader}) {assignment.refused}")
             return

@@ -44,16 +44,13 @@ from tests.deploy.test_prometheus_live import (
 )
 from tests.leadership.test_processes import Replica, free_port
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.shards import BUCKETS, sharded_settings, stop_all
 from tests.support.waiting import wait_until
 
 GROUPS = 300
 TOPICS = 4
 PARTITIONS = 4
 RECORDS = 20
-BUCKETS = 64
-POLL = 1.0
-SESSION = 6.0  # the broker's group.min.session.timeout.ms
-HEARTBEAT = 1.0
 REPLICAS = ("r1", "r2", "r3")
 LOST = 6
 LOSSY_RECORDS = 10
@@ -63,32 +60,6 @@ LOSSY_GROUPS = 8
 SETTLE = 90.0
 DEADLINE = 60.0
 ALL = 'cluster_name=~".*"'
-
-
-def settings_text(port: int, bootstrap: str, prefix: str, name: str) -> str:
-    return f"""
-[exporter]
-poll_interval = "{POLL:g}s"
-http_host = "127.0.0.1"
-http_port = {port}
-
-[exporter.timestamp_sampling]
-enabled = true
-
-[exporter.sharding]
-enabled = true
-group_id = "{prefix}-shards"
-buckets = {BUCKETS}
-session_timeout = "{SESSION:g}s"
-heartbeat_interval = "{HEARTBEAT:g}s"
-identity = "{name}"
-
-[[clusters]]
-name = "sharded"
-bootstrap_servers = "{bootstrap}"
-group_whitelist = ["^{prefix}-"]
-topic_whitelist = ["^{prefix}-"]
-"""
 
 
 class Truth:
@@ -138,22 +109,15 @@ def replicas(tmp_path: Path, bootstrap: str, prefix: str) -> Iterator[dict[str, 
         for name in REPLICAS:
             port = free_port()
             path = tmp_path / f"{name}.toml"
-            path.write_text(settings_text(port, bootstrap, prefix, name), "utf-8")
+            text = sharded_settings(
+                port, bootstrap, cluster="sharded", prefix=prefix, identity=name, sampling=True
+            )
+            path.write_text(text, "utf-8")
             running[name] = Replica(name, port, path, tmp_path / f"{name}.log")
             running[name].start()
         yield running
     finally:
-        for replica in running.values():
-            if replica.alive:
-                replica.signal(signal.SIGTERM)
-        for replica in running.values():
-            if replica.process is None or replica.process.poll() is not None:
-                continue
-            try:
-                replica.wait(15)
-            except Exception:
-                replica.signal(signal.SIGKILL)
-                replica.wait(5)
+        stop_all(running.values())
 
 
 def scalar(result: list[dict[str, Any]]) -> float | None:

@@ -60,6 +60,7 @@ from klag_pipeline.settings.schema import (
     ShardingSettings,
 )
 from klag_pipeline.snapshot import ClusterSnapshot
+from tests.integration.pipeline_support import RecordingSink
 from tests.support.kafka import KafkaTestClient, Rec
 from tests.support.waiting import wait_until
 
@@ -322,26 +323,17 @@ async def test_sharding_coordinates_over_sasl_ssl_and_exports_the_same_lag(
             ),
         ),
     )
-    published: list[ClusterSnapshot] = []
-
-    class Recording:
-        name = "recording"
-
-        async def run(self, inbox: Any) -> None:
-            async for update in inbox:
-                if isinstance(update, ClusterSnapshot):
-                    published.append(update)
-
-    exporter = Exporter(settings, extra_sinks=[Recording()])
+    sink = RecordingSink()
+    exporter = Exporter(settings, extra_sinks=[sink])
     stop = asyncio.Event()
     runner = Runner()
     exporter.add_to(runner, stop)
     task = asyncio.create_task(runner.run(stop, shutdown_timeout=10.0))
     try:
-        await wait_until(lambda: published, within=60, message="a sharded snapshot")
+        await wait_until(sink.snapshots, within=60, message="a sharded snapshot")
         assert exporter.sharding is not None
         assert exporter.sharding.member.ownership.owned("secured") == frozenset(range(4))
-        _assert_same_as_plaintext(published[0], baseline, secure)
+        _assert_same_as_plaintext(sink.snapshots()[0], baseline, secure)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

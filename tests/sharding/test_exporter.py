@@ -11,45 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import structlog
 
 from klag_pipeline.app import Exporter
 from klag_pipeline.kafka.factory import default_membership_factory
-from klag_pipeline.kafka.membership import MembershipTiming
-from klag_pipeline.kafka.protocol.membership import SHARD_PROTOCOL
+from klag_pipeline.kafka.membership import GroupMembership, JoinAgain, Joined, MembershipTiming
+from klag_pipeline.kafka.protocol.membership import SHARD_PROTOCOL, GroupProtocol
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.pipeline.clock import SYSTEM_CLOCK
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.settings.schema import (
     ClusterSettings,
     ExporterSettings,
+    PerformanceSettings,
     Settings,
     ShardingSettings,
     TimestampSamplingSettings,
 )
 from klag_pipeline.sharding.assignment import Layout
 from klag_pipeline.sharding.member import ShardMember
-from klag_pipeline.sharding.ownership import Ownership, group_bucket
-from klag_pipeline.snapshot import ClusterSnapshot, SinkUpdate
+from klag_pipeline.sharding.ownership import NOTHING, Ownership, group_bucket
+from klag_pipeline.snapshot import ClusterSnapshot
+from tests.integration.pipeline_support import RecordingSink
 from tests.support.kafka import KafkaTestClient
 from tests.support.waiting import wait_until
-
-
-class RecordingSink:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.updates: list[SinkUpdate] = []
-
-    async def run(self, inbox: AsyncIterable[SinkUpdate]) -> None:
-        async for update in inbox:
-            self.updates.append(update)
-
-    def snapshots(self) -> list[ClusterSnapshot]:
-        return [u for u in self.updates if isinstance(u, ClusterSnapshot)]
 
 
 def settings(bootstrap: str, prefix: str, *, coordinator: str) -> Settings:
@@ -78,6 +66,31 @@ def settings(bootstrap: str, prefix: str, *, coordinator: str) -> Settings:
         ),
         clusters=(cluster("data", bootstrap), cluster("coord", coordinator)),
     )
+
+
+class JoinCounter:
+    """The default membership factory, counting JoinGroup attempts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def factory(
+        self,
+        cluster: ClusterSettings,
+        group: str,
+        timing: MembershipTiming,
+        performance: PerformanceSettings,
+        protocol: GroupProtocol,
+    ) -> GroupMembership:
+        membership = default_membership_factory(cluster, group, timing, performance, protocol)
+        join = membership.join
+
+        async def counted(member_id: str, metadata: bytes) -> Joined | JoinAgain:
+            self.calls += 1
+            return await join(member_id, metadata)
+
+        membership.join = counted  # type: ignore[method-assign]
+        return membership
 
 
 def second_member(settings: Settings) -> ShardMember:
@@ -132,9 +145,12 @@ async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_
     prefix = unique("unreach")
     await seed(kafka, prefix)
     sink = RecordingSink()
+    joins = JoinCounter()
     # The coordinating cluster points at a port nothing listens on.
     exporter = Exporter(
-        settings(kafka_bootstrap, prefix, coordinator="127.0.0.1:1"), extra_sinks=[sink]
+        settings(kafka_bootstrap, prefix, coordinator="127.0.0.1:1"),
+        extra_sinks=[sink],
+        membership_factory=joins.factory,
     )
     with structlog.testing.capture_logs() as logs:
         async with running(exporter):
@@ -145,7 +161,7 @@ async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_
                 within=20,
                 message="a join failure",
             )
-            await _unreachable_checks(exporter, sink)
+            await _unreachable_checks(exporter, sink, joins)
     failed = [e for e in logs if e["event"] == "sharding_join_failed"]
     assert failed, logs
     assert failed[0]["log_level"] == "warning"
@@ -154,7 +170,7 @@ async def test_an_unreachable_coordinator_means_nothing_exported_and_ready_says_
     assert len(failed) <= 2, failed
 
 
-async def _unreachable_checks(exporter: Exporter, sink: RecordingSink) -> None:
+async def _unreachable_checks(exporter: Exporter, sink: RecordingSink, joins: JoinCounter) -> None:
     assert exporter.sharding is not None
     member = exporter.sharding.member
     ok, reason = exporter.status.ready()
@@ -168,12 +184,20 @@ async def _unreachable_checks(exporter: Exporter, sink: RecordingSink) -> None:
     # Cycles reach the gate (the loop is alive) but nothing is collected or published.
     await wait_until(lambda: all(s.cycles >= 1 for s in exporter.status.snapshot()), within=10)
     assert exporter.status.healthy() == (True, "ok")
+    # It keeps trying (a JoinGroup every heartbeat_interval) and still owns nothing.
+    tried = joins.calls
+    await wait_until(lambda: joins.calls >= tried + 3, within=10, message="three more joins")
+    assert member.ownership is NOTHING
+    assert view["generation"] == -1
     assert sink.snapshots() == []
-    assert [p.client for p in exporter.pipelines]  # clients exist but were never asked
-    rounds = member.rebalances
-    await asyncio.sleep(1.5)  # three heartbeat periods: it keeps trying, still owns nothing
-    assert member.rebalances == rounds == 0
-    assert sink.snapshots() == []
+    # Not one request to the data cluster: its cycles stop at the gate.
+    rendered = exporter.self_metrics.render(False).decode().splitlines()
+    asked = [
+        line
+        for line in rendered
+        if line.startswith("klag_pipeline_kafka_requests_total{") and 'cluster_name="data"' in line
+    ]
+    assert asked == []
 
 
 async def test_losing_buckets_republishes_the_last_snapshot_without_them_at_once(
@@ -190,7 +214,7 @@ async def test_losing_buckets_republishes_the_last_snapshot_without_them_at_once
         assert gate is not None
 
         def data_groups() -> set[str] | None:
-            snaps = [s for s in sink.snapshots() if s.cluster == "data"]
+            snaps = sink.snapshots("data")
             return {g.group for g in snaps[-1].groups} if snaps else None
 
         await wait_until(lambda: data_groups() == groups, within=30, message="all groups")

@@ -35,11 +35,13 @@ class ScriptedCoordinator:
     beats: list[Beat | Evicted] = field(default_factory=list)
     assignment_override: bytes | None = None
     joins: int = 0
+    calls: int = 0
     left: list[str] = field(default_factory=list)
     closed: bool = False
     _assignments: dict[str, bytes] = field(default_factory=dict)
 
     def _check(self) -> None:
+        self.calls += 1
         if self.down:
             raise MembershipError("cluster c1: connection refused")
 
@@ -67,6 +69,12 @@ class ScriptedCoordinator:
 
     async def close(self) -> None:
         self.closed = True
+
+
+async def rounds(coordinator: ScriptedCoordinator, n: int) -> None:
+    """Until the member has made ``n`` more calls (one per heartbeat round, 0.01 s apart)."""
+    target = coordinator.calls + n
+    await wait_until(lambda: coordinator.calls >= target, within=5, interval=0.005)
 
 
 class Running:
@@ -111,11 +119,12 @@ async def test_buckets_are_kept_through_an_outage_shorter_than_the_session() -> 
     owned = running.member.ownership
     coordinator.down = True
     running.clock.advance(SESSION - 1)
-    await asyncio.sleep(0.1)  # several failed heartbeat rounds (0.01 s apart)
+    await rounds(coordinator, 5)  # failed heartbeats, all within the session
     assert running.member.ownership is owned
     coordinator.down = False
-    running.clock.advance(SESSION)  # the heartbeats succeed again: the silence ended
-    await asyncio.sleep(0.1)
+    await rounds(coordinator, 1)  # a heartbeat answered: the silence ended
+    running.clock.advance(SESSION - 1)
+    await rounds(coordinator, 5)
     assert running.member.ownership is owned
     assert running.changes == [owned]
     await running.finish()
@@ -126,7 +135,7 @@ async def test_buckets_are_dropped_once_the_session_must_have_expired_and_regain
     running = Running(coordinator)
     await wait_until(lambda: running.member.ownership is not NOTHING, within=5)
     coordinator.down = True
-    await asyncio.sleep(0.05)
+    await rounds(coordinator, 2)
     running.clock.advance(SESSION)
     await wait_until(lambda: running.member.ownership is NOTHING, within=5)
     assert running.member.problem is not None

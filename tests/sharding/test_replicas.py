@@ -27,15 +27,13 @@ import pytest
 from klag_pipeline.model import TopicPartition
 from tests.leadership.test_processes import Replica, free_port
 from tests.support.kafka import KafkaTestClient, Rec
+from tests.support.shards import HEARTBEAT, POLL, SESSION, sharded_settings, stop_all
 from tests.support.waiting import wait_until
 
 GROUPS = 1000
 TOPICS = 20
 PARTITIONS = 4
 RECORDS = 30
-POLL = 1.0
-SESSION = 6.0  # the broker's group.min.session.timeout.ms
-HEARTBEAT = 1.0
 # Process start-up, a cycle of 1,000 groups and the sampling period on a busy 2-core machine.
 SLACK = 4.0
 SAMPLE_EVERY = 0.25
@@ -60,37 +58,6 @@ _OFFSET_FAMILIES = (
     "kafka_partition_latest_offset",
     "kafka_partition_earliest_offset",
 )
-
-
-def settings_text(port: int, bootstrap: str, prefix: str, name: str | None) -> str:
-    sharding = (
-        f"""
-[exporter.sharding]
-enabled = true
-group_id = "{prefix}-shards"
-buckets = 64
-session_timeout = "{SESSION:g}s"
-heartbeat_interval = "{HEARTBEAT:g}s"
-identity = "{name}"
-"""
-        if name
-        else ""
-    )
-    return f"""
-[exporter]
-poll_interval = "{POLL:g}s"
-http_host = "127.0.0.1"
-http_port = {port}
-
-[exporter.timestamp_sampling]
-enabled = false
-{sharding}
-[[clusters]]
-name = "shards"
-bootstrap_servers = "{bootstrap}"
-group_whitelist = ["^{prefix}-g"]
-topic_whitelist = ["^{prefix}-t"]
-"""
 
 
 def series(text: str) -> dict[str, str]:
@@ -157,7 +124,14 @@ class Fleet:
             port = free_port()
             path = self.tmp / f"{name}.toml"
             path.write_text(
-                settings_text(port, self.bootstrap, self.prefix, name if sharded else None)
+                sharded_settings(
+                    port,
+                    self.bootstrap,
+                    cluster="shards",
+                    prefix=self.prefix,
+                    identity=name if sharded else None,
+                    sampling=False,
+                )
             )
             replica = Replica(name, port, path, self.tmp / f"{name}.log")
             self.replicas[name] = replica
@@ -217,16 +191,7 @@ class Fleet:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
-        for replica in self.replicas.values():
-            if replica.alive:
-                replica.signal(signal.SIGTERM)
-        for replica in self.replicas.values():
-            if replica.process is not None and replica.process.poll() is None:
-                try:
-                    replica.wait(15)
-                except Exception:
-                    replica.signal(signal.SIGKILL)
-                    replica.wait(5)
+        stop_all(self.replicas.values())
 
 
 async def seed(kafka: KafkaTestClient, prefix: str) -> frozenset[str]:
@@ -308,13 +273,20 @@ async def test_three_replicas_export_what_one_process_does_and_cover_for_each_ot
         ]
         return f"values differ: {differing[:5]}" if differing else None
 
-    mismatch = "not compared"
-    for _ in range(20):  # both sides refresh every second; the state itself does not move
-        mismatch = await union_matches() or ""
-        if not mismatch:
-            break
-        await asyncio.sleep(POLL / 2)
-    assert not mismatch, f"{mismatch}\n{fleet.logs()}"
+    last: list[str | None] = [None]
+
+    async def matches() -> bool:
+        last[0] = await union_matches()
+        return last[0] is None
+
+    # Both sides refresh every second; the committed state itself does not move.
+    await wait_until(
+        matches,
+        within=10,
+        interval=POLL / 2,
+        message="the union equal to the single process",
+        details=lambda: f"{last[0]}\n{fleet.logs()}",
+    )
     reference = series(await fleet.metrics(single) or "")
     assert sum(k.startswith("kafka_consumergroup_group_lag{") for k in reference) == 2 * GROUPS
 
