@@ -394,11 +394,10 @@ async def proxied_cluster() -> AsyncIterator[tuple[KafkaCluster, ProxyHandle]]:
         await asyncio.to_thread(cluster.stop)
 
 
-async def run_preset(
-    spec: ScenarioSpec, options: RunOptions, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Everything issue 9 asks for one preset, as a JSON-ready dict."""
-    result: dict[str, Any] = {
+def result_header(spec: ScenarioSpec, options: RunOptions) -> dict[str, Any]:
+    """What every result file starts with: the command, the machine and its load, the scenario
+    and the options."""
+    return {
         "preset": spec.name,
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
         "started_at_unix": round(time.time(), 1),
@@ -407,6 +406,13 @@ async def run_preset(
         "scenario": asdict(spec),
         "options": {**asdict(options), "profile_dir": str(options.profile_dir or "") or None},
     }
+
+
+async def run_preset(
+    spec: ScenarioSpec, options: RunOptions, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Everything issue 9 asks for one preset, as a JSON-ready dict."""
+    result = result_header(spec, options)
     with tempfile.TemporaryDirectory(prefix="klag-bench-") as workdir:
         work = Path(workdir)
         async with proxied_cluster() as (cluster, proxy):

@@ -22,7 +22,6 @@ import json
 import re
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,8 +35,8 @@ from bench.harness import (
     RunOptions,
     exporter_child,
     load_average,
-    machine_info,
     proxied_cluster,
+    result_header,
     settings_toml,
 )
 from bench.processes import free_port
@@ -107,7 +106,7 @@ async def _until_covered(
 
 
 async def _one_count(
-    spec_bootstrap: str,
+    bootstrap: str,
     prefix: str,
     replicas_n: int,
     options: RunOptions,
@@ -126,7 +125,7 @@ async def _one_count(
             name = f"r{i + 1}"
             port = free_port()
             path = work / f"{name}-{replicas_n}.toml"
-            path.write_text(sharded_settings(spec_bootstrap, port, options, prefix, group, name))
+            path.write_text(sharded_settings(bootstrap, port, options, prefix, group, name))
             run = await stack.enter_async_context(
                 exporter_child(path, work / f"{name}-{replicas_n}-lag.jsonl", None)
             )
@@ -179,10 +178,9 @@ async def _one_count(
             victim.run.child.process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             survivors = replicas[:-1]
-            covered = await _until_covered(
-                session, survivors, rows, within=SESSION_TIMEOUT + 10 * poll + 120
-            )
-            result["kill9_to_full_coverage_seconds"] = round(time.monotonic() - killed, 1)
+            await _until_covered(session, survivors, rows, within=SESSION_TIMEOUT + 10 * poll + 120)
+            covered = time.monotonic() - killed
+            result["kill9_to_full_coverage_seconds"] = round(covered, 1)
             log(f"{replicas_n} replicas: full coverage {covered:.1f}s after kill -9")
     return result
 
@@ -193,13 +191,7 @@ async def run_sharding(
     options: RunOptions,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "preset": spec.name,
-        "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
-        "started_at_unix": round(time.time(), 1),
-        "machine": machine_info(),
-        "load_average_before": load_average(),
-        "scenario": {"groups": spec.groups, "topics": spec.topics, "partitions": spec.partitions},
+    result = result_header(spec, options) | {
         "poll_interval": options.poll_interval,
         "session_timeout": SESSION_TIMEOUT,
         "heartbeat_interval": HEARTBEAT,
