@@ -103,6 +103,21 @@ class ClusterSnapshot:
     lagging rows have no exact time lag, and the evaluation estimates it (docs/time-lag.md)."""
 
 
+def denied_topics(
+    previous: frozenset[str], snapshot: ClusterSnapshot
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(topics still denied Read, topics proven readable) after ``snapshot``.
+
+    A refusal lasts across cycles until a lagging row of the topic has an exact time lag again
+    (only a lagging row is read: a topic without one proves nothing either way) or the topic is
+    gone. Callers skip this walk over the rows when ``previous`` and the snapshot's refusals are
+    both empty (the usual cycle)."""
+    readable = frozenset(r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None)
+    present = {offsets.topic for offsets in snapshot.partitions}
+    still = ((previous | snapshot.time_lag_denied) - readable) & present
+    return frozenset(still), readable
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterWithdrawn:
     """Remove every series of ``cluster`` from a sink (stale data or leadership lost)."""

@@ -47,7 +47,7 @@ from klag_pipeline.health.rules import (
 )
 from klag_pipeline.model import GroupState, TopicPartition
 from klag_pipeline.settings.schema import HealthSettings, TimestampSamplingSettings
-from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionRow
+from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionRow, denied_topics
 
 REBALANCING: frozenset[GroupState] = frozenset(
     {
@@ -98,7 +98,7 @@ class Evaluator:
         self._estimating = sampling.enabled
         self._rate_mode = sampling.mode == "rate"
         self._timelines = Timelines(sampling.rate_history_samples, sampling.rate_history_max_age)
-        self._denied: set[str] = set()
+        self._denied: frozenset[str] = frozenset()
         self._window = settings.window
         # Per row at most this many observations (memory: about 20,000 rows × 16 × ~80 bytes at
         # the large preset); a window of more polls is thinned, not shortened.
@@ -210,10 +210,7 @@ class Evaluator:
         if not self._rate_mode:
             if not self._denied and not snapshot.time_lag_denied:
                 return  # the usual cycle: no topic to estimate, no walk over the rows
-            # A lag-0 row's time lag is 0 without a read: only a lagging row's proves Read.
-            exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
-            present = {offsets.topic for offsets in snapshot.partitions}
-            self._denied = ((self._denied | snapshot.time_lag_denied) - exact) & present
+            self._denied, _ = denied_topics(self._denied, snapshot)
         self._timelines.observe(
             snapshot.observed_at,
             (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from klag_pipeline.errors import KlagError
-from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.snapshot import ClusterSnapshot, denied_topics
 
 log = structlog.get_logger("klag_pipeline")
 
@@ -110,9 +110,8 @@ class ClusterLog:
                 reason="Fetch answered TOPIC_AUTHORIZATION_FAILED: no Read ACL on these topics, "
                 "so their time lag is not read; offset lag stays exact (grant Read for time lag)",
             )
-        exact = {r.topic for r in snapshot.rows if r.lag > 0 and r.lag_seconds is not None}
-        present = {offsets.topic for offsets in snapshot.partitions}
-        allowed = self._denied & exact
+        still, readable = denied_topics(self._denied, snapshot)
+        allowed = self._denied & readable
         if allowed:
             log.info(
                 "time_lag_allowed",
@@ -120,7 +119,7 @@ class ClusterLog:
                 cycle=snapshot.cycle,
                 topics=sorted(allowed),
             )
-        self._denied = frozenset(((self._denied | snapshot.time_lag_denied) - exact) & present)
+        self._denied = still
 
     def summarize(self) -> None:
         """Log the ``cluster_summary`` line and start counting afresh."""
