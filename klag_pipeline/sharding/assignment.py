@@ -215,10 +215,3 @@ def _balance(
             owner[unit] = mid
             mine[mid].append(unit)
     return mine
-
-
-def moved(before: Mapping[str, frozenset[Unit]], after: Mapping[str, frozenset[Unit]]) -> int:
-    """How many units changed owner between two assignments (members by identity)."""
-    owner_before = {unit: who for who, units in before.items() for unit in units}
-    owner_after = {unit: who for who, units in after.items() for unit in units}
-    return sum(1 for unit, who in owner_after.items() if owner_before.get(unit) != who)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from klag_pipeline.model import TopicPartition
 from klag_pipeline.snapshot import ClusterSnapshot
 
 
@@ -50,9 +51,6 @@ class Ownership:
     def owns_group(self, cluster: str, group: str) -> bool:
         return group_bucket(group, self.buckets) in self.owned(cluster)
 
-    def owns_partition(self, cluster: str, topic: str, partition: int) -> bool:
-        return partition_bucket(topic, partition, self.buckets) in self.owned(cluster)
-
 
 NOTHING = Ownership(generation=-1, buckets=1, units=MappingProxyType({}), members=0)
 """Before the first assignment, and after losing the coordinating cluster: nothing is owned."""
@@ -67,13 +65,9 @@ def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot
     cluster = snapshot.cluster
     owned = ownership.owned(cluster)
     buckets = ownership.buckets
-    groups_kept: dict[str, bool] = {}
 
     def keeps(group: str) -> bool:
-        kept = groups_kept.get(group)
-        if kept is None:
-            kept = groups_kept[group] = group_bucket(group, buckets) in owned
-        return kept
+        return group_bucket(group, buckets) in owned
 
     rows = tuple(row for row in snapshot.rows if keeps(row.group))
     partitions = tuple(
@@ -85,8 +79,8 @@ def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot
         # The produce rate of a partition is a P series (exported by the partition's owner) and
         # also a field of the JSON-lines record of every row on it (kept with the row); the
         # sinks export the P series only for the partitions in ``partitions``.
-        kept_partitions = {(p.topic, p.partition) for p in partitions}
-        kept_partitions.update((row.topic, row.partition) for row in rows)
+        kept_partitions = {TopicPartition(p.topic, p.partition) for p in partitions}
+        kept_partitions.update(row.topic_partition for row in rows)
         health = dataclasses.replace(
             health,
             partitions=MappingProxyType(
@@ -99,11 +93,7 @@ def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot
                 {key: value for key, value in health.groups.items() if keeps(key)}
             ),
             produce_rates=MappingProxyType(
-                {
-                    tp: rate
-                    for tp, rate in health.produce_rates.items()
-                    if (tp.topic, tp.partition) in kept_partitions
-                }
+                {tp: rate for tp, rate in health.produce_rates.items() if tp in kept_partitions}
             ),
         )
     return dataclasses.replace(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -12,15 +13,22 @@ from klag_pipeline.sharding.assignment import (
     Layout,
     MalformedShardData,
     MemberMetadata,
+    Unit,
     assign,
     decode_assignment,
     decode_metadata,
     encode_assignment,
     encode_metadata,
-    moved,
 )
 
 LAYOUT = Layout(("east", "west"), 64)
+
+
+def moved(before: Mapping[str, frozenset[Unit]], after: Mapping[str, frozenset[Unit]]) -> int:
+    """How many units changed owner between two assignments (members by identity)."""
+    owner_before = {unit: who for who, units in before.items() for unit in units}
+    owner_after = {unit: who for who, units in after.items() for unit in units}
+    return sum(1 for unit, who in owner_after.items() if owner_before.get(unit) != who)
 
 
 def member(identity: str, owned: frozenset[tuple[str, int]] = frozenset()) -> MemberMetadata:
