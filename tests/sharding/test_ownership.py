@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from klag_pipeline.collection import collection_chain
 from klag_pipeline.events import CycleStarted
-from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, C
+from klag_pipeline.metrics_catalog import CLUSTER_FAMILIES, CONSUMER_FAMILIES, C
 from klag_pipeline.model import GroupState, TopicPartition, Watermarks
 from klag_pipeline.pipeline.clock import FakeClock
 from klag_pipeline.records import group_records, partition_records
@@ -30,6 +30,7 @@ from klag_pipeline.sharding.ownership import (
     partition_bucket,
     restrict,
 )
+from klag_pipeline.sinks.otlp.families import observe
 from klag_pipeline.sinks.prometheus.render import render_cluster
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.unit.fake_cluster import FakeCluster, FakeGroup
@@ -175,3 +176,24 @@ async def test_the_json_lines_of_three_replicas_are_the_single_process_records()
         union.update(records(restrict(whole, ownership)))
     assert union == records(whole)
     assert sum(union.values()) == len(whole.rows) + len(whole.groups)
+
+
+async def test_the_otlp_data_points_of_three_replicas_are_the_single_process_points() -> None:
+    whole = (await snapshots(None))[-1]
+    families = [
+        f.name for f in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES) if f.name not in PER_REPLICA
+    ]
+
+    def points(snapshot: ClusterSnapshot) -> Counter[str]:
+        return Counter(
+            f"{family} {sorted(point.attributes.items())} {point.value}"
+            for family in families
+            for point in observe(family, [snapshot])
+        )
+
+    union: Counter[str] = Counter()
+    for ownership in split(3):
+        union.update(points(restrict(whole, ownership)))
+    expected = points(whole)
+    assert union == expected
+    assert any(key.startswith("kafka_partition_produce_rate ") for key in expected)
