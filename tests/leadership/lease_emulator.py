@@ -1,4 +1,10 @@
-"""The Lease part of a Kubernetes API server, in memory, for the ``kubernetes`` provider tests.
+"""The Lease part of a Kubernetes API server, in memory, for the faults a real one cannot be made
+to show on demand (``available = False``: 503 from every request; a server that is gone).
+
+Everything else about the ``kubernetes`` provider is tested against a real kube-apiserver with
+etcd (tests/support/kube_apiserver.py, test_kubernetes_real.py), which also checks the contract
+below (409 on a stale ``resourceVersion``, 422 without one, 404 on PUT of an absent Lease, 400 for
+another namespace, 401) on the real thing.
 
 Written from the Kubernetes API reference (``coordination.k8s.io/v1`` Lease; ``Status``
 objects; optimistic concurrency through ``metadata.resourceVersion``):
