@@ -42,6 +42,7 @@ START_TIMEOUT = 180.0
 """etcd and the API server on a busy two-core machine: the API server alone needs 10-40 s."""
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 30.0
+CLIENT_USER = "lease-client"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 _AUDIT_POLICY = {
@@ -78,6 +79,9 @@ class KubeApiServer:
     url: str = ""
     ca_file: Path = field(default_factory=Path)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    client_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    """User ``lease-client`` (also in system:masters): the providers' default, so that the audit
+    log tells their requests from the test's own (``admin``)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_in: float = 0.0
 
@@ -144,7 +148,10 @@ class KubeApiServer:
         tls = generate_tls_files(self.root / "tls")
         self.ca_file = tls.ca_cert
         tokens = self.root / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},admin,admin-uid,"system:masters"\n')
+        tokens.write_text(
+            f'{self.admin_token},admin,admin-uid,"system:masters"\n'
+            f'{self.client_token},{CLIENT_USER},client-uid,"system:masters"\n'
+        )
         tokens.chmod(0o600)
         signing_key = self.root / "service-account.key"
         signing_key.write_bytes(_rsa_key_pem())
@@ -172,6 +179,9 @@ class KubeApiServer:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-mode=blocking",
                 "--profiling=false",
+                # A loopback advertise address is refused by the endpoint reconciler (it would
+                # publish it as the kubernetes Service's endpoint); there are no pods to use it.
+                "--endpoint-reconciler-type=none",
                 f"--cert-dir={self.root / 'certs'}",
             ],
         )
@@ -221,8 +231,8 @@ class KubeApiServer:
         return self.root / "audit.log"
 
     def api(self, token: str | None = None) -> ApiServer:
-        """How the provider reaches this server, as ``token`` (default: the admin)."""
-        return ApiServer(url=self.url, token=token or self.admin_token, ca_file=self.ca_file)
+        """How the provider reaches this server, as ``token`` (default: ``lease-client``)."""
+        return ApiServer(url=self.url, token=token or self.client_token, ca_file=self.ca_file)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
