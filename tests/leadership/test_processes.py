@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -395,12 +396,13 @@ async def test_kubernetes_three_replicas_kill_then_sigterm(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    namespace = unique("ha").lower()[:63].rstrip("-._")
+    # Kubernetes names are DNS labels / subdomains: no underscores, unlike unique()'s.
+    namespace = f"ha-{secrets.token_hex(4)}"
     kube_apiserver.create_namespace(namespace)
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
     group = unique("ha-group")
     await seed_group(kafka_bootstrap, unique("ha-topic"), group)
-    lease = unique("ha-lease").lower()
+    lease = f"ha-lease-{secrets.token_hex(3)}"
     leadership = {
         "provider": "kubernetes",
         "lease_name": lease,
