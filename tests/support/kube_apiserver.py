@@ -341,7 +341,13 @@ class KubeApiServer:
         self.write_kubeconfig(config, token=token)
         try:
             return subprocess.run(
-                [str(kube.binary("kubectl")), f"--kubeconfig={config}", *args],
+                [
+                    str(kube.binary("kubectl")),
+                    f"--kubeconfig={config}",
+                    # Its discovery cache here, not in ~/.kube (a new port every session).
+                    f"--cache-dir={self.root / 'kubectl-cache'}",
+                    *args,
+                ],
                 input=stdin,
                 capture_output=True,
                 text=True,
