@@ -81,9 +81,11 @@ kafka: java
 	@$(STEP) "kafka jars" $(BIN)/python -m devtools.kafka_local fetch
 
 # Pinned helm, kubeconform, actionlint, promtool/prometheus, shellcheck for the deployment and
-# release verification tests.
+# release verification tests; kube-apiserver, etcd and kubectl built from source (devtools/kube.py:
+# once per machine, ~10-15 min on two cold cores, then cached) for the Lease and chart tests.
 tools: install-test
 	@$(STEP) "verification tools" $(BIN)/python -m devtools.tools install-all
+	@$(STEP) "kube-apiserver, etcd, kubectl (built once)" $(BIN)/python -m devtools.kube install
 
 LINT_PATHS := $(wildcard klag_pipeline tests devtools bench deploy)
 

@@ -16,6 +16,7 @@ import pytest
 
 from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster
 from tests.support.kafka import KafkaTestClient
+from tests.support.kube_apiserver import KubeApiServer
 
 KAFKA_FIXTURES = frozenset({"kafka", "kafka_bootstrap", "kafka_cluster"})
 _UNIT_DIR = Path(__file__).parent / "unit"
@@ -83,3 +84,13 @@ async def kafka(kafka_bootstrap: str) -> AsyncIterator[KafkaTestClient]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
+    """A real kube-apiserver + etcd for the session (binaries from ``make tools``)."""
+    server = KubeApiServer.start(tmp_path_factory.mktemp("kube-apiserver"))
+    try:
+        yield server
+    finally:
+        server.stop()

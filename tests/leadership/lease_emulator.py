@@ -1,4 +1,11 @@
-"""The Lease part of a Kubernetes API server, in memory, for the ``kubernetes`` provider tests.
+"""The Lease part of a Kubernetes API server, in memory, for the faults a real one cannot be made
+to show on demand (``available = False``: 503 from every request; a server that is gone).
+
+Everything else about the ``kubernetes`` provider is tested against a real kube-apiserver with
+etcd (tests/support/kube_apiserver.py, test_kubernetes_real.py), which also checks the contract
+below on the real thing. Known differences from it, harmless to the fault tests: a PUT that
+changes nothing still gets a new ``resourceVersion`` here (the real server keeps the old one);
+names are not validated (the real server wants DNS subdomains); DELETE is not served.
 
 Written from the Kubernetes API reference (``coordination.k8s.io/v1`` Lease; ``Status``
 objects; optimistic concurrency through ``metadata.resourceVersion``):
@@ -10,8 +17,9 @@ objects; optimistic concurrency through ``metadata.resourceVersion``):
 * ``PUT    /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`` → 200 with a new
   ``resourceVersion``; 409 Conflict when the body's ``resourceVersion`` is not the stored one;
   422 Invalid without one (Leases do not allow unconditional updates) or with a non-positive
-  ``leaseDurationSeconds`` / negative ``leaseTransitions``; 404 when absent (no create on
-  update); 400 when the body's name is not the URL's;
+  ``leaseDurationSeconds`` / negative ``leaseTransitions``; 201 when absent (Leases allow
+  create-on-update, whatever ``resourceVersion`` the body carries); 400 when the body's name is
+  not the URL's;
 * every request needs ``Authorization: Bearer <one of tokens>`` → else 401 Unauthorized;
 * other verbs → 405.
 
@@ -174,10 +182,16 @@ class LeaseEmulator:
             )
         if (namespace, name) in self.leases:
             return _status(409, "AlreadyExists", f'{_RESOURCE} "{name}" already exists', name)
+        return self._create(namespace, name, metadata, body)
+
+    def _create(
+        self, namespace: str, name: str, metadata: dict[str, Any], body: dict[str, Any]
+    ) -> web.Response:
         invalid = self._invalid(name, body)
         if invalid is not None:
             return invalid
         metadata.update(
+            name=name,
             namespace=namespace,
             resourceVersion=self._next_version(),
             uid=str(uuid.uuid4()),
@@ -213,7 +227,7 @@ class LeaseEmulator:
                 f"the URL ({name})",
             )
         if stored is None:
-            return _status(404, "NotFound", f'{_RESOURCE} "{name}" not found', name)
+            return self._create(namespace, name, metadata, body)
         version = metadata.get("resourceVersion")
         if not version:
             return _status(

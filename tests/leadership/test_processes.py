@@ -1,8 +1,9 @@
 """Exporter processes (``python -m klag_pipeline run``) electing a leader on real backends.
 
-Kafka provider on the real broker, Kubernetes provider against the Lease emulator. Throughout
-each scenario a sampler reads ``/leader`` of every replica every 100 ms: at no sampled instant
-may two replicas both lead for longer than the renew deadline. Takeover times are measured from
+Kafka provider on the real broker, Kubernetes provider against a real kube-apiserver with etcd
+(the ``kube_apiserver`` fixture). Throughout each scenario a sampler reads ``/leader`` of every
+replica every 100 ms: at no sampled instant may two replicas both lead for longer than the renew
+deadline. Takeover times are measured from
 the signal to the moment a new leader serves the cluster's series, and printed (``-s``) and
 recorded as test properties.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,8 @@ import pytest
 
 from devtools.kafka_local import TEST_BROKER_PROPERTIES, KafkaCluster
 from klag_pipeline.model import TopicPartition
-from tests.leadership.lease_emulator import LeaseEmulator
 from tests.support.kafka import KafkaTestClient, start_broker_again, stop_broker
+from tests.support.kube_apiserver import KubeApiServer
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -387,44 +389,20 @@ async def test_kafka_leader_steps_down_without_its_broker_and_one_leads_after_th
 # -- kubernetes provider --------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def lease_api() -> AsyncIterator[LeaseEmulator]:
-    async with LeaseEmulator(tokens=("replica-token",)) as emulator:
-        yield emulator
-
-
 async def test_kubernetes_three_replicas_kill_then_sigterm(
-    lease_api: LeaseEmulator,
+    kube_apiserver: KubeApiServer,
     kafka_bootstrap: str,
     unique: Callable[[str], str],
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        f"""
-apiVersion: v1
-kind: Config
-current-context: emulator
-clusters:
-- name: emulator
-  cluster:
-    server: {lease_api.url}
-users:
-- name: replica
-  user:
-    token: replica-token
-contexts:
-- name: emulator
-  context:
-    cluster: emulator
-    user: replica
-    namespace: monitoring
-"""
-    )
+    # Kubernetes names are DNS labels / subdomains: no underscores, unlike unique()'s.
+    namespace = f"ha-{secrets.token_hex(4)}"
+    kube_apiserver.create_namespace(namespace)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
     group = unique("ha-group")
     await seed_group(kafka_bootstrap, unique("ha-topic"), group)
-    lease = unique("ha-lease")
+    lease = f"ha-lease-{secrets.token_hex(3)}"
     leadership = {
         "provider": "kubernetes",
         "lease_name": lease,
@@ -435,6 +413,6 @@ contexts:
         await kill_leader_then_terminate_the_next(
             fleet, KUBE_TIMINGS, lambda n, s: report(record_property, f"kubernetes_{n}", s)
         )
-        assert lease_api.holder("monitoring", lease) in fleet.replicas
+        assert kube_apiserver.holder(namespace, lease) in fleet.replicas
     # The last replica released the Lease on its way out.
-    assert lease_api.holder("monitoring", lease) is None
+    assert kube_apiserver.holder(namespace, lease) is None
