@@ -21,7 +21,13 @@ from types import MappingProxyType
 
 from klag_pipeline import lag
 from klag_pipeline.model import GroupState, TopicPartition
-from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionOffsets, PartitionRow
+from klag_pipeline.snapshot import (
+    ClusterSnapshot,
+    GroupSummary,
+    PartitionOffsets,
+    PartitionRow,
+    flagged_counts,
+)
 
 RowKey = tuple[str, TopicPartition]
 
@@ -145,8 +151,7 @@ def carry_over(
                 [*snapshot.partitions, *carried_partitions], key=lambda p: (p.topic, p.partition)
             )
         ),
-        compaction_detected_count=sum(1 for row in all_rows if row.compaction_detected),
-        data_loss_partition_count=sum(1 for row in all_rows if row.data_loss_detected),
+        **flagged_counts(all_rows),
         carried_rows=len(carried_rows),
         carried_groups=carried_groups,
     )

@@ -20,7 +20,13 @@ from klag_pipeline.model import (
     TopicPartition,
     Watermarks,
 )
-from klag_pipeline.snapshot import ClusterSnapshot, GroupSummary, PartitionOffsets, PartitionRow
+from klag_pipeline.snapshot import (
+    ClusterSnapshot,
+    GroupSummary,
+    PartitionOffsets,
+    PartitionRow,
+    flagged_counts,
+)
 
 
 def offset_lag(committed: int, high: int) -> int:
@@ -283,8 +289,7 @@ def calculate(
         partitions=partitions,
         groups=groups,
         rows=rows,
-        compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
-        data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
+        **flagged_counts(rows),
         error_count=errors,
         time_lag_denied=frozenset(
             f.denied_topic for f in sampled.failures if f.denied_topic is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from klag_pipeline.health.model import ClusterHealth
 from klag_pipeline.model import GroupState, TopicPartition
@@ -101,6 +102,20 @@ class ClusterSnapshot:
     time_lag_denied: frozenset[str] = frozenset()
     """Topics whose Fetch the broker refused (TOPIC_AUTHORIZATION_FAILED) this cycle: their
     lagging rows have no exact time lag, and the evaluation estimates it (docs/time-lag.md)."""
+
+
+class FlaggedCounts(TypedDict):
+    compaction_detected_count: int
+    data_loss_partition_count: int
+
+
+def flagged_counts(rows: tuple[PartitionRow, ...]) -> FlaggedCounts:
+    """The snapshot's two row counts for ``rows`` (``ClusterSnapshot(**flagged_counts(rows))``):
+    the calculation, the carry-over and the sharding narrowing each set them from their rows."""
+    return FlaggedCounts(
+        compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
+        data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
+    )
 
 
 def denied_topics(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from klag_pipeline.model import TopicPartition
-from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.snapshot import ClusterSnapshot, flagged_counts
 
 
 def group_bucket(group: str, buckets: int) -> int:
@@ -102,7 +102,6 @@ def restrict(snapshot: ClusterSnapshot, ownership: Ownership) -> ClusterSnapshot
         partitions=partitions,
         groups=groups,
         health=health,
-        compaction_detected_count=sum(1 for row in rows if row.compaction_detected),
-        data_loss_partition_count=sum(1 for row in rows if row.data_loss_detected),
+        **flagged_counts(rows),
         carried_rows=sum(1 for row in rows if row.carried),
     )
