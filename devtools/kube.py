@@ -52,8 +52,8 @@ PROMETHEUS_OPERATOR_VERSION = "v0.95.2"
 Prometheus Operator generates its CRDs from; the newest served."""
 CONTROLLER_TOOLS_VERSION = "v0.23.0"
 """controller-gen, which the Prometheus Operator generates its CRDs with; the newest served."""
-CRDS = ("servicemonitors", "prometheusrules")
-"""The CRDs the chart renders objects of (monitoring-values)."""
+CRDS = ("servicemonitors", "podmonitors", "prometheusrules")
+"""The CRDs the chart renders objects of (monitoring-values; PodMonitor: sharding-values)."""
 BINARIES = ("kube-apiserver", "kubectl", "etcd")
 PACKAGES = ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl", "./etcd")
 GO_BUILD_PARALLELISM = "2"
