@@ -7,13 +7,14 @@ needs shared mutable state. Every event exposes ``cluster``, ``cycle`` and ``obs
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from klag_pipeline.model import (
     Failure,
     GroupDescription,
     TimestampSample,
+    TopicIdentity,
     TopicPartition,
     Watermarks,
 )
@@ -117,6 +118,8 @@ class WatermarksListed:
     loss_unconfirmed: frozenset[tuple[str, TopicPartition]] = frozenset()
     """(group, partition) whose committed offset read below the log start, but whose second
     read (after the log start) got no answer: no loss may be claimed for them this cycle."""
+    topics: Mapping[str, TopicIdentity] = field(default_factory=dict)
+    """Id and cleanup policy of the listed topics, as far as known (the timestamp cache's)."""
 
     @property
     def cluster(self) -> str:

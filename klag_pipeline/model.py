@@ -113,6 +113,20 @@ class Watermarks:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicIdentity:
+    """What tells whether a timestamp read on a topic still holds (docs/time-lag.md#cache).
+
+    ``topic_id``: the topic's id from Metadata (v10+), None when the broker gives none; a
+    different id under the same name is a re-created topic. ``compacted``: its cleanup.policy
+    includes ``compact`` (the log cleaner may remove records below the high watermark); None
+    when the policy could not be read (e.g. no DescribeConfigs permission).
+    """
+
+    topic_id: bytes | None
+    compacted: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class TimestampSample:
     """What a Fetch at a committed offset found.
 

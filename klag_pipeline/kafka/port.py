@@ -9,7 +9,7 @@ nothing at all could be learned, e.g. no broker reachable or authentication refu
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from klag_pipeline.model import (
@@ -17,6 +17,7 @@ from klag_pipeline.model import (
     GroupDescription,
     ListedGroup,
     TimestampSample,
+    TopicIdentity,
     TopicPartition,
     Watermarks,
 )
@@ -52,11 +53,13 @@ class WatermarkListing:
     """Watermarks of every partition of the requested topics that exist.
 
     ``missing_topics`` are topics the cluster does not know (deleted): they are never created.
+    ``topics``: id and cleanup policy of the listed topics, as far as known.
     """
 
     watermarks: Mapping[TopicPartition, Watermarks]
     missing_topics: frozenset[str] = frozenset()
     failures: tuple[Failure, ...] = ()
+    topics: Mapping[str, TopicIdentity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

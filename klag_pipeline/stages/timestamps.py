@@ -2,16 +2,15 @@
 
 For every group × partition with lag > 0 the stage reads the record at the committed offset —
 or, when retention already removed it (committed < low), the earliest surviving record, which
-makes the time lag a lower bound. Many groups at one offset cost one read, and a read is cached
-for ``cache_ttl``: the record at an offset never changes. Partitions with lag 0 are never read.
+makes the time lag a lower bound. Many groups at one offset cost one read, and a read is kept
+until it can have changed (:mod:`.sample_cache`): a steady cycle reads only the offsets that
+moved. Partitions with lag 0 are never read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from types import MappingProxyType
-
-from cachetools import TTLCache
 
 from klag_pipeline.errors import KafkaError
 from klag_pipeline.events import TimestampsSampled, WatermarksListed
@@ -20,9 +19,11 @@ from klag_pipeline.model import Failure, TimestampSample, TopicPartition
 from klag_pipeline.pipeline.clock import SYSTEM_CLOCK, TimeSource
 from klag_pipeline.pipeline.paced import paced
 from klag_pipeline.settings.schema import TimestampSamplingSettings
+from klag_pipeline.stages.sample_cache import SampleCache
 
 DEFAULT_CACHE_SIZE = 100_000
-"""(partition, offset) entries kept at most; beyond it the least recently used go first."""
+"""(partition, offset) entries kept at most; beyond it the least recently used go first
+(about 44 MB at the bound, docs/time-lag.md#cache)."""
 
 
 CacheLookup = Callable[[bool], None]
@@ -47,8 +48,8 @@ class TimestampStage:
         self._settings = settings
         self._cache_lookup = cache_lookup
         self._clock = clock
-        self._cache: TTLCache[tuple[TopicPartition, int], TimestampSample] = TTLCache(
-            maxsize=cache_size, ttl=settings.cache_ttl, timer=self._clock.monotonic
+        self._cache = SampleCache(
+            recheck_after=settings.cache_ttl, maxsize=cache_size, monotonic=clock.monotonic
         )
 
     async def process(self, event: WatermarksListed) -> TimestampsSampled:
@@ -67,15 +68,9 @@ class TimestampStage:
         reads = await _offsets_to_read(event)
         found: dict[tuple[TopicPartition, int], TimestampSample] = {}
         misses: dict[TopicPartition, set[int]] = {}
+        self._cache.observe(event.watermarks, event.topics)
         for key in sorted(set(reads.values())):
-            cached = self._cache.get(key)
-            if cached is not None and cached.end_of_log:
-                # "Nothing but markers up to the end of the log" holds only while the log ends
-                # there; new records after the markers are the group's next record.
-                marks = event.watermarks.get(key[0])
-                if marks is None or marks.high != cached.offset:
-                    del self._cache[key]
-                    cached = None
+            cached = self._cache.get(key[0], key[1], event.watermarks[key[0]])
             if self._cache_lookup is not None:
                 self._cache_lookup(cached is not None)
             if cached is not None:
@@ -92,7 +87,7 @@ class TimestampStage:
             else:
                 failures = listing.failures
                 for key, sample in listing.samples.items():
-                    self._cache[key] = sample
+                    self._cache.put(key[0], key[1], sample)
                     found[key] = sample
         kafka_seconds = self._clock.monotonic() - started
         samples: dict[tuple[TopicPartition, int], TimestampSample] = {}

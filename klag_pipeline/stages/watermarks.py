@@ -46,8 +46,10 @@ class WatermarksStage:
                 listing.missing_topics,
                 listing.failures,
             )
+            identities = listing.topics
         else:
             watermarks, missing, failures = MappingProxyType({}), frozenset(), ()
+            identities = MappingProxyType({})
         offsets, unconfirmed, confirm_failures = await self._confirm_losses(event, watermarks)
         return WatermarksListed(
             offsets=offsets,
@@ -57,6 +59,7 @@ class WatermarksStage:
             kafka_seconds=self._clock.monotonic() - started,
             observed_at=self._clock.time(),
             loss_unconfirmed=unconfirmed,
+            topics=identities,
         )
 
     async def _confirm_losses(

@@ -60,7 +60,7 @@ async def test_deleted_topic_and_group_leave_no_series_and_are_never_recreated(
     state = await create_truth(truth, [kept_topic, doomed_topic], [kept_group, doomed_group])
     assert any(tp.topic == doomed_topic for tp in state.commits[doomed_group])
     name = f"deleted-{when}"
-    config = fault_settings(name, faults_broker.bootstrap, state, poll_interval=0.3, cache_ttl=0.05)
+    config = fault_settings(name, faults_broker.bootstrap, state, poll_interval=0.3, cache_ttl=0.0)
     where = "timestamps" if when == "before_timestamps" else "watermarks"
     clients: list[HeldAt] = []
 

@@ -336,9 +336,10 @@ def test_metadata_v12_and_v4_responses() -> None:
     response = p.decode_metadata(12, raw)
     assert response.brokers == (p.BrokerInfo(1, "host", 9092, None),)
     assert (response.cluster_id, response.controller_id) == ("cid", 1)
+    # The topic id is kept (a re-created topic has a new one); the zero UUID means none.
     assert response.topics == (
-        p.TopicInfo("t", 0, False, (p.PartitionInfo(0, 0, 1),)),
-        p.TopicInfo("gone", 3, False, ()),
+        p.TopicInfo("t", 0, False, (p.PartitionInfo(0, 0, 1),), UUID_A),
+        p.TopicInfo("gone", 3, False, (), None),
     )
     v4_partition = i16(0) + i32(2) + i32(7) + arr([i32(7)]) + arr([i32(7)])
     v4 = (
@@ -347,6 +348,38 @@ def test_metadata_v12_and_v4_responses() -> None:
     )  # fmt: skip
     decoded = p.decode_metadata(4, v4)
     assert decoded.topics[0] == p.TopicInfo("t", 0, True, (p.PartitionInfo(2, 0, 7),))
+
+
+def test_describe_configs_v4_request_asks_one_key_per_topic() -> None:
+    body = p.encode_describe_configs(4, ["a", "b"], ["cleanup.policy"])
+    key = carr([cs("cleanup.policy")])
+    resources = carr([i8(2) + cs("a") + key + TAGS, i8(2) + cs("b") + key + TAGS])
+    # include_synonyms false, include_documentation (v3+) false, tags
+    assert body == resources + b"\x00\x00" + TAGS
+    v1 = p.encode_describe_configs(1, ["a"], ["cleanup.policy"])
+    assert v1 == arr([i8(2) + s("a") + arr([s("cleanup.policy")])]) + b"\x00"
+
+
+def test_describe_configs_v4_and_v1_responses() -> None:
+    synonym = cs("log.cleanup.policy") + cs("delete") + i8(5) + TAGS
+    config = (
+        cs("cleanup.policy") + cs("compact,delete") + b"\x00" + i8(1) + b"\x00"
+        + carr([synonym]) + i8(7) + cs("doc") + TAGS
+    )  # fmt: skip
+    ok = i16(0) + cs(None) + i8(2) + cs("t") + carr([config]) + TAGS
+    denied = i16(29) + cs("denied") + i8(2) + cs("secret") + carr([]) + TAGS
+    decoded = p.decode_describe_configs(4, i32(0) + carr([ok, denied]) + TAGS)
+    assert decoded.results == (
+        p.DescribedConfigs("t", 0, {"cleanup.policy": "compact,delete"}),
+        p.DescribedConfigs("secret", 29, {}),
+    )
+    v1_config = s("cleanup.policy") + s("delete") + b"\x00" + i8(5) + b"\x00" + arr([])
+    v1 = i32(3) + arr([i16(0) + s(None) + i8(2) + s("t") + arr([v1_config])])
+    decoded = p.decode_describe_configs(1, v1)
+    assert (decoded.throttle_ms, decoded.results) == (
+        3,
+        (p.DescribedConfigs("t", 0, {"cleanup.policy": "delete"}),),
+    )
 
 
 def test_api_versions_v2() -> None:

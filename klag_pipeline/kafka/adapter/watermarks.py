@@ -3,7 +3,9 @@
 Metadata is requested for the wanted topics only, with auto-creation off, so a topic that only
 survives in old committed offsets is reported missing and never re-created. Entries are cached
 for ``metadata.max.age.ms`` (default 60 s) and refreshed early when a ListOffsets answer says a
-leader moved or a topic is unknown.
+leader moved or a topic is unknown. Each refresh also reads the topics' ids (Metadata v10+) and
+``cleanup.policy`` (one DescribeConfigs to the broker that answered), which tell the timestamp
+cache when a sample stops being true (docs/time-lag.md#cache).
 """
 
 from __future__ import annotations
@@ -26,24 +28,29 @@ from klag_pipeline.kafka.errors import (
 )
 from klag_pipeline.kafka.port import WatermarkListing
 from klag_pipeline.kafka.protocol import (
+    DESCRIBE_CONFIGS,
     EARLIEST,
     LATEST,
     LIST_OFFSETS,
     METADATA,
     ApiSpec,
     MetadataResponse,
+    decode_describe_configs,
     decode_list_offsets,
     decode_metadata,
+    encode_describe_configs,
     encode_list_offsets,
     encode_metadata,
 )
-from klag_pipeline.model import Failure, TopicPartition, Watermarks
+from klag_pipeline.model import Failure, TopicIdentity, TopicPartition, Watermarks
 
 LIST_OFFSETS_PARTITIONS = 10_000
 """Partitions per ListOffsets request, so no single answer takes long to decode."""
 METADATA_TOPICS = 1_000
 """Topics per Metadata request."""
 DEFAULT_METADATA_MAX_AGE = 60.0
+CLEANUP_POLICY = "cleanup.policy"
+UNKNOWN_TOPIC = TopicIdentity(None, None)
 
 _STAGE = "watermarks"
 
@@ -52,6 +59,7 @@ _STAGE = "watermarks"
 class _Topic:
     leaders: Mapping[int, int] | None  # partition → leader node; None: the topic does not exist
     fetched_at: float
+    identity: TopicIdentity = UNKNOWN_TOPIC
 
 
 class WatermarkOps:
@@ -85,13 +93,15 @@ class WatermarkOps:
     async def _refresh(self, topics: Sequence[str], failures: list[Failure]) -> None:
         for chunk in chunked(sorted(topics), METADATA_TOPICS):
             try:
-                response, _ = await self.metadata(list(chunk))
+                reply = await self.metadata(list(chunk))
             except KafkaError as exc:
                 failures.append(Failure(_STAGE, "metadata", str(exc)))
                 for topic in chunk:
                     # Forget stale leaders; a topic with no entry is reported as a failure.
                     self._topics.pop(topic, None)
                 continue
+            response, node = reply
+            policies = await self._compacted(node, [t.name for t in response.topics])
             now = time.monotonic()
             answered = set()
             for info in response.topics:
@@ -105,9 +115,37 @@ class WatermarkOps:
                     )
                 else:
                     leaders = {p.partition: p.leader for p in info.partitions}
-                    self._topics[info.name] = _Topic(MappingProxyType(leaders), now)
+                    identity = TopicIdentity(info.topic_id, policies.get(info.name))
+                    self._topics[info.name] = _Topic(MappingProxyType(leaders), now, identity)
             for topic in set(chunk) - answered:
                 self._topics[topic] = _Topic(None, now)
+
+    async def _compacted(self, node: int, topics: Sequence[str]) -> dict[str, bool]:
+        """Topic → whether its cleanup.policy includes ``compact``; topics whose policy could
+        not be read (no DescribeConfigs permission, an old broker, an error) are left out and
+        count as possibly compacted. Never a failure of the cycle: only the cache's trust in
+        old samples depends on it."""
+        if not topics:
+            return {}
+        try:
+            version = await self._t.require(
+                node, DESCRIBE_CONFIGS, partial(_too_old, node, DESCRIBE_CONFIGS)
+            )
+            response = await self._t.call(
+                node,
+                DESCRIBE_CONFIGS,
+                version,
+                encode_describe_configs(version, topics, [CLEANUP_POLICY]),
+                partial(decode_describe_configs, version),
+            )
+        except KafkaError:
+            return {}
+        out: dict[str, bool] = {}
+        for result in response.results:
+            value = result.values.get(CLEANUP_POLICY)
+            if result.error_code == 0 and value is not None:
+                out[result.resource_name] = "compact" in value.split(",")
+        return out
 
     # ------------------------------------------------------------------ ListOffsets
 
@@ -151,7 +189,10 @@ class WatermarkOps:
             watermarks[tp] = Watermarks(low=earliest.get(tp), high=high)
         if wanted and not watermarks and not missing and failures:
             raise KafkaError(f"no watermarks could be listed: {failures[0].error}")
-        return WatermarkListing(MappingProxyType(watermarks), missing, tuple(failures))
+        identities = {t: e.identity for t in wanted if (e := self._topics.get(t)) and e.leaders}
+        return WatermarkListing(
+            MappingProxyType(watermarks), missing, tuple(failures), MappingProxyType(identities)
+        )
 
     def leaders(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
         """Leader node of each partition from the metadata cache (filled by list_watermarks,

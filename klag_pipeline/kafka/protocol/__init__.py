@@ -29,6 +29,13 @@ from klag_pipeline.kafka.protocol.consumer_group_describe import (
     decode_consumer_group_describe,
     encode_consumer_group_describe,
 )
+from klag_pipeline.kafka.protocol.describe_configs import (
+    TOPIC_RESOURCE,
+    DescribeConfigsResponse,
+    DescribedConfigs,
+    decode_describe_configs,
+    encode_describe_configs,
+)
 from klag_pipeline.kafka.protocol.describe_groups import (
     DescribedGroup,
     DescribedMember,
@@ -85,6 +92,7 @@ from klag_pipeline.kafka.protocol.primitives import (
 from klag_pipeline.kafka.protocol.versions import (
     API_VERSIONS,
     CONSUMER_GROUP_DESCRIBE,
+    DESCRIBE_CONFIGS,
     DESCRIBE_GROUPS,
     FETCH_KEY,
     FIND_COORDINATOR,
@@ -105,6 +113,7 @@ from klag_pipeline.kafka.protocol.wire import (
 __all__ = [
     "API_VERSIONS",
     "CONSUMER_GROUP_DESCRIBE",
+    "DESCRIBE_CONFIGS",
     "DESCRIBE_GROUPS",
     "EARLIEST",
     "FETCH_KEY",
@@ -119,6 +128,7 @@ __all__ = [
     "READ_COMMITTED",
     "READ_UNCOMMITTED",
     "REPORTED_APIS",
+    "TOPIC_RESOURCE",
     "ZERO_UUID",
     "ApiSpec",
     "ApiVersionsResponse",
@@ -128,7 +138,9 @@ __all__ = [
     "ConsumerGroupDescription",
     "ConsumerGroupMember",
     "Coordinator",
+    "DescribeConfigsResponse",
     "DescribeGroupsResponse",
+    "DescribedConfigs",
     "DescribedGroup",
     "DescribedMember",
     "FindCoordinatorResponse",
@@ -150,6 +162,7 @@ __all__ = [
     "decode_api_versions",
     "decode_consumer_assignment",
     "decode_consumer_group_describe",
+    "decode_describe_configs",
     "decode_describe_groups",
     "decode_find_coordinator",
     "decode_list_groups",
@@ -159,6 +172,7 @@ __all__ = [
     "encode_api_versions",
     "encode_consumer_assignment",
     "encode_consumer_group_describe",
+    "encode_describe_configs",
     "encode_describe_groups",
     "encode_find_coordinator",
     "encode_list_groups",

@@ -30,6 +30,8 @@ class TopicInfo:
     error_code: int
     internal: bool
     partitions: tuple[PartitionInfo, ...]
+    topic_id: bytes | None = None
+    """v10+; None from older versions (and the zero UUID is turned into None too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,7 @@ def decode_metadata(version: int, data: bytes) -> MetadataResponse:
     for _ in range(r.array_length(4)):
         error_code = r.int16()
         name = r.string()
-        if version >= 10:
-            r.uuid()
+        topic_id = r.uuid() if version >= 10 else None
         internal = r.boolean()
         partitions = []
         for _ in range(r.array_length(12)):
@@ -92,7 +93,9 @@ def decode_metadata(version: int, data: bytes) -> MetadataResponse:
         if version >= 8:
             r.int32()  # topic authorized operations
         r.skip_tags()
-        topics.append(TopicInfo(name, error_code, internal, tuple(partitions)))
+        if topic_id == ZERO_UUID:
+            topic_id = None
+        topics.append(TopicInfo(name, error_code, internal, tuple(partitions), topic_id))
     if 8 <= version <= 10:
         r.int32()  # cluster authorized operations
     r.skip_tags()

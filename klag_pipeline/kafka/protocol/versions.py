@@ -38,6 +38,8 @@ JOIN_GROUP: Final = ApiSpec("JoinGroup", 11, 5, 9, 6)
 HEARTBEAT: Final = ApiSpec("Heartbeat", 12, 3, 4, 4)
 LEAVE_GROUP: Final = ApiSpec("LeaveGroup", 13, 3, 5, 4)
 SYNC_GROUP: Final = ApiSpec("SyncGroup", 14, 3, 5, 4)
+# A topic's cleanup.policy, for how long a timestamp sample may be trusted (Kafka 4.x: v1..v4).
+DESCRIBE_CONFIGS: Final = ApiSpec("DescribeConfigs", 32, 1, 4, 4)
 FETCH_KEY: Final = 1  # reported by ``overview`` only; the Fetch codec lives with timestamp sampling
 
 REPORTED_APIS: Final[Mapping[str, int]] = {
@@ -49,6 +51,7 @@ REPORTED_APIS: Final[Mapping[str, int]] = {
     "FindCoordinator": FIND_COORDINATOR.key,
     "OffsetFetch": OFFSET_FETCH.key,
     "ListOffsets": LIST_OFFSETS.key,
+    "DescribeConfigs": DESCRIBE_CONFIGS.key,
     "Fetch": FETCH_KEY,
 }
 
