@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--warm-cycles", type=int, default=12)
     run.add_argument("--scrapers", type=int, default=20)
     run.add_argument("--no-timestamps", action="store_true", help="time lag off")
+    run.add_argument("--no-health", action="store_true", help="[exporter.health] off")
     run.add_argument("--granularity", choices=("partition", "topic"), default="partition")
     run.add_argument("--profile-dir", type=Path, help="py-spy collapsed stacks per phase")
     run.add_argument(
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_cycles=args.warm_cycles,
             scrapers=args.scrapers,
             timestamp_sampling=not args.no_timestamps,
+            health=not args.no_health,
             granularity=args.granularity,
             profile_dir=args.profile_dir,
             exporter_env=tuple(

@@ -68,6 +68,8 @@ class RunOptions:
     scrapers: int = 20
     scrape_cycles: int = 2
     timestamp_sampling: bool = True
+    health: bool = True
+    """The consumer-health evaluation ([exporter.health], on by default)."""
     granularity: str = "partition"
     exporter_env: tuple[tuple[str, str], ...] = ()
     """Extra environment for the exporter process (e.g. MALLOC_ARENA_MAX=2)."""
@@ -89,6 +91,9 @@ granularity = "{options.granularity}"
 [exporter.timestamp_sampling]
 enabled = {"true" if options.timestamp_sampling else "false"}
 cache_ttl = "{cache_ttl}"
+
+[exporter.health]
+enabled = {"true" if options.health else "false"}
 
 [[clusters]]
 name = "{CLUSTER}"
@@ -278,13 +283,16 @@ async def exposition_size(session: aiohttp.ClientSession, base: str) -> dict[str
     }
 
 
-SCRAPE_MODES: dict[str, tuple[int | None, float]] = {
-    "burst": (None, 0.1),
-    "saturation": (None, 0.0),
-    "single": (1, 0.0),
+SCRAPE_MODES: dict[str, tuple[str, int | None, float]] = {
+    "burst": ("/metrics", None, 0.1),
+    "saturation": ("/metrics", None, 0.0),
+    "single": ("/metrics", 1, 0.0),
+    # The same bursts on /health (a constant answer): what the event loop alone costs a request
+    # in this run, the yardstick of /metrics latency (issue 17: p99 ≤ 1.5× that of /health).
+    "health_burst": ("/health", None, 0.1),
 }
-"""mode → (clients, burst period): ``None`` clients = ``RunOptions.scrapers``; period 0 = back to
-back. See bench/scrape.py."""
+"""mode → (path, clients, burst period): ``None`` clients = ``RunOptions.scrapers``; period 0 =
+back to back. See bench/scrape.py."""
 
 
 async def run_scrapers(
@@ -461,9 +469,9 @@ async def _measure(
         scrape_duration = max(4.0, poll * options.scrape_cycles)
         scrapes: dict[str, list[list[Any]]] = {}
         async with profiled(run.child.pid, profiles and profiles / "scrape.txt"):
-            for mode, (clients, period) in SCRAPE_MODES.items():
+            for mode, (path, clients, period) in SCRAPE_MODES.items():
                 scrapes[mode] = await run_scrapers(
-                    f"{base}/metrics",
+                    f"{base}{path}",
                     clients or options.scrapers,
                     scrape_duration,
                     period,

@@ -33,6 +33,14 @@ def _requests(counts: dict[str, float]) -> str:
     return ", ".join(f"{api} {n:g}" for api, n in sorted(counts.items())) or "–"
 
 
+def _ratio(metrics: dict[str, Any] | None, health: dict[str, Any] | None) -> str:
+    """/metrics p99 over /health p99, both for bursts started during a cycle."""
+    if not metrics or not health:
+        return "–"
+    a, b = metrics["latency_during_cycles"]["p99"], health["latency_during_cycles"]["p99"]
+    return "–" if not a or not b else f"{a / b:.1f}×"
+
+
 def _load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
@@ -121,6 +129,7 @@ def preset_table(names: list[str], results: list[dict[str, Any]]) -> str:
         ("burst", "/metrics p50 / p99, bursts of 20 (during cycles p99)"),
         ("saturation", "/metrics p50 / p99, 20 back-to-back (req/s)"),
         ("single", "/metrics p50 / p99, one client (req/s)"),
+        ("health_burst", "/health p50 / p99, bursts of 20 (during cycles p99)"),
     ):
         values = []
         for m in ms:
@@ -130,11 +139,15 @@ def preset_table(names: list[str], results: list[dict[str, Any]]) -> str:
                 continue
             extra = (
                 _ms(s["latency_during_cycles"]["p99"])
-                if mode == "burst"
+                if mode in ("burst", "health_burst")
                 else f"{s['per_second'] or 0:,.0f}/s"
             )
             values.append(f"{_ms(s['latency']['p50'])} / {_ms(s['latency']['p99'])} ({extra})")
         row(label, values)
+    row(
+        "/metrics p99 ÷ /health p99, bursts during cycles",
+        [_ratio(m["scrape"].get("burst"), m["scrape"].get("health_burst")) for m in ms],
+    )
     row(
         "exposition: text / gzip / samples",
         [
