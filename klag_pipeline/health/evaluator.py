@@ -333,11 +333,11 @@ def _group_status(
             return Status.LAGGING, f"time lag {summary.max_lag_seconds:.0f}s over {limit:.0f}s"
         catch_up = _max_catch_up(h.catch_up_seconds for h in entries)
         if catch_up is not None and math.isinf(catch_up):
-            # No gain on the producer: too slow only while the lag grows (a consumer keeping
-            # pace with a steady lag never reaches 0, yet is healthy).
-            velocity = _sum(h.rates.lag_velocity for h in entries)
-            if velocity is None or velocity <= 0:
-                catch_up = None
+            # No gain on the producer: too slow only while the lag grows beyond its wobble —
+            # and a partition whose lag does that is LAGGING already (rule 11), so this branch
+            # never sees one. A consumer keeping pace never reaches 0, yet is healthy; its lag
+            # wobbles, so the window's end-to-end velocity alone is positive half the time.
+            catch_up = None
         limit = settings.max_catch_up_seconds
         if limit > 0 and catch_up is not None and catch_up > limit:
             shown = "never" if math.isinf(catch_up) else f"{catch_up:.0f}s"

@@ -206,6 +206,26 @@ def test_a_catch_up_threshold_ignores_never_for_a_consumer_keeping_pace() -> Non
     assert out.groups["g"].status is Status.LAGGING
 
 
+def test_a_catch_up_threshold_ignores_never_for_a_lag_that_only_wobbles() -> None:
+    # A consumer keeping pace whose lag wobbles 4, 6, 4, 6 (seen on the real broker under load:
+    # test_steady_consumer_keeping_up_passes_a_catch_up_threshold). At the last cycle the window
+    # runs from lag 4 to lag 6: consume 2/s < produce 2.07/s, so catch-up is +inf and the summed
+    # lag velocity is positive — but the lag did not grow beyond its wobble (rule 11), so the
+    # group keeps pace and must stay OK.
+    settings = HealthSettings(
+        window=120.0, stalled_after=120.0, stopped_after=120.0, max_catch_up_seconds=30.0
+    )
+    ev = Evaluator(settings, poll_interval=10.0)
+    out = None
+    for t, committed, high in ((0, 0, 4), (10, 20, 26), (20, 42, 46), (30, 60, 66)):
+        out = health(ev.evaluate(snap(float(t), [row("g", "t", committed, high)])))
+    assert out is not None
+    assert math.isinf(out.groups["g"].max_catch_up_seconds or 0.0)
+    assert (out.groups["g"].lag_velocity or 0.0) > 0
+    assert out.partitions[("g", TopicPartition("t", 0))].status is Status.OK
+    assert out.groups["g"].status is Status.OK, out.groups["g"].reason
+
+
 def test_a_groups_commit_age_is_its_freshest_partitions() -> None:
     ev = Evaluator(SETTINGS, poll_interval=30.0)
     ev.evaluate(snap(0, [row("g", "a", 10, 20), row("g", "b", 10, 20)]))
