@@ -12,20 +12,18 @@ import pytest
 from klag_pipeline.model import TopicPartition
 from tests.integration.time_lag_harness import (
     LAG_SECONDS,
+    compacted_topic,
     flags,
     now_ms,
     one_value,
     run_cycle,
     settings_for,
     values,
+    wait_cleaned,
 )
-from tests.support.kafka import KafkaTestClient, Rec, wait_until
+from tests.support.kafka import KafkaTestClient, Rec
 
 pytestmark = pytest.mark.kafka
-
-# Upper bound for the log cleaner to compact a topic in the session broker (cleaner backoff
-# 500 ms, see TEST_BROKER_PROPERTIES): generous on a loaded 2-core machine.
-COMPACTION_WITHIN_SECONDS = 60.0
 
 
 async def test_read_committed_group_on_a_transaction_marker(
@@ -145,48 +143,11 @@ async def test_compaction_that_removed_the_committed_record_is_flagged(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
     topic, cleaned, kept = unique("compact"), unique("cleaned"), unique("kept")
-    await kafka.create_topic(
-        topic,
-        config={
-            "cleanup.policy": "compact",
-            "segment.ms": "100",
-            "min.cleanable.dirty.ratio": "0.01",
-            "min.compaction.lag.ms": "0",
-            "delete.retention.ms": "100",
-        },
-    )
-    base = now_ms() - 3_000_000
-    keys = [b"k%d" % i for i in range(5)]
-    stamps = [base + i * 100_000 for i in range(10)]
-    # Offsets 0-4, then the same five keys again at 5-9: the cleaner may drop 0-4.
-    offsets = await kafka.produce(
-        topic, [Rec(b"v", key=keys[i % 5], timestamp_ms=ts) for i, ts in enumerate(stamps)]
-    )
-    assert offsets == list(range(10))
+    stamps = await compacted_topic(kafka, topic, now_ms() - 3_000_000)
     tp = TopicPartition(topic, 0)
     await kafka.commit(cleaned, {tp: 2})
     await kafka.commit(kept, {tp: 7})
-
-    # The cleaner never touches the active segment: appends after segment.ms roll it, until a
-    # plain consumer sees that offsets 0-4 are gone.
-    survivors: set[int] = set()
-    rolls = 0
-
-    async def cleaned_up() -> bool:
-        nonlocal rolls, survivors
-        survivors = set(await kafka.read_timestamps(topic, 0, 0))
-        if survivors & set(range(5)):
-            await kafka.produce(topic, [Rec(b"r", key=b"roll-%d" % rolls)])
-            rolls += 1
-            return False
-        return True
-
-    await wait_until(
-        cleaned_up,
-        within=COMPACTION_WITHIN_SECONDS,
-        interval=0.5,
-        message=f"the log cleaner removing offsets 0-4 of {topic}",
-    )
+    rolls, survivors = await wait_cleaned(kafka, topic)
     assert set(range(5, 10)) <= survivors
 
     cycle = await run_cycle(settings_for(kafka_bootstrap, groups=[cleaned, kept], topics=[topic]))

@@ -22,14 +22,20 @@ from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import TimestampSamplingSettings
 from klag_pipeline.snapshot import PartitionRow
-from tests.integration.test_time_lag_loss import COMPACTION_WITHIN_SECONDS
-from tests.integration.time_lag_harness import CountingObserver, now_ms, settings_for
-from tests.support.kafka import KafkaTestClient, Rec, wait_until
+from tests.integration.time_lag_harness import (
+    CountingObserver,
+    compacted_topic,
+    now_ms,
+    settings_for,
+    wait_cleaned,
+)
+from tests.support.kafka import KafkaTestClient, Rec
 
 pytestmark = pytest.mark.kafka
 
 CACHE_TTL = 60.0
 HOUR = 3_600.0
+HOUR_MS = 3_600_000
 
 
 class SkewedClock:
@@ -198,23 +204,7 @@ async def test_a_compacted_topics_sample_is_checked_again_after_cache_ttl(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
     topic, group = unique("compact"), unique("g")
-    await kafka.create_topic(
-        topic,
-        config={
-            "cleanup.policy": "compact",
-            "segment.ms": "100",
-            "min.cleanable.dirty.ratio": "0.01",
-            "min.compaction.lag.ms": "0",
-            "delete.retention.ms": "100",
-        },
-    )
-    base = now_ms() - 3 * HOUR * 1000
-    keys = [b"k%d" % i for i in range(5)]
-    stamps = [base + i * 100_000 for i in range(10)]
-    # Offsets 0-4, then the same five keys again at 5-9: the cleaner may drop 0-4.
-    await kafka.produce(
-        topic, [Rec(b"v", key=keys[i % 5], timestamp_ms=ts) for i, ts in enumerate(stamps)]
-    )
+    stamps = await compacted_topic(kafka, topic, now_ms() - 3 * HOUR_MS)
     await kafka.commit(group, {TopicPartition(topic, 0): 2})
     subject = await exporter(kafka_bootstrap, [group], [topic])
     try:
@@ -222,22 +212,7 @@ async def test_a_compacted_topics_sample_is_checked_again_after_cache_ttl(
         assert abs(age_of(row, stamps[2])) < 2.0
         assert not row.compaction_detected
 
-        rolls = 0
-
-        async def cleaned_up() -> bool:
-            nonlocal rolls
-            if set(await kafka.read_timestamps(topic, 0, 0)) & set(range(5)):
-                await kafka.produce(topic, [Rec(b"r", key=b"roll-%d" % rolls)])
-                rolls += 1
-                return False
-            return True
-
-        await wait_until(
-            cleaned_up,
-            within=COMPACTION_WITHIN_SECONDS,
-            interval=0.5,
-            message=f"the log cleaner removing offsets 0-4 of {topic}",
-        )
+        await wait_cleaned(kafka, topic)
         # Within cache_ttl the sample is still trusted: no read (the bound on the re-check).
         subject.clock.skew += CACHE_TTL / 2
         row = (await subject.cycle())[(group, topic, 0)]

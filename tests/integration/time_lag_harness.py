@@ -28,6 +28,7 @@ from klag_pipeline.settings.schema import (
 )
 from klag_pipeline.sinks.prometheus import render_snapshots
 from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow, SinkUpdate
+from tests.support.kafka import KafkaTestClient, Rec, wait_until
 
 CLUSTER = "timelag"
 LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
@@ -247,3 +248,54 @@ def row_of(snapshot: ClusterSnapshot, group: str, topic: str, partition: int = 0
         if (row.group, row.topic, row.partition) == (group, topic, partition):
             return row
     raise AssertionError(f"no row for {group} {topic}-{partition}")
+
+
+# Upper bound for the log cleaner to compact a topic in the session broker (cleaner backoff
+# 500 ms, see TEST_BROKER_PROPERTIES): generous on a loaded 2-core machine.
+COMPACTION_WITHIN_SECONDS = 60.0
+
+
+async def compacted_topic(kafka: KafkaTestClient, topic: str, base_ms: int) -> list[int]:
+    """A compacted topic holding keys k0-k4 at offsets 0-4, then the same keys at 5-9, 100 s
+    apart from ``base_ms`` on: the cleaner may drop 0-4. Returns the ten timestamps."""
+    await kafka.create_topic(
+        topic,
+        config={
+            "cleanup.policy": "compact",
+            "segment.ms": "100",
+            "min.cleanable.dirty.ratio": "0.01",
+            "min.compaction.lag.ms": "0",
+            "delete.retention.ms": "100",
+        },
+    )
+    stamps = [base_ms + i * 100_000 for i in range(10)]
+    offsets = await kafka.produce(
+        topic, [Rec(b"v", key=b"k%d" % (i % 5), timestamp_ms=ts) for i, ts in enumerate(stamps)]
+    )
+    assert offsets == list(range(10))
+    return stamps
+
+
+async def wait_cleaned(kafka: KafkaTestClient, topic: str) -> tuple[int, set[int]]:
+    """Until a plain consumer sees offsets 0-4 of :func:`compacted_topic` gone. The cleaner never
+    touches the active segment: appends after segment.ms roll it. Returns (records appended,
+    surviving offsets)."""
+    survivors: set[int] = set()
+    rolls = 0
+
+    async def cleaned_up() -> bool:
+        nonlocal rolls, survivors
+        survivors = set(await kafka.read_timestamps(topic, 0, 0))
+        if survivors & set(range(5)):
+            await kafka.produce(topic, [Rec(b"r", key=b"roll-%d" % rolls)])
+            rolls += 1
+            return False
+        return True
+
+    await wait_until(
+        cleaned_up,
+        within=COMPACTION_WITHIN_SECONDS,
+        interval=0.5,
+        message=f"the log cleaner removing offsets 0-4 of {topic}",
+    )
+    return rolls, survivors
