@@ -236,6 +236,15 @@ def test_leadership_aliases_from_klag_exporter() -> None:
     assert (leadership.lease_duration, leadership.renew_deadline) == (20.0, 15.0)
 
 
+def test_a_kafka_leadership_group_may_be_named_anything_kafka_accepts() -> None:
+    # Only a Kubernetes Lease has to be a DNS-1123 name; a Kafka group id is any string.
+    loaded = load(
+        "[exporter.leadership]\nprovider = 'kafka'\nlease_name = 'Klag_Pipeline'\n" + CLUSTER
+    )
+
+    assert loaded.settings.exporter.leadership.lease_name == "Klag_Pipeline"
+
+
 def test_empty_identity_means_unset() -> None:
     loaded = load('[exporter.leadership]\nidentity = "${POD_NAME:-}"\n' + CLUSTER)
 
@@ -354,6 +363,16 @@ INVALID = [
         "[exporter.leadership]\nlease_duration = '15s'\nlease_duration_secs = 15\n" + CLUSTER,
         "exporter.leadership.lease_duration_secs",
         "not both",
+    ),
+    (
+        "[exporter.leadership]\nlease_name = 'Klag_Pipeline'\n" + CLUSTER,
+        "exporter.leadership.lease_name",
+        "must be a Kubernetes object name",
+    ),
+    (
+        "[exporter.leadership]\nlease_namespace = 'ops.team'\n" + CLUSTER,
+        "exporter.leadership.lease_namespace",
+        "must be a Kubernetes namespace",
     ),
     (
         "[exporter.leadership]\ncluster = 'elsewhere'\n" + CLUSTER,

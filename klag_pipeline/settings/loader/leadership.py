@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import get_args
 
@@ -63,6 +64,8 @@ def leadership_settings(s: Section) -> LeadershipSettings:
         cluster=s.get("cluster", d.cluster, optional_string),
         kubeconfig=s.get("kubeconfig", d.kubeconfig, optional_printable),
     )
+    if result.provider == "kubernetes":
+        _kubernetes_names(s, result)
     if not result.lease_duration > result.renew_deadline > result.retry_period:
         s.problem(
             "renew_deadline",
@@ -72,6 +75,28 @@ def leadership_settings(s: Section) -> LeadershipSettings:
         )
     s.finish()
     return result
+
+
+# Kubernetes object names (a Lease is a DNS-1123 subdomain) and namespaces (a DNS-1123 label):
+# the API server refuses anything else, so say so at start-up rather than at every renewal.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _kubernetes_names(s: Section, result: LeadershipSettings) -> None:
+    name, namespace = result.lease_name, result.lease_namespace
+    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+        s.problem(
+            "lease_name",
+            "must be a Kubernetes object name: lower-case letters, digits, '-' and '.', "
+            f"starting and ending with a letter or digit, at most 253 characters; got {name!r}",
+        )
+    if namespace is not None and (len(namespace) > 63 or not _LABEL.fullmatch(namespace)):
+        s.problem(
+            "lease_namespace",
+            "must be a Kubernetes namespace: lower-case letters, digits and '-', starting and "
+            f"ending with a letter or digit, at most 63 characters; got {namespace!r}",
+        )
 
 
 def _aliased(s: Section, key: str, alias: str, default: float) -> float:
