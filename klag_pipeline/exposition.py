@@ -23,20 +23,26 @@ def escape_label_value(value: str) -> str:
     return value
 
 
+_EXACT = float(2**53)
+
+
 def format_value(value: float) -> str:
-    """Integers without a decimal point; other floats repr-style; ``+Inf``/``-Inf``/``NaN``."""
+    """Integers without a decimal point (bools and IntEnums as their number); other floats
+    repr-style; ``+Inf``/``-Inf``/``NaN``. Called per float sample: the common case (a finite
+    float) is decided first."""
+    if type(value) is float:
+        if value.is_integer():
+            # Integral floats print as integers, like Go's strconv; beyond 2**53 repr is exact
+            # enough.
+            return str(int(value)) if -_EXACT < value < _EXACT else repr(value)
+        if -math.inf < value < math.inf:
+            return repr(value)
+        if value != value:
+            return "NaN"
+        return "+Inf" if value > 0 else "-Inf"
     if isinstance(value, int):
-        return str(value)
-    if value != value:
-        return "NaN"
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    # Integral floats print as integers, like Go's strconv; beyond 2**53 repr is exact enough.
-    if value.is_integer() and -(2**53) < value < 2**53:
         return str(int(value))
-    return repr(value)
+    return format_value(float(value))
 
 
 def _weighted(header: str) -> Iterator[tuple[str, float]]:

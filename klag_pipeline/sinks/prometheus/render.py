@@ -15,7 +15,7 @@ one counter has a ``# TYPE`` line that differs between the formats (text 0.0.4 n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Final
@@ -36,7 +36,7 @@ from klag_pipeline.metrics_catalog import (
 )
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import Granularity
-from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
+from klag_pipeline.snapshot import ClusterSnapshot
 
 COUNTERS: Final = tuple(f for f in CONSUMER_FAMILIES if f.kind == "counter")
 """The snapshot families whose header depends on the format; after every other family."""
@@ -69,18 +69,6 @@ absent."""
 def _plan(source: Source, labels: LabelSet) -> tuple[Family, ...]:
     families = (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
     return tuple(f for f in families if f.source == source and f.labels == labels)
-
-
-def health_getter(family: Family) -> Callable[[object], float | None]:
-    """The value of a consumer health family from its health object: statuses (an IntEnum) and
-    the abandoned flag (a bool) as plain integers, so they print as ``3`` and ``1``."""
-    get = attrgetter(family.field)
-
-    def value(health: object) -> float | None:
-        got = get(health)
-        return int(got) if isinstance(got, int) else got
-
-    return value
 
 
 # The families of each (source, label set) this module knows how to label; a catalog entry with
@@ -157,36 +145,38 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     def wanted(family: Family) -> bool:
         return granularity in family.granularities and (sampling or not family.needs_sampling)
 
-    def emit(name: str, samples: Iterable[tuple[str, float | None]]) -> None:
-        """One family from ``(labels, value)`` pairs; pairs whose value is None are left out.
-        Integers print as they are (``format_value`` would too, at the cost of a call)."""
+    def emit(name: str, heads: Iterable[str], values: Iterable[float | None]) -> None:
+        """One family from each series' ``{labels} `` head and its value, aligned; a series
+        whose value is None is left out. Values come as a column (``map`` of a getter over the
+        rows, in C), so the one Python-level step per sample is this line. Integers print as
+        they are (``format_value`` would too, at the cost of a call)."""
         chunk = "".join(
-            f"{name}{{{labels}}} {value if type(value) is int else format_value(value)}\n"
-            for labels, value in samples
-            if value is not None
+            [
+                f"{name}{head}{value if type(value) is int else format_value(value)}\n"
+                for head, value in zip(heads, values, strict=True)
+                if value is not None
+            ]
         ).encode()
         if chunk:
             chunks[name] = chunk
 
     partitions = snapshot.partitions
     p_tmpl = label_template(constant, _variable(P))
-    p_labels = [p_tmpl.format(topic=esc(po.topic), partition=po.partition) for po in partitions]
-    by_partition = list(zip(p_labels, partitions, strict=True))
+    p_heads = [
+        f"{{{p_tmpl.format(topic=esc(po.topic), partition=po.partition)}}} " for po in partitions
+    ]
     for family in filter(wanted, _PARTITION):
-        get = attrgetter(family.field)
-        emit(family.name, ((labels, get(po)) for labels, po in by_partition))
+        emit(family.name, p_heads, map(attrgetter(family.field), partitions))
     health = snapshot.health
     if health is not None:
         rates = health.produce_rates
         for family in filter(wanted, _PRODUCE_RATE):
             emit(
                 family.name,
-                (
-                    (labels, rates.get(TopicPartition(po.topic, po.partition)))
-                    for labels, po in by_partition
-                ),
+                p_heads,
+                [rates.get(TopicPartition(po.topic, po.partition)) for po in partitions],
             )
-    del p_labels, by_partition
+    del p_heads
 
     row_families = [f for f in _ROW if wanted(f)]
     flagged_families = [f for f in _ROW_FLAGGED if wanted(f)]
@@ -205,89 +195,91 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             }
             for row in rows
         ]
-        labelled = list(zip([gpm_tmpl.format_map(f) for f in fields], rows, strict=True))
+        heads = [f"{{{gpm_tmpl.format_map(f)}}} " for f in fields]
         flags_tmpl = label_template(constant, _variable(GPM_FLAGS))
 
-        def flagged(f: Mapping[str, object], row: PartitionRow) -> str:
-            return flags_tmpl.format(
-                **f,
-                compaction_detected=_FLAG[row.compaction_detected],
-                data_loss_detected=_FLAG[row.data_loss_detected],
-            )
-
-        # The flagged families first: ``fields`` is only needed for them.
+        # The flagged families first: ``fields`` is only needed for them. Their label set
+        # interleaves the two flags (labels are sorted), so only the rows with a value get one.
         for family in flagged_families:
             get = attrgetter(family.field)
+            flagged = [
+                (row, f, value)
+                for row, f, value in zip(rows, fields, map(get, rows), strict=True)
+                if value is not None
+            ]
             emit(
                 family.name,
-                (
-                    (flagged(f, row), value)
-                    for f, row in zip(fields, rows, strict=True)
-                    if (value := get(row)) is not None
-                ),
+                [
+                    "{"
+                    + flags_tmpl.format(
+                        **f,
+                        compaction_detected=_FLAG[row.compaction_detected],
+                        data_loss_detected=_FLAG[row.data_loss_detected],
+                    )
+                    + "} "
+                    for row, f, _ in flagged
+                ],
+                [value for _, _, value in flagged],
             )
+            del flagged
         del fields
         for family in row_families:
-            get = attrgetter(family.field)
-            emit(family.name, ((lb, get(row)) for lb, row in labelled))
+            emit(family.name, heads, map(attrgetter(family.field), rows))
         if health is not None and health_families:
             by_row = health.partitions
             evaluated = [
-                (lb, found)
-                for lb, row in labelled
+                (head, found)
+                for head, row in zip(heads, rows, strict=True)
                 if (found := by_row.get((row.group, row.topic_partition))) is not None
             ]
-            for family in health_families:
-                value = health_getter(family)
-                emit(family.name, ((lb, value(ph)) for lb, ph in evaluated))
+            e_heads = [head for head, _ in evaluated]
+            e_health = [found for _, found in evaluated]
             del evaluated
-        del labelled
+            for family in health_families:
+                # Statuses (IntEnum) and flags (bool) print as numbers through format_value.
+                emit(family.name, e_heads, map(attrgetter(family.field), e_health))
+            del e_heads, e_health
+        del heads
 
     groups = snapshot.groups
     g_tmpl = label_template(constant, _variable(G))
     gt_tmpl = label_template(constant, _variable(GT))
-    g_labels = [g_tmpl.format(group=esc(summary.group)) for summary in groups]
-    by_group = list(zip(g_labels, groups, strict=True))
+    g_heads = [f"{{{g_tmpl.format(group=esc(summary.group))}}} " for summary in groups]
     for family in filter(wanted, _GROUP):
-        get = attrgetter(family.field)
-        emit(family.name, ((lb, get(gs)) for lb, gs in by_group))
+        emit(family.name, g_heads, map(attrgetter(family.field), groups))
+
+    def group_topic_head(group: str, topic: str) -> str:
+        return f"{{{gt_tmpl.format(group=esc(group), topic=esc(topic))}}} "
+
     for family in filter(wanted, _GROUP_TOPIC):
         get = attrgetter(family.field)
+        pairs = [(gs.group, topic, lag) for gs in groups for topic, lag in sorted(get(gs).items())]
         emit(
             family.name,
-            (
-                (gt_tmpl.format(group=esc(gs.group), topic=esc(topic)), lag)
-                for gs in groups
-                for topic, lag in sorted(get(gs).items())
-            ),
+            [group_topic_head(group, topic) for group, topic, _ in pairs],
+            [lag for _, _, lag in pairs],
         )
     if health is not None:
+        present = [
+            (head, gh)
+            for head, gs in zip(g_heads, groups, strict=True)
+            if (gh := health.groups.get(gs.group)) is not None
+        ]
+        present_heads = [head for head, _ in present]
         for family in filter(wanted, _GROUP_HEALTH):
-            value = health_getter(family)
-            emit(
-                family.name,
-                (
-                    (lb, value(gh))
-                    for lb, gs in by_group
-                    if (gh := health.groups.get(gs.group)) is not None
-                ),
-            )
+            emit(family.name, present_heads, map(attrgetter(family.field), (g for _, g in present)))
         # Every evaluated group-topic, abandoned ones too: with drop_abandoned they have left
         # the lag families, but their health series stay (docs/health.md).
+        topic_health = sorted(health.topics.items())
+        t_heads = [group_topic_head(group, topic) for (group, topic), _ in topic_health]
+        t_health = [th for _, th in topic_health]
         for family in filter(wanted, _TOPIC_HEALTH):
-            value = health_getter(family)
-            emit(
-                family.name,
-                (
-                    (gt_tmpl.format(group=esc(group), topic=esc(topic)), value(th))
-                    for (group, topic), th in sorted(health.topics.items())
-                ),
-            )
-    del by_group, g_labels
+            emit(family.name, t_heads, map(attrgetter(family.field), t_health))
+    del g_heads
 
-    c_labels = cluster_label_text(snapshot.cluster, snapshot.labels)
+    c_head = f"{{{cluster_label_text(snapshot.cluster, snapshot.labels)}}} "
     for family in filter(wanted, _CLUSTER):
-        emit(family.name, ((c_labels, attrgetter(family.field)(snapshot)),))
+        emit(family.name, (c_head,), (attrgetter(family.field)(snapshot),))
 
     return MappingProxyType(chunks)
 
