@@ -118,14 +118,18 @@ class Evaluator:
         # Each row's evaluation goes to its group-topic here, in the one walk over the rows.
         by_topic: ByTopic = {}
         evaluate_row = self._evaluate_row
-        with_estimate = self._with_estimate
+        # Estimates exist only in rate mode or for denied topics: the usual cycle skips the call.
+        with_estimate = self._with_estimate if self._rate_mode or self._denied else None
         for row in snapshot.rows:
             key = (row.group, TopicPartition(row.topic, row.partition))
-            judged = with_estimate(
-                evaluate_row(key, row, now, members.get(row.group, False)), row, now
-            )
+            judged = evaluate_row(key, row, now, members.get(row.group, False))
+            if with_estimate is not None:
+                judged = with_estimate(judged, row, now)
             partitions[key] = judged
-            by_topic.setdefault((row.group, row.topic), []).append((row, judged))
+            pairs = by_topic.get(topic_key := (row.group, row.topic))
+            if pairs is None:
+                pairs = by_topic[topic_key] = []
+            pairs.append((row, judged))
         for key in self._rows.keys() - partitions.keys():
             del self._rows[key]
         produce = self._produce_rates(snapshot, now)
