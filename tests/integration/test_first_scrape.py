@@ -7,20 +7,27 @@ wrapper (an event, not a delay), so every state is observed deterministically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
+import aiohttp
 import pytest
 
+from klag_pipeline import __version__
 from klag_pipeline.app import Exporter
+from klag_pipeline.http import build_app, start_server
 from klag_pipeline.kafka.port import ClusterClient, TimestampListing
 from klag_pipeline.model import TopicPartition
+from klag_pipeline.settings.redaction import redact_settings
 from tests.integration.pipeline_support import (
     Running,
     SeriesKey,
     WrappedClient,
+    build_exporter,
     cluster,
     exactly,
+    parse_exposition,
     running,
     scrape,
     settings,
@@ -103,6 +110,27 @@ async def until(event: asyncio.Event, what: str, within: float = 30.0) -> None:
         raise AssertionError(f"{what} not reached within {within:g}s") from None
 
 
+@contextlib.asynccontextmanager
+async def served(exporter: Exporter) -> AsyncIterator[str]:
+    """The exporter's real HTTP app on a free loopback port; yields its base URL."""
+    app = build_app(
+        exporter.prometheus,
+        exporter.status,
+        version=__version__,
+        settings_view=redact_settings(exporter.settings),
+    )
+    server = await start_server(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.cleanup()
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with asyncio.timeout(10), session.get(url) as response:
+        return response.status, await response.text()
+
+
 async def applied(run: Running, count: int, what: str, within: float = 30.0) -> None:
     try:
         async with asyncio.timeout(within):
@@ -139,15 +167,23 @@ async def test_first_scrape_has_exact_offsets_and_no_time_lag_until_the_cycle_co
         poll_interval=30.0,  # one cycle for the whole test: the held pass stays in its deadline
     )
     made, wrap = holding()
-    async with running(config, client_factory=wrapping(wrap)) as run:
+    built = build_exporter(config, client_factory=wrapping(wrap))
+    async with (
+        served(built[0]) as base,
+        aiohttp.ClientSession() as session,
+        running(config, built=built) as run,
+    ):
         (client,) = made
         status = run.exporter.status
-        assert status.ready() == (False, "no data yet")
+        assert await get(session, f"{base}/ready") == (503, "no data yet\n")
 
         # Cycle 1's timestamp pass is held: /metrics has its offsets already.
         await until(client.held, "the first timestamp pass")
         await applied(run, 1, "the early offsets")
-        first = scrape(run.exporter)
+        code, body = await get(session, f"{base}/metrics")
+        first = parse_exposition(body)
+        assert code == 200
+        assert first == scrape(run.exporter)
         assert values(first, "kafka_consumergroup_group_lag") == expected_lag
         assert values(first, "kafka_consumergroup_group_offset") == {
             (g, tp.topic, str(tp.partition)): float(o)
@@ -160,7 +196,7 @@ async def test_first_scrape_has_exact_offsets_and_no_time_lag_until_the_cycle_co
         # What only the finished cycle knows is absent, never 0 or a stale value.
         assert not families(first) & (TIME_LAG_FAMILIES | CYCLE_FAMILIES)
         # Ready (its data is in /metrics), but not a cycle; the other sinks saw nothing.
-        assert status.ready() == (True, "ok")
+        assert await get(session, f"{base}/ready") == (200, "ok\n")
         (board,) = status.snapshot()
         assert (board.successes, board.state) == (0, "pending")
         assert run.recorder.snapshots() == []
