@@ -36,6 +36,7 @@ from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.sinks.snapshots import SnapshotStore
 from klag_pipeline.snapshot import SinkUpdate
+from klag_pipeline.stages.early_offsets import EarlyPublication
 from klag_pipeline.staleness import watch_staleness
 from klag_pipeline.standby import LeadershipGate
 from klag_pipeline.status import StatusBoard
@@ -164,6 +165,7 @@ class Exporter:
         exporter = self.settings.exporter
         client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
         attempted = partial(self.status.cycle_attempted, cluster.name)
+        early = self._early_publication(cluster)
         chain = collection_chain(
             client,
             cluster,
@@ -174,6 +176,7 @@ class Exporter:
             on_cycle_start=attempted,
             cache_lookup=self.self_metrics.cache_lookup,
             ownership=self.sharding.current if self.sharding is not None else None,
+            early_offsets=early.offer if early is not None else None,
         )
         return ClusterPipeline(
             cluster,
@@ -184,7 +187,17 @@ class Exporter:
             clock=self.clock,
             status=self.status,
             self_metrics=self.self_metrics,
+            early=early,
         )
+
+    def _early_publication(self, cluster: ClusterSettings) -> EarlyPublication | None:
+        """The first cycle's offsets, published before its timestamp pass (docs/pipeline.md,
+        "The first scrape"). Not in sharded mode (its publication narrows and republishes every
+        snapshot it is given), nor without a timestamp pass (sampling off, or rate mode)."""
+        sampling = self.settings.exporter.timestamp_sampling
+        if self.sharding is not None or not sampling.enabled or sampling.mode == "rate":
+            return None
+        return EarlyPublication(cluster.labels, self.clock)
 
     def _publisher_done(self) -> None:
         self._publishers_left -= 1
@@ -219,7 +232,9 @@ class Exporter:
         if self.sharding is not None:
             sharding = self.sharding
             runner.add("sharding", lambda: sharding.run(stop))
-        fanout = FanOut(self.inboxes)
+        # A partial snapshot (a first cycle's early offsets) is for /metrics only: the other
+        # sinks record each cycle once, complete (docs/pipeline.md, "The first scrape").
+        fanout = FanOut(self.inboxes, partial_to=(self.prometheus.name,))
         runner.add("fanout", lambda: fanout.run(self.snapshots))
         for sink in self.sinks:
             runner.add(f"sink.{sink.name}", partial(sink.run, self.inboxes[sink.name]))

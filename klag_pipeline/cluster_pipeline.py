@@ -9,6 +9,7 @@ cycle does to ``/health``, the self-metrics and the logs, and the hand-off of ea
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from klag_pipeline.pipeline.ticker import Ticker
 from klag_pipeline.settings.schema import ClusterSettings
 from klag_pipeline.snapshot import ClusterSnapshot
 from klag_pipeline.stages.discovery import BackingOff
+from klag_pipeline.stages.early_offsets import EarlyPublication
 from klag_pipeline.stages.loop import run_stage
 from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry.cluster_log import ClusterLog
@@ -49,8 +51,12 @@ class ClusterPipeline:
         clock: Clock,
         status: StatusBoard,
         self_metrics: SelfMetrics,
+        early: EarlyPublication | None = None,
     ) -> None:
+        """``early``: the early publication of the first cycle's offsets, fed by the chain's
+        early-offsets stage (docs/pipeline.md, "The first scrape")."""
         self.settings = settings
+        self.early = early
         self.client = client
         self.ticker = Ticker(settings.name, poll_interval, clock)
         # The tick channel holds one tick: a busy pipeline makes the ticker skip ticks, never
@@ -83,6 +89,8 @@ class ClusterPipeline:
         for link in self.wired.links:
             runner.add(f"{name}.{link.stage.name}", _stage_task(link, self))
         runner.add(f"{name}.publish", lambda: self._publish_all(publish, on_done))
+        if self.early is not None:
+            self.early.connect(partial(self._early, publish))
 
     def deadline(self, event: CycleEvent | ClusterSnapshot) -> float:
         """When the event's cycle must be done: ``poll_interval`` after it started.
@@ -137,9 +145,28 @@ class ClusterPipeline:
                     errors=snapshot.error_count,
                     carried_rows=snapshot.carried_rows,
                 )
-                await publish(snapshot)
+                if self.early is None:
+                    await publish(snapshot)
+                else:
+                    await self.early.publish_complete(snapshot, publish)
         finally:
             on_done()
+
+    async def _early(self, publish: Publish, snapshot: ClusterSnapshot) -> None:
+        """Publish the partial snapshot of a first cycle; it makes the cluster's data fresh
+        (``/ready``), but it is not a cycle (no success, duration or cycle log)."""
+        await publish(snapshot)
+        self._status.offsets_published(self.name)
+        if self.withdrawn:
+            log.info("cluster_fresh_again", cluster=self.name, cycle=snapshot.cycle)
+            self.withdrawn = False
+        log.debug(
+            "offsets_published_early",
+            cluster=self.name,
+            cycle=snapshot.cycle,
+            groups=len(snapshot.groups),
+            rows=len(snapshot.rows),
+        )
 
 
 def _stage_task(link: Any, pipeline: ClusterPipeline) -> Callable[[], Awaitable[None]]:

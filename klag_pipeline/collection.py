@@ -9,9 +9,9 @@ previous stage's output does not type-check here (:class:`klag_pipeline.pipeline
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from klag_pipeline.events import CycleStarted, OffsetsFetched
+from klag_pipeline.events import CycleStarted, OffsetsFetched, WatermarksListed
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.pipeline.chain import Chain
 from klag_pipeline.pipeline.clock import TimeSource
@@ -20,6 +20,7 @@ from klag_pipeline.snapshot import ClusterSnapshot
 from klag_pipeline.stages.calculation import CalculationStage
 from klag_pipeline.stages.committed_offsets import CommittedOffsetsStage
 from klag_pipeline.stages.discovery import DiscoveryStage
+from klag_pipeline.stages.early_offsets import EarlyOffsetsStage
 from klag_pipeline.stages.evaluation import EvaluationStage
 from klag_pipeline.stages.sharding import CurrentOwnership, OwnedGroupsStage
 from klag_pipeline.stages.timestamps import CacheLookup, TimestampStage
@@ -39,6 +40,7 @@ def collection_chain(
     on_cycle_start: Callable[[], None] | None = None,
     cache_lookup: CacheLookup | None = None,
     ownership: CurrentOwnership | None = None,
+    early_offsets: Callable[[WatermarksListed], Awaitable[None]] | None = None,
 ) -> CollectionChain:
     """The five stages for one cluster.
 
@@ -47,7 +49,8 @@ def collection_chain(
     one-shot chain (``once``) has no previous cycle to remember. ``evaluate``: end with the
     evaluation stage (when ``[exporter.health]`` is enabled), which needs several cycles.
     ``ownership``: sharded mode — collect only the groups this replica owns (the publication
-    narrows the partitions, after the evaluation: docs/scaling.md)."""
+    narrows the partitions, after the evaluation: docs/scaling.md). ``early_offsets``: offered
+    every cycle's watermarks before its timestamp pass (the first scrape, docs/pipeline.md)."""
     remember_for = exporter.staleness_threshold if long_running else 0.0
     offsets: Chain[CycleStarted, OffsetsFetched] = Chain.of(
         DiscoveryStage(
@@ -60,15 +63,12 @@ def collection_chain(
     ).then(CommittedOffsetsStage(client, cluster, clock=clock))
     if ownership is not None:
         offsets = offsets.then(OwnedGroupsStage(ownership))
-    chain = (
-        offsets.then(WatermarksStage(client, clock=clock))
-        .then(
-            TimestampStage(
-                client, exporter.timestamp_sampling, cache_lookup=cache_lookup, clock=clock
-            )
-        )
-        .then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
-    )
+    listed = offsets.then(WatermarksStage(client, clock=clock))
+    if early_offsets is not None:
+        listed = listed.then(EarlyOffsetsStage(early_offsets))
+    chain = listed.then(
+        TimestampStage(client, exporter.timestamp_sampling, cache_lookup=cache_lookup, clock=clock)
+    ).then(CalculationStage(cluster, clock=clock, carry_for=remember_for))
     if evaluate and exporter.health.enabled:
         chain = chain.then(
             EvaluationStage(exporter.health, exporter.poll_interval, exporter.timestamp_sampling)

@@ -102,6 +102,11 @@ class ClusterSnapshot:
     time_lag_denied: frozenset[str] = frozenset()
     """Topics whose Fetch the broker refused (TOPIC_AUTHORIZATION_FAILED) this cycle: their
     lagging rows have no exact time lag, and the evaluation estimates it (docs/time-lag.md)."""
+    partial: bool = False
+    """True for the early publication of a cluster's first cycle (docs/pipeline.md, "The first
+    scrape"): offsets, watermarks and group states only, published before the cycle's cold
+    timestamp pass ends. It has no time lag (``timestamp_sampling`` False), no health and no
+    cycle figures, and reaches the Prometheus store only (``FanOut``'s ``partial_to``)."""
 
 
 class FlaggedCounts(TypedDict):

@@ -58,6 +58,7 @@ class _ClusterState:
     last_attempt_mono: float | None = None
     last_success_mono: float | None = None
     last_success_wall: float | None = None
+    last_data_mono: float | None = None  # a successful cycle, or a first cycle's early offsets
     last_error: str | None = None
     consecutive_failures: int = 0
     cycles: int = 0
@@ -69,7 +70,9 @@ class _ClusterState:
 class StatusBoard:
     """Per-cluster cycle outcomes plus leadership, and the verdicts derived from them.
 
-    * fresh: the cluster's last successful cycle is at most ``staleness_threshold`` old;
+    * fresh: the cluster's last published data is at most ``staleness_threshold`` old: its last
+      successful cycle, or before the first one the early publication of the first cycle's
+      offsets (:meth:`offsets_published`, docs/pipeline.md "The first scrape");
     * ``up`` (SPEC ``kafka_lag_exporter_up``): every cluster is fresh; per cluster, the same
       verdict is ``klag_pipeline_cluster_up`` (:meth:`fresh_by_cluster`);
     * ``ready``: this instance leads and at least one cluster is fresh;
@@ -133,10 +136,17 @@ class StatusBoard:
         state = self._state(cluster)
         state.last_success_mono = self._clock.monotonic()
         state.last_success_wall = self._clock.time()
+        state.last_data_mono = state.last_success_mono
         state.last_duration = duration_seconds
         state.last_error = None
         state.consecutive_failures = 0
         state.successes += 1
+
+    def offsets_published(self, cluster: str) -> None:
+        """The offsets of ``cluster``'s first cycle were published before the cycle finished:
+        its series are in ``/metrics``, so it counts as fresh (``ready``, ``up``) and goes
+        stale like any data. Not a cycle: successes, durations and errors are unchanged."""
+        self._state(cluster).last_data_mono = self._clock.monotonic()
 
     def cycle_failed(self, cluster: str, error: str) -> None:
         """``error`` is a one-line, secret-free reason (shown on ``/`` and in ``once``)."""
@@ -152,13 +162,11 @@ class StatusBoard:
         return self._fresh(self._state(cluster), self._clock.monotonic())
 
     def _fresh(self, state: _ClusterState, now: float) -> bool:
-        return state.last_success_mono is not None and (
-            now - state.last_success_mono <= self._staleness
-        )
+        return state.last_data_mono is not None and (now - state.last_data_mono <= self._staleness)
 
     def has_data(self, cluster: str) -> bool:
-        """Whether ``cluster`` has completed at least one successful cycle."""
-        return self._state(cluster).last_success_mono is not None
+        """Whether ``cluster`` has published data: a successful cycle or early offsets."""
+        return self._state(cluster).last_data_mono is not None
 
     def up(self) -> bool:
         now = self._clock.monotonic()
@@ -186,7 +194,7 @@ class StatusBoard:
         states = self._clusters.values()
         if any(self._fresh(state, now) for state in states):
             return True, "ok"
-        if all(state.last_success_mono is None for state in states):
+        if all(state.last_data_mono is None for state in states):
             return False, "no data yet"
         return False, "all clusters stale"
 

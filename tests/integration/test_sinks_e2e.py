@@ -213,7 +213,9 @@ async def test_otlp_jsonl_and_prometheus_agree_with_ground_truth(
         task = asyncio.create_task(runner.run(stop, shutdown_timeout=15.0))
         try:
             async with asyncio.timeout(60):
-                await exporter.prometheus.wait_applied(2)
+                # The first cycle's early offsets (docs/pipeline.md, "The first scrape"), then
+                # two complete cycles: the health statuses need two.
+                await exporter.prometheus.wait_applied(3)
             # OTLP pushes on its own schedule: some export already carries cluster data.
             await receiver.wait_for(lambda r: observed_at_of(r) is not None, within=30)
         finally:

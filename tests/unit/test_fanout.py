@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from klag_pipeline.pipeline.channel import Channel, DroppingChannel
 from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.snapshot import ClusterWithdrawn, SinkUpdate
+from tests.unit.test_prometheus_sink import golden_snapshot
 
 
 def update(n: int) -> SinkUpdate:
@@ -78,3 +80,18 @@ async def test_cancelled_fanout_still_closes_inboxes() -> None:
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     assert inbox.closed
+
+
+async def test_a_partial_snapshot_reaches_only_the_sinks_that_take_it() -> None:
+    """A first cycle's early offsets (ClusterSnapshot.partial) are for /metrics only; the
+    complete snapshot and withdrawals reach every sink."""
+    complete = golden_snapshot()
+    early = replace(complete, partial=True)
+    inboxes = {name: DroppingChannel[SinkUpdate](8, name) for name in ("prometheus", "jsonl")}
+    source = Channel[SinkUpdate](8, "snapshots")
+    for item in (early, complete, update(1)):
+        await source.send(item)
+    source.close()
+    await asyncio.wait_for(FanOut(inboxes, partial_to=("prometheus",)).run(source), timeout=5)
+    assert [item async for item in inboxes["prometheus"]] == [early, complete, update(1)]
+    assert [item async for item in inboxes["jsonl"]] == [complete, update(1)]

@@ -657,3 +657,24 @@ async def test_run_consumes_the_inbox_until_it_ends() -> None:
         await sink.run(inbox())
     assert sink.clusters == ("dr",)
     assert sink.applied == 3
+
+
+def test_a_partial_snapshot_leaves_out_what_only_a_finished_cycle_knows() -> None:
+    """The early publication of a first cycle (docs/pipeline.md, "The first scrape"): every
+    offset family as the complete snapshot has it; no time lag and no cycle figures (absent,
+    not 0)."""
+    complete = golden_snapshot()
+    partial = replace(complete, timestamp_sampling=False, partial=True)
+    full = samples(render_snapshots([complete], "partition"))
+    early = samples(render_snapshots([partial], "partition"))
+    left_out = {
+        "kafka_consumergroup_group_lag_seconds",
+        "kafka_consumergroup_group_max_lag_seconds",
+        "kafka_consumergroup_poll_time_ms",
+        "kafka_lag_exporter_scrape_duration_seconds",
+        "kafka_lag_exporter_compaction_detected_total",
+    }
+    assert left_out <= set(full)
+    assert set(early) == set(full) - left_out
+    for family, series in early.items():
+        assert series == full[family], family

@@ -147,3 +147,28 @@ def test_unknown_cluster_is_a_programming_error() -> None:
         status.cycle_attempted("nope")
     with pytest.raises(ValueError, match="duplicate"):
         StatusBoard(["a", "a"], staleness_threshold=1, poll_interval=1, clock=FakeClock())
+
+
+def test_early_offsets_make_a_cluster_fresh_without_counting_a_cycle() -> None:
+    """A first cycle's partial snapshot in /metrics (docs/pipeline.md, "The first scrape"):
+    ready and up, stale after the threshold like any data, but no success or duration."""
+    clock = FakeClock()
+    status = board("a", clock=clock)
+    status.cycle_attempted("a")
+    assert status.ready() == (False, "no data yet")
+    status.offsets_published("a")
+    assert status.ready() == (True, "ok")
+    assert status.up()
+    assert status.is_fresh("a")
+    assert status.has_data("a")
+    (view,) = status.snapshot()
+    assert (view.successes, view.last_success_at, view.last_duration) == (0, None, None)
+    assert view.state == "pending"
+    clock.advance(90.001)
+    assert not status.is_fresh("a")
+    assert status.has_data("a")
+    assert status.ready() == (False, "all clusters stale")
+    succeed(status, "a")
+    (view,) = status.snapshot()
+    assert view.successes == 1
+    assert view.state == "ok"

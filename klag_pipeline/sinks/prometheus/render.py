@@ -124,6 +124,11 @@ def _variable(labels: LabelSet) -> tuple[str, ...]:
 
 _FLAG = {True: "true", False: "false"}
 
+CYCLE_FIELDS: Final = frozenset({"duration_seconds", "poll_time_ms", "compaction_detected_count"})
+"""Snapshot fields only a finished cycle knows (its duration, its broker time, and compaction,
+which the timestamp pass detects): a partial snapshot (``ClusterSnapshot.partial``, the early
+publication of a first cycle) leaves their families out rather than show a made-up value."""
+
 
 def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> ClusterChunks:
     """Render one cluster's samples, family by family (pure; safe to run in a worker thread).
@@ -135,6 +140,7 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     memo: dict[str, str] = {}
     chunks: dict[str, bytes] = {}
     sampling = snapshot.timestamp_sampling
+    partial = snapshot.partial
 
     def esc(value: str) -> str:
         escaped = memo.get(value)
@@ -143,7 +149,11 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         return escaped
 
     def wanted(family: Family) -> bool:
-        return granularity in family.granularities and (sampling or not family.needs_sampling)
+        return (
+            granularity in family.granularities
+            and (sampling or not family.needs_sampling)
+            and not (partial and family.field in CYCLE_FIELDS)
+        )
 
     def emit(name: str, heads: Iterable[str], values: Iterable[float | None]) -> None:
         """One family from each series' ``{labels} `` head and its value, aligned; a series
