@@ -233,13 +233,25 @@ async def exporter_child(
         reader.cancel()
 
 
+LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
+
+
 async def time_to_complete_metrics(
-    session: aiohttp.ClientSession, base: str, run: ExporterRun, rows: int, within: float
-) -> tuple[float, int]:
-    """Seconds from process start until /metrics carries every expected row (and how many
-    polls it took). /ready is polled first: it is cheap and turns 200 with the first cycle."""
+    session: aiohttp.ClientSession,
+    base: str,
+    run: ExporterRun,
+    rows: int,
+    within: float,
+    *,
+    time_lag: bool = True,
+) -> tuple[float, float | None, int]:
+    """Seconds from process start until /metrics carries every expected row's offset lag, then
+    until it also carries every row's time lag (None when ``time_lag`` is off), and how many
+    polls it took. A first cycle publishes its offsets before its timestamp pass (docs/
+    pipeline.md, "The first scrape"), so the two differ. /ready is polled first: it is cheap."""
     deadline = time.monotonic() + within
     polls = 0
+    offsets: float | None = None
     while time.monotonic() < deadline:
         if run.finished:
             raise RuntimeError("exporter exited:\n" + "\n".join(run.stderr_tail[-20:]))
@@ -252,9 +264,13 @@ async def time_to_complete_metrics(
                     f"{base}/metrics", headers={"Accept-Encoding": "gzip"}
                 ) as response:
                     body = await response.read()
-                    seen = time.monotonic()
-                if count_samples(body, "kafka_consumergroup_group_lag") >= rows:
-                    return seen - run.started_monotonic, polls
+                    seen = time.monotonic() - run.started_monotonic
+                if offsets is None and count_samples(body, "kafka_consumergroup_group_lag") >= rows:
+                    offsets = seen
+                if offsets is not None and not time_lag:
+                    return offsets, None, polls
+                if offsets is not None and count_samples(body, LAG_SECONDS) >= rows:
+                    return offsets, seen, polls
         await asyncio.sleep(0.05)
     raise RuntimeError(f"/metrics not complete within {within:.0f}s")
 
@@ -279,7 +295,7 @@ async def exposition_size(session: aiohttp.ClientSession, base: str) -> dict[str
         "gzip_roundtrip_ok": encoding == "gzip" and gzip.decompress(packed)[:100] == text[:100],
         "samples": sum(1 for line in lines if line and not line.startswith("#")),
         "group_lag_series": count_samples(text, "kafka_consumergroup_group_lag"),
-        "lag_seconds_series": count_samples(text, "kafka_consumergroup_group_lag_seconds"),
+        "lag_seconds_series": count_samples(text, LAG_SECONDS),
     }
 
 
@@ -456,11 +472,16 @@ async def _measure(
         exporter_child(settings, lag_path, proxy, options.exporter_env) as run,
     ):
         async with profiled(run.child.pid, profiles and profiles / "startup.txt"):
-            first_metrics, _ = await time_to_complete_metrics(
-                session, base, run, truth["rows"], within=max(120.0, 10 * poll)
+            first_metrics, first_time_lag, _ = await time_to_complete_metrics(
+                session,
+                base,
+                run,
+                truth["rows"],
+                within=max(120.0, 10 * poll),
+                time_lag=options.timestamp_sampling,
             )
             await run.wait_cycles(1, within=poll + 120)
-        log(f"first complete /metrics after {first_metrics:.2f}s")
+        log(f"first complete /metrics after {first_metrics:.2f}s (time lag: {first_time_lag}s)")
         steady_target = 1 + options.warm_cycles
         async with profiled(run.child.pid, profiles and profiles / "steady.txt"):
             await run.wait_cycles(steady_target, within=poll * (steady_target + 5) + 120)
@@ -492,6 +513,7 @@ async def _measure(
         lag=lag,
         truth=truth,
         first_metrics=first_metrics,
+        first_time_lag=first_time_lag,
         exposition=exposition,
         peak_rss=final.peak_rss_bytes,
         versions=versions,
@@ -548,6 +570,7 @@ def _summarise(
     lag: Sequence[dict[str, Any]],
     truth: dict[str, Any],
     first_metrics: float,
+    first_time_lag: float | None,
     exposition: dict[str, Any],
     peak_rss: int,
     versions: dict[str, list[int]],
@@ -601,6 +624,7 @@ def _summarise(
         "rss_mb_last": rows[-1]["rss_mb"],
         "open_fds_last": rows[-1]["open_fds"],
         "first_complete_metrics_seconds": round(first_metrics, 3),
+        "first_time_lag_metrics_seconds": _r(first_time_lag, 3),
         "scrape": {mode: _scrape_stats(done, windows) for mode, done in scrapes.items()},
         "exposition": exposition,
         "event_loop_lag": {
