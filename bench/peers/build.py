@@ -3,8 +3,8 @@
 
 - **klag-exporter** comes from crates.io: ``cargo install klag-exporter --locked --version V
   --root <dir>`` (librdkafka is built from the crate's bundled source: needs cmake, a C/C++
-  compiler and libsasl2-dev, installed first through devtools/apt_install.sh). Skipped when
-  ``<dir>/bin/klag-exporter`` exists.
+  compiler, libsasl2-dev and libcurl4-openssl-dev, the last two installed first through
+  devtools/apt_install.sh). Skipped when ``<dir>/bin/klag-exporter`` exists.
 - **KMinion** and **kafka_exporter** cannot be had from a registry here: the Go module proxy
   answers 403 "This module version is not available" for their versions' ``.info``, ``.zip``
   and ``@v/list`` (so ``go install`` and ``go mod download`` both fail; KMinion's go.mod also
@@ -29,7 +29,7 @@ from bench.processes import REPO
 from devtools import user_cache
 
 CARGO_TIMEOUT = 3600.0
-DEBIAN_PACKAGES = ("libsasl2-dev",)
+DEBIAN_PACKAGES = ("libsasl2-dev", "libcurl4-openssl-dev")
 """What ``cargo install klag-exporter`` needs beyond the machine's cmake and compilers."""
 
 
@@ -89,7 +89,8 @@ def ensure(name: str, log: Callable[[str], None] = print, given: Path | None = N
         raise PeerUnavailable(f"{name}: " + GO_PROXY_REFUSAL.format(path=path, name=name))
     root = cache_dir(peer)
     root.mkdir(parents=True, exist_ok=True)
-    # rdkafka's "sasl" feature links libsasl2 (sasl2-sys panics without its headers).
+    # rdkafka's "sasl" feature links libsasl2 (sasl2-sys panics without its headers), and
+    # librdkafka's bundled build includes curl/curl.h.
     apt = subprocess.run(
         ["bash", str(REPO / "devtools" / "apt_install.sh"), *DEBIAN_PACKAGES],
         capture_output=True, text=True, timeout=CARGO_TIMEOUT, check=False,

@@ -9,6 +9,7 @@ figures, and the reasons any requested peer could not run.
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,7 @@ async def run_compare(
         ),
         "cycles": cycles,
         "metric_names": {peer: asdict(names_) for peer, names_ in METRICS.items()},
+        "toolchains": toolchains(),
         "peers_requested": list(names),
         "peers_unavailable": missing,
         "peer_builds": {
@@ -106,3 +108,15 @@ async def run_compare(
                     result["contenders"].append(measured)
     result["load_average_after"] = load_average()
     return result
+
+
+def toolchains() -> dict[str, str]:
+    """What built the peers (``go version``, ``rustc --version``), as far as this machine says."""
+    found: dict[str, str] = {}
+    for name, command in (("go", ["go", "version"]), ("rustc", ["rustc", "--version"])):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found[name] = done.stdout.strip()
+    return found

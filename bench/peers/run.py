@@ -24,7 +24,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from bench.processes import REPO, Child, ProxyHandle, api_totals, sample_process
 from bench.scenario import ScenarioPlan
 
 FIRST_POLL = 0.1
+FIRST_COMPLETE_WITHIN = 300.0
 TEXT_ACCEPT = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"}
 BURST_CLIENTS = 20
 BURST_PERIOD = 0.1
@@ -87,40 +88,60 @@ async def _get(session: aiohttp.ClientSession, url: str) -> str | None:
         return None
 
 
-def _tail(path: Path, lines: int = 15) -> list[str]:
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WARNING = re.compile(r"\b(WARN|WARNING|ERROR|warn|warning|error)\b")
+
+
+def _log_lines(path: Path) -> list[str]:
     with contextlib.suppress(OSError):
-        return path.read_text(errors="replace").splitlines()[-lines:]
+        return _ANSI.sub("", path.read_text(errors="replace")).splitlines()
     return []
 
 
+def _tail(path: Path, lines: int = 15) -> list[str]:
+    return _log_lines(path)[-lines:]
+
+
+def _warnings(path: Path) -> dict[str, Any]:
+    """Log lines that say warning or error (any format): how many, and the first few."""
+    found = [line for line in _log_lines(path) if _WARNING.search(line)]
+    return {"count": len(found), "first": [line[:300] for line in found[:5]]}
+
+
 async def _first_complete(
-    session: aiohttp.ClientSession,
-    url: str,
-    child: Child,
-    contender: Contender,
-    keys: set[Key],
-    started: float,
-    within: float,
-    log_path: Path,
+    session: aiohttp.ClientSession, url: str, run: _Running, keys: set[Key], within: float
 ) -> tuple[float, int]:
+    contender, child, started = run.contender, run.child, run.started
     family = METRICS[contender.peer].lag
-    polls = 0
+    polls = seen_most = 0
     while time.monotonic() - started < within:
         if child.process.returncode is not None:
-            tail = "\n".join(_tail(log_path))
+            tail = "\n".join(_tail(run.log_path))
             raise RuntimeError(f"{contender.label} exited ({child.process.returncode}):\n{tail}")
         polls += 1
         body = await _get(session, url)
         seen = time.monotonic()
         # A cheap count first: the full parse of a 6 MB body takes a while.
-        if (
-            body is not None
-            and body.count(f"\n{family}{{") >= len(keys)
-            and keys <= lag_series(body, contender.peer).keys()
-        ):
+        count = body.count(f"\n{family}{{") if body is not None else 0
+        seen_most = max(seen_most, count)
+        if body and count >= len(keys) and keys <= lag_series(body, contender.peer).keys():
             return seen - started, polls
         await asyncio.sleep(FIRST_POLL)
-    raise RuntimeError(f"{contender.label}: /metrics not complete within {within:.0f}s")
+    raise RuntimeError(
+        f"{contender.label}: /metrics not complete within {within:.0f}s "
+        f"(at most {seen_most} of {len(keys)} lag series seen, {polls} polls)"
+    )
+
+
+@dataclass
+class _Running:
+    contender: Contender
+    child: Child
+    proxy: ProxyHandle
+    plan: ScenarioPlan
+    poll: float
+    started: float
+    log_path: Path
 
 
 async def measure(
@@ -132,8 +153,7 @@ async def measure(
     work: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    keys = set(expected_rows(plan))
-    url = f"http://127.0.0.1:{contender.port}/metrics"
+    """Every figure for one exporter; on failure the figures so far plus ``error``."""
     log_path = work / f"{_slug(contender.label)}.log"
     first_snapshot = await proxy.stats()
     result: dict[str, Any] = {
@@ -147,40 +167,13 @@ async def measure(
     }
     started = time.monotonic()
     child, log_file = await _spawn(contender, log_path)
+    running = _Running(contender, child, proxy, plan, poll, started, log_path)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-            first, polls = await _first_complete(
-                session, url, child, contender, keys, started, max(120.0, 10 * poll), log_path
-            )
-            log(f"{contender.label}: first complete /metrics after {first:.2f}s ({polls} polls)")
-            result["first_complete_seconds"] = round(first, 3)
-            result["first_complete_polls"] = polls
-            result["cpu_seconds_to_first_complete"] = sample_process(child.pid).cpu_seconds
-            samples = []
-            base = time.monotonic()
-            body, scraped_at = "", 0.0
-            for i in range(cycles + 1):
-                await asyncio.sleep(max(0.0, base + i * poll - time.monotonic()))
-                scraped_at = time.time()
-                began = time.monotonic()
-                body = await _get(session, url) or ""
-                latency = time.monotonic() - began
-                totals = api_totals(await proxy.stats())
-                samples.append((latency, totals, sample_process(child.pid)))
-            result.update(_cycles(samples))
-            lags = lag_series(body, contender.peer)
-            result["accuracy"] = {
-                "scraped_at_unix": round(scraped_at, 3),
-                "offset_lag": offset_lag_accuracy(plan, lags),
-                "time_lag": time_lag_accuracy(
-                    plan, time_lag_series(body, contender.peer), scraped_at, poll
-                ),
-            }
-            result["exposition_bytes"] = len(body.encode())
-            log(f"{contender.label}: {cycles} cycles; bursts of {BURST_CLIENTS}")
-            result["bursts"] = await _bursts(url, poll, work, contender.label)
-            final = sample_process(child.pid)
-            result["peak_rss_mb"] = round(final.peak_rss_bytes / 2**20, 1)
+            await _phases(running, session, cycles, work, log, result)
+    except RuntimeError as error:
+        log(f"{contender.label} failed: {error}")
+        result["error"] = str(error)
     finally:
         result["exit_code"] = await child.stop(STOP_GRACE)
         log_file.close()
@@ -190,7 +183,47 @@ async def measure(
         k for k, n in _version_counts(last).items() if n > before.get(k, 0)
     )
     result["log_tail"] = _tail(log_path, 5)
+    result["log_warnings"] = _warnings(log_path)
     return result
+
+
+async def _phases(
+    run: _Running,
+    session: aiohttp.ClientSession,
+    cycles: int,
+    work: Path,
+    log: Callable[[str], None],
+    result: dict[str, Any],
+) -> None:
+    label, peer, pid = run.contender.label, run.contender.peer, run.child.pid
+    url = f"http://127.0.0.1:{run.contender.port}/metrics"
+    within = max(FIRST_COMPLETE_WITHIN, 20 * run.poll)
+    first, polls = await _first_complete(session, url, run, set(expected_rows(run.plan)), within)
+    log(f"{label}: first complete /metrics after {first:.2f}s ({polls} polls)")
+    result["first_complete_seconds"] = round(first, 3)
+    result["first_complete_polls"] = polls
+    result["cpu_seconds_to_first_complete"] = sample_process(pid).cpu_seconds
+    samples = []
+    base = time.monotonic()
+    body, scraped_at = "", 0.0
+    for i in range(cycles + 1):
+        await asyncio.sleep(max(0.0, base + i * run.poll - time.monotonic()))
+        scraped_at = time.time()
+        began = time.monotonic()
+        body = await _get(session, url) or ""
+        latency = time.monotonic() - began
+        totals = api_totals(await run.proxy.stats())
+        samples.append((latency, totals, sample_process(pid)))
+    result.update(_cycles(samples))
+    result["accuracy"] = {
+        "scraped_at_unix": round(scraped_at, 3),
+        "offset_lag": offset_lag_accuracy(run.plan, lag_series(body, peer)),
+        "time_lag": time_lag_accuracy(run.plan, time_lag_series(body, peer), scraped_at, run.poll),
+    }
+    result["exposition_bytes"] = len(body.encode())
+    log(f"{label}: {cycles} cycles; bursts of {BURST_CLIENTS}")
+    result["bursts"] = await _bursts(url, run.poll, work, label)
+    result["peak_rss_mb"] = round(sample_process(pid).peak_rss_bytes / 2**20, 1)
 
 
 def _cycles(samples: Sequence[tuple[float, Any, Any]]) -> dict[str, Any]:
