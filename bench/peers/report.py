@@ -24,9 +24,9 @@ def _bytes(value: float | None) -> str:
 
 def _requests(c: dict[str, Any]) -> str:
     by_api = c["requests_per_cycle_median"]
-    parts = ", ".join(f"{api} {n:g}" for api, n in sorted(by_api.items()) if n)
+    parts = ", ".join(f"{api} {n:,g}" for api, n in sorted(by_api.items()) if n)
     total = c["requests_per_cycle"]
-    return f"**{total['p50']:g}** (max {total['max']:g}): {parts}"
+    return f"**{total['p50']:,g}** (max {total['max']:,g}): {parts}"
 
 
 def _time_lag(c: dict[str, Any]) -> str:
@@ -100,6 +100,10 @@ def compare_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _first_line(contender: dict[str, Any]) -> str:
+    return str(contender["error"]).splitlines()[0].removeprefix(f"{contender['label']}: ")
+
+
 def peers_section(loaded: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines for every compare result (empty when there is none)."""
     parts: list[str] = []
@@ -121,7 +125,7 @@ def peers_section(loaded: dict[str, dict[str, Any]]) -> list[str]:
         failed = [c for c in result["contenders"] if "error" in c]
         missing = result.get("peers_unavailable", {})
         if failed or missing:
-            notes = [f"{c['label']}: failed ({c['error'].splitlines()[0]})" for c in failed]
+            notes = [f"{c['label']}: failed ({_first_line(c)})" for c in failed]
             notes += [f"{name}: not run ({reason})" for name, reason in missing.items()]
             parts += ["Not in the table: " + "; ".join(notes) + ".", ""]
     return parts
