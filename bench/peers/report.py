@@ -126,6 +126,9 @@ def peers_section(loaded: dict[str, dict[str, Any]]) -> list[str]:
         missing = result.get("peers_unavailable", {})
         if failed or missing:
             notes = [f"{c['label']}: failed ({_first_line(c)})" for c in failed]
-            notes += [f"{name}: not run ({reason})" for name, reason in missing.items()]
+            notes += [
+                f"{name}: not run ({reason.removeprefix(name + ': ')})"
+                for name, reason in missing.items()
+            ]
             parts += ["Not in the table: " + "; ".join(notes) + ".", ""]
     return parts

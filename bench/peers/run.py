@@ -171,9 +171,10 @@ async def measure(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             await _phases(running, session, cycles, work, log, result)
-    except RuntimeError as error:
-        log(f"{contender.label} failed: {error}")
-        result["error"] = str(error)
+    except (RuntimeError, OSError, TimeoutError, aiohttp.ClientError) as error:
+        # OSError: /proc/<pid> gone (the exporter died mid-run); the others: the proxy's /stats.
+        log(f"{contender.label} failed: {error!r}")
+        result["error"] = str(error) or repr(error)
     finally:
         result["exit_code"] = await child.stop(STOP_GRACE)
         log_file.close()
