@@ -1,4 +1,4 @@
-"""``python -m bench run|soak|sharding|report|codecs|evaluation`` — see docs/benchmarks.md."""
+"""``python -m bench run|soak|sharding|compare|report|codecs|evaluation``: docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -80,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sharding.add_argument("--replicas", default="1,2,4", help="comma-separated counts")
     sharding.add_argument("--warm-cycles", type=int, default=6)
     sharding.add_argument("--no-timestamps", action="store_true", help="time lag off")
+    compare = commands.add_parser(
+        "compare", help="klag-pipeline beside peer exporters on one broker (issue 17)"
+    )
+    _scenario_arguments(compare)
+    compare.add_argument("--peers", default="klag-exporter,kminion,kafka_exporter")
+    compare.add_argument("--cycles", type=int, default=8, help="poll intervals per exporter")
+    compare.add_argument(
+        "--binary", action="append", default=[], metavar="NAME=PATH", help="a peer's executable"
+    )
     commands.add_parser("report", help="regenerate the table in docs/benchmarks.md")
     codecs = commands.add_parser(
         "codecs", help="decode cost of real answers, ours vs kio; bench/results/codecs.json"
@@ -128,6 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         result = asyncio.run(run_sharding(spec, counts, options, main_log))
         main_log(f"wrote {write_result(result, args.name or f'sharding-{args.preset}')}")
+        return 0
+    if args.command == "compare":
+        from bench.peers.build import parse_binaries
+        from bench.peers.compare import run_compare
+
+        peers = [p for p in args.peers.split(",") if p]
+        result = asyncio.run(
+            run_compare(
+                spec, RunOptions(poll_interval=poll), peers, parse_binaries(args.binary),
+                args.cycles, main_log,
+            )
+        )  # fmt: skip
+        main_log(f"wrote {write_result(result, args.name or f'compare-{args.preset}')}")
         return 0
     if args.command == "run":
         options = RunOptions(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS
+from bench.peers.report import peers_section
 from bench.processes import REPO
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -237,6 +238,7 @@ def generated_section() -> str:
     soaks = [r for name, r in presets.items() if name.startswith("soak-")]
     for soak in soaks:
         parts += [f"Soak (`{soak['preset']}` preset):", "", soak_table(soak), ""]
+    parts += peers_section(loaded)
     parts.append(END)
     return "\n".join(parts)
 
