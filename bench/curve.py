@@ -1,13 +1,19 @@
 """The cost curve (issue 17, target 6): CPU, RSS and exposition size against group-partitions.
 
-Reads the ``bench/results/curve-*.json`` runs (ordinary ``python -m bench run`` results with a
-``curve-`` name), takes per run the steady CPU per cycle (p50), the peak RSS, the RSS at the end
-of a steady cycle (median), the exposition's text and gzip bytes and its rows (group-partitions),
-fits a least-squares line of each figure against the rows, and writes
+Reads the ``bench/results/curve-*.json`` runs (ordinary ``python -m bench run`` results named
+``curve-<groups>``), takes per run the steady CPU per cycle (p50), the peak RSS, the RSS at the
+end of a steady cycle (median), the exposition's text and gzip bytes and its rows
+(group-partitions), fits a least-squares line of each figure against the rows, and writes
 
 - ``docs/cost-curve.png`` (matplotlib, Agg): three panels — CPU s/cycle, RSS MiB, exposition
   MiB — against group-partitions, each point labelled with its group count, each fit dashed;
 - the table between the ``BEGIN CURVE`` / ``END CURVE`` markers of docs/benchmarks.md.
+
+An exposition is used only if it carried every expected ``kafka_consumergroup_group_lag``
+series. When it did not (the exporter had gone stale by the time it was read), the exposition
+of a supplementary run of the same size, ``curve-<groups>-<anything>.json``, is used if that one
+is complete (the table names it); otherwise the point has no exposition figure and stays out of
+those two fits. Supplementary runs are not points of their own.
 
 ``python -m bench report`` calls ``write_curve``; ``python -m bench.curve`` does only this part.
 """
@@ -15,10 +21,11 @@ fits a least-squares line of each figure against the rows, and writes
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,8 @@ from bench.processes import REPO
 DOC = REPO / "docs" / "benchmarks.md"
 PNG = REPO / "docs" / "cost-curve.png"
 PREFIX = "curve-"
+POINT = re.compile(r"curve-(\d+)")
+"""A result named like this is a point; ``curve-<groups>-<suffix>`` is a supplement."""
 BEGIN = "<!-- BEGIN CURVE (python -m bench report) -->"
 END = "<!-- END CURVE -->"
 HEADING = "## Cost curve (issue 17)"
@@ -48,13 +57,16 @@ class CurvePoint:
     peak_rss_mib: float
     rss_end_mib: float
     """RSS sampled at the end of each steady cycle, median."""
-    text_mib: float
-    gzip_mib: float
+    text_mib: float | None
+    gzip_mib: float | None
+    """None when no complete exposition of this size was read."""
     poll_seconds: float
     steady_cycles: int
     load_before: float
     load_after: float
     command: str
+    exposition_from: str | None = None
+    """Name of the run the exposition figures come from, when not this one."""
 
 
 FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -96,6 +108,7 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Fit:
 def point_from_result(name: str, result: dict[str, Any]) -> CurvePoint:
     """The curve's figures from one ``python -m bench run`` result."""
     m = result["measurements"]
+    exposition = complete_exposition(result)
     warm = int(result["options"]["warm_cycles"])
     # Cycles 2 .. 1 + warm_cycles end before the scrape phase starts: the steady cycles.
     steady = m["per_cycle"][1 : 1 + warm]
@@ -108,8 +121,8 @@ def point_from_result(name: str, result: dict[str, Any]) -> CurvePoint:
         cpu_seconds=float(m["cpu_seconds_per_cycle_steady"]["p50"]),
         peak_rss_mib=float(m["peak_rss_mb"]),
         rss_end_mib=float(statistics.median(c["rss_mb"] for c in steady)),
-        text_mib=m["exposition"]["text_bytes"] / MIB,
-        gzip_mib=(m["exposition"]["gzip_bytes"] or 0) / MIB,
+        text_mib=exposition[0] if exposition else None,
+        gzip_mib=exposition[1] if exposition else None,
         poll_seconds=float(result["options"]["poll_interval"]),
         steady_cycles=len(steady),
         load_before=float(result["load_average_before"][0]),
@@ -118,17 +131,49 @@ def point_from_result(name: str, result: dict[str, Any]) -> CurvePoint:
     )
 
 
+def complete_exposition(result: dict[str, Any]) -> tuple[float, float] | None:
+    """(text MiB, gzip MiB) of the run's final exposition, if it carried every row's series."""
+    exposition = result["measurements"]["exposition"]
+    if exposition.get("group_lag_series", 0) < int(result["truth"]["rows"]):
+        return None
+    return exposition["text_bytes"] / MIB, (exposition["gzip_bytes"] or 0) / MIB
+
+
 def load_points(results: Path = RESULTS) -> list[CurvePoint]:
-    points = []
+    points: list[CurvePoint] = []
+    supplements: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path in sorted(results.glob(f"{PREFIX}*.json")):
         data: dict[str, Any] = json.loads(path.read_text())
-        points.append(point_from_result(path.stem, data))
+        if POINT.fullmatch(path.stem):
+            points.append(point_from_result(path.stem, data))
+        else:
+            groups = path.stem.removeprefix(PREFIX).split("-", 1)[0]
+            supplements.setdefault(f"{PREFIX}{groups}", []).append((path.stem, data))
+    for i, point in enumerate(points):
+        if point.text_mib is not None:
+            continue
+        for name, data in supplements.get(point.name, []):
+            exposition = complete_exposition(data)
+            if exposition is not None and int(data["truth"]["rows"]) == point.rows:
+                points[i] = replace(point, text_mib=exposition[0], gzip_mib=exposition[1],
+                                    exposition_from=name)  # fmt: skip
+                break
     return sorted(points, key=lambda p: p.rows)
 
 
+def _measured(points: Sequence[CurvePoint], key: str) -> list[tuple[int, float]]:
+    """(rows, value) of the points that have this figure."""
+    return [(p.rows, float(v)) for p in points if (v := getattr(p, key)) is not None]
+
+
 def fits(points: Sequence[CurvePoint]) -> dict[str, Fit]:
-    xs = [float(p.rows) for p in points]
-    return {key: fit_line(xs, [float(getattr(p, key)) for p in points]) for key, _, _ in FIGURES}
+    """A line per figure that at least two sizes measured."""
+    lines = {}
+    for key, _, _ in FIGURES:
+        measured = _measured(points, key)
+        if len({x for x, _ in measured}) >= 2:
+            lines[key] = fit_line([x for x, _ in measured], [y for _, y in measured])
+    return lines
 
 
 def _num(value: float) -> str:
@@ -148,12 +193,29 @@ def curve_table(points: Sequence[CurvePoint], lines: dict[str, Fit]) -> str:
         "load average before → after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    out += [
-        f"| {p.groups:,} | {p.rows:,} | {p.cpu_seconds:.2f} s | {p.peak_rss_mib:.0f} MiB | "
-        f"{p.rss_end_mib:.0f} MiB | {p.text_mib:.1f} MiB | {p.gzip_mib:.2f} MiB | "
-        f"{p.poll_seconds:g} s; {p.steady_cycles} | {p.load_before:.2f} → {p.load_after:.2f} |"
-        for p in points
-    ]
+    notes = []
+    for p in points:
+        if p.text_mib is None or p.gzip_mib is None:
+            text = gzip = "– (incomplete)"
+            notes.append(
+                f"{p.groups:,} groups: the final exposition lacked series (the exporter was stale"
+                " when it was read) and no complete supplementary run of this size exists."
+            )
+        else:
+            mark = "" if p.exposition_from is None else f" ({len(notes) + 1})"
+            text, gzip = f"{p.text_mib:.1f} MiB{mark}", f"{p.gzip_mib:.2f} MiB{mark}"
+            if p.exposition_from is not None:
+                notes.append(
+                    f"{p.groups:,} groups: exposition from `{p.exposition_from}.json` (same "
+                    f"scenario); the final exposition of `{p.name}.json` lacked series."
+                )
+        out.append(
+            f"| {p.groups:,} | {p.rows:,} | {p.cpu_seconds:.2f} s | {p.peak_rss_mib:.0f} MiB | "
+            f"{p.rss_end_mib:.0f} MiB | {text} | {gzip} | {p.poll_seconds:g} s; "
+            f"{p.steady_cycles} | {p.load_before:.2f} → {p.load_after:.2f} |"
+        )
+    if notes:
+        out += ["", *(f"({i}) {note}" for i, note in enumerate(notes, 1))]
     out += [
         "",
         f"| least-squares line against group-partitions | slope per {PER:,} group-partitions "
@@ -161,7 +223,10 @@ def curve_table(points: Sequence[CurvePoint], lines: dict[str, Fit]) -> str:
         "|---|---|---|---|",
     ]
     for key, label, unit in FIGURES:
-        fit = lines[key]
+        fit = lines.get(key)
+        if fit is None:
+            out.append(f"| {label} | – (fewer than two sizes measured) | – | – |")
+            continue
         r2 = "–" if fit.r_squared is None else f"{fit.r_squared:.4f}"
         out.append(
             f"| {label} | {_num(fit.per_thousand)} {unit} | {_num(fit.intercept)} {unit} | {r2} |"
@@ -192,8 +257,7 @@ def plot(points: Sequence[CurvePoint], lines: dict[str, Fit], path: Path = PNG) 
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    xs = [p.rows for p in points]
-    span = [0, max(xs) * 1.05]
+    span = [0, max(p.rows for p in points) * 1.05]
     # (title, unit, series); a series is (attribute, label, colour, marker, right-hand axis).
     panels: tuple[tuple[str, str, tuple[tuple[str, str, str, str, bool], ...]], ...] = (
         ("CPU per steady cycle (p50)", "core-s", (("cpu_seconds", "CPU", "C0", "o", False),)),
@@ -220,18 +284,26 @@ def plot(points: Sequence[CurvePoint], lines: dict[str, Fit], path: Path = PNG) 
                 if on_right:
                     right = right or ax.twinx()
                 target = right if on_right and right is not None else ax
-                ys = [float(getattr(p, key)) for p in points]
-                fit = lines[key]
-                target.plot(xs, ys, marker, color=colour, fillstyle="none" if on_right else "full")
-                (line,) = target.plot(
-                    span,
-                    [fit.intercept + fit.slope * x for x in span],
-                    "--",
+                measured = [(p, float(v)) for p in points if (v := getattr(p, key)) is not None]
+                fit = lines.get(key)
+                (dots,) = target.plot(
+                    [p.rows for p, _ in measured],
+                    [y for _, y in measured],
+                    marker,
                     color=colour,
-                    label=f"{label}: {_num(fit.per_thousand)} {unit} per {PER:,} rows",
+                    fillstyle="none" if on_right else "full",
+                    label=f"{label} (no line: fewer than two sizes)",
                 )
-                handles.append(line)
-                for p, y in zip(points, ys, strict=True):
+                if fit is not None:
+                    (dots,) = target.plot(
+                        span,
+                        [fit.intercept + fit.slope * x for x in span],
+                        "--",
+                        color=colour,
+                        label=f"{label}: {_num(fit.per_thousand)} {unit} per {PER:,} rows",
+                    )
+                handles.append(dots)
+                for p, y in measured:
                     target.annotate(
                         f"{p.groups:,}",
                         (p.rows, y),

@@ -55,8 +55,11 @@ def test_a_line_needs_two_distinct_sizes(xs: list[float], ys: list[float], messa
         fit_line(xs, ys)
 
 
-def _result(groups: int, rows: int, *, cpu: float, rss: list[float]) -> dict[str, Any]:
-    """The parts of a ``python -m bench run`` result the curve reads."""
+def _result(
+    groups: int, rows: int, *, cpu: float, rss: list[float], series: int | None = None
+) -> dict[str, Any]:
+    """The parts of a ``python -m bench run`` result the curve reads; ``series`` lag series in
+    the final exposition (default: all rows)."""
     return {
         "command": f"python -m bench run --groups {groups}",
         "scenario": {"groups": groups},
@@ -67,7 +70,11 @@ def _result(groups: int, rows: int, *, cpu: float, rss: list[float]) -> dict[str
         "measurements": {
             "cpu_seconds_per_cycle_steady": {"p50": cpu},
             "peak_rss_mb": 3.0 * rss[0],
-            "exposition": {"text_bytes": rows * 1024 * 1024, "gzip_bytes": rows * 1024},
+            "exposition": {
+                "text_bytes": rows * 1024 * 1024,
+                "gzip_bytes": rows * 1024,
+                "group_lag_series": rows if series is None else series,
+            },
             # Cycle 1 (cold) and the cycle after the warm ones (scrape phase) are not steady.
             "per_cycle": [{"rss_mb": r} for r in [999.0, *rss, 999.0]],
         },
@@ -160,3 +167,37 @@ def test_write_curve_replaces_only_its_markers(tmp_path: Path) -> None:
     write_curve(doc, results=results)
     assert (tmp_path / "cost-curve.png").read_bytes().startswith(b"\x89PNG")
     assert doc.read_text().count(BEGIN) == 1
+
+
+def _write(results: Path, name: str, result: dict[str, Any]) -> None:
+    (results / f"{name}.json").write_text(json.dumps(result))
+
+
+def test_an_incomplete_exposition_is_not_a_figure(tmp_path: Path) -> None:
+    _write(tmp_path, "curve-1", _result(1, 10, cpu=0.5, rss=[5, 5, 5]))
+    _write(tmp_path, "curve-2", _result(2, 20, cpu=1.0, rss=[9, 9, 9]))
+    _write(tmp_path, "curve-4", _result(4, 40, cpu=2.0, rss=[9, 9, 9], series=39))
+    points = load_points(tmp_path)
+    assert [(p.groups, p.text_mib) for p in points] == [(1, 10.0), (2, 20.0), (4, None)]
+    lines = fits(points)
+    assert lines["cpu_seconds"].per_thousand == pytest.approx(50.0)  # all three sizes
+    assert lines["text_mib"].per_thousand == pytest.approx(1000.0)  # the two complete ones
+    table = curve_table(points, lines)
+    assert "| 4 | 40 | 2.00 s | 27 MiB | 9 MiB | – (incomplete) | – (incomplete) |" in table
+    assert "(1) 4 groups: the final exposition lacked series" in table
+
+
+def test_a_supplementary_run_of_the_same_size_supplies_the_exposition(tmp_path: Path) -> None:
+    _write(tmp_path, "curve-1", _result(1, 10, cpu=0.5, rss=[5, 5, 5]))
+    _write(tmp_path, "curve-4", _result(4, 40, cpu=2.0, rss=[9, 9, 9], series=0))
+    # An incomplete supplement and one of another size are not used; the complete one is.
+    _write(tmp_path, "curve-4-a", _result(4, 40, cpu=9.0, rss=[1, 1, 1], series=3))
+    _write(tmp_path, "curve-4-b", _result(4, 41, cpu=9.0, rss=[1, 1, 1]))
+    _write(tmp_path, "curve-4-c", _result(4, 40, cpu=9.0, rss=[1, 1, 1]))
+    points = load_points(tmp_path)
+    assert [p.name for p in points] == ["curve-1", "curve-4"]  # supplements are not points
+    four = points[1]
+    assert (four.cpu_seconds, four.text_mib, four.exposition_from) == (2.0, 40.0, "curve-4-c")
+    table = curve_table(points, fits(points))
+    assert "| 40.0 MiB (1) | 0.04 MiB (1) |" in table
+    assert "(1) 4 groups: exposition from `curve-4-c.json`" in table
