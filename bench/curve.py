@@ -198,8 +198,8 @@ def curve_table(points: Sequence[CurvePoint], lines: dict[str, Fit]) -> str:
         if p.text_mib is None or p.gzip_mib is None:
             text = gzip = "– (incomplete)"
             notes.append(
-                f"{p.groups:,} groups: the final exposition lacked series (the exporter was stale"
-                " when it was read) and no complete supplementary run of this size exists."
+                f"{p.groups:,} groups: the final exposition carried fewer group lag series than"
+                " rows, and no complete supplementary run of this size exists."
             )
         else:
             mark = "" if p.exposition_from is None else f" ({len(notes) + 1})"
@@ -207,7 +207,8 @@ def curve_table(points: Sequence[CurvePoint], lines: dict[str, Fit]) -> str:
             if p.exposition_from is not None:
                 notes.append(
                     f"{p.groups:,} groups: exposition from `{p.exposition_from}.json` (same "
-                    f"scenario); the final exposition of `{p.name}.json` lacked series."
+                    f"scenario); the final exposition of `{p.name}.json` carried fewer group "
+                    "lag series than rows."
                 )
         out.append(
             f"| {p.groups:,} | {p.rows:,} | {p.cpu_seconds:.2f} s | {p.peak_rss_mib:.0f} MiB | "

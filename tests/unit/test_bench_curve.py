@@ -184,7 +184,7 @@ def test_an_incomplete_exposition_is_not_a_figure(tmp_path: Path) -> None:
     assert lines["text_mib"].per_thousand == pytest.approx(1000.0)  # the two complete ones
     table = curve_table(points, lines)
     assert "| 4 | 40 | 2.00 s | 27 MiB | 9 MiB | – (incomplete) | – (incomplete) |" in table
-    assert "(1) 4 groups: the final exposition lacked series" in table
+    assert "(1) 4 groups: the final exposition carried fewer group lag series" in table
 
 
 def test_a_supplementary_run_of_the_same_size_supplies_the_exposition(tmp_path: Path) -> None:
