@@ -258,7 +258,7 @@ def plot(points: Sequence[CurvePoint], lines: dict[str, Fit], path: Path = PNG) 
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    span = [0, max(p.rows for p in points) * 1.05]
+    span = [0, max(p.rows for p in points) * 1.12]  # room for the last label
     # (title, unit, series); a series is (attribute, label, colour, marker, right-hand axis).
     panels: tuple[tuple[str, str, tuple[tuple[str, str, str, str, bool], ...]], ...] = (
         ("CPU per steady cycle (p50)", "core-s", (("cpu_seconds", "CPU", "C0", "o", False),)),
