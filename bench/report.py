@@ -213,7 +213,7 @@ def generated_section() -> str:
     presets = {
         name: run
         for name, run in loaded.items()
-        if "measurements" in run or name.startswith("soak-")
+        if ("measurements" in run or name.startswith("soak-")) and not name.startswith("curve-")
     }
     names = [name for name in PRESET_ORDER if name in presets]
     names += sorted(n for n in presets if n not in PRESET_ORDER and not n.startswith("soak-"))
@@ -250,4 +250,7 @@ def write_report(doc: Path = DOC) -> Path:
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     doc.write_text(head + generated_section() + tail)
+    from bench.curve import write_curve  # the cost curve's PNG and section (issue 17)
+
+    write_curve(doc)
     return doc
