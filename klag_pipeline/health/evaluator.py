@@ -36,8 +36,12 @@ from klag_pipeline.health.model import (
     Status,
 )
 from klag_pipeline.health.rules import (
+    AT,
+    COMMITTED,
+    HIGH,
+    LAG,
     NO_REWIND,
-    Observation,
+    Point,
     Rewind,
     Thresholds,
     catch_up_seconds,
@@ -59,6 +63,9 @@ REBALANCING: frozenset[GroupState] = frozenset(
 )
 
 RowKey = tuple[str, TopicPartition]
+MemoryKey = tuple[str, str, int]
+"""(group, topic, partition): the evaluator's own key, a tuple of atoms the cyclic GC stops
+tracking (a key holding a TopicPartition is tracked for as long as the row exists)."""
 ByTopic = dict[tuple[str, str], list[tuple[PartitionRow, PartitionHealth]]]
 """(group, topic) → its rows with their evaluations, in snapshot order."""
 
@@ -70,7 +77,7 @@ MAX_OBSERVATIONS: Final = 16
 class _RowMemory:
     # A list, not a deque: at most MAX_OBSERVATIONS items, and an empty deque alone costs
     # ~600 bytes (one 64-slot block) — 12 MB over 20,000 rows.
-    observations: list[Observation]
+    observations: list[Point]
     first_seen: float
     last_moved: float | None = None
     rewind: Rewind | None = None  # the last backward step of the committed offset
@@ -104,7 +111,7 @@ class Evaluator:
         # the large preset); a window of more polls is thinned, not shortened.
         self._max_samples = min(math.ceil(settings.window / poll_interval) + 2, MAX_OBSERVATIONS)
         self._thresholds = Thresholds(settings.stalled_after, settings.stopped_after)
-        self._rows: dict[RowKey, _RowMemory] = {}
+        self._rows: dict[MemoryKey, _RowMemory] = {}
         self._highs: dict[TopicPartition, deque[tuple[float, int]]] = {}
         self._groups: dict[str, _GroupMemory] = {}
 
@@ -120,9 +127,12 @@ class Evaluator:
         evaluate_row = self._evaluate_row
         # Estimates exist only in rate mode or for denied topics: the usual cycle skips the call.
         with_estimate = self._with_estimate if self._rate_mode or self._denied else None
+        seen: set[MemoryKey] = set()
         for row in snapshot.rows:
             key = (row.group, TopicPartition(row.topic, row.partition))
-            judged = evaluate_row(key, row, now, members.get(row.group, False))
+            remembered = (row.group, row.topic, row.partition)
+            seen.add(remembered)
+            judged = evaluate_row(remembered, row, now, members.get(row.group, False))
             if with_estimate is not None:
                 judged = with_estimate(judged, row, now)
             partitions[key] = judged
@@ -130,8 +140,8 @@ class Evaluator:
             if pairs is None:
                 pairs = by_topic[topic_key] = []
             pairs.append((row, judged))
-        for key in self._rows.keys() - partitions.keys():
-            del self._rows[key]
+        for gone in self._rows.keys() - seen:
+            del self._rows[gone]
         produce = self._produce_rates(snapshot, now)
         topics = self._topics(snapshot, by_topic)
         groups = self._groups_health(snapshot, by_topic, now)
@@ -149,7 +159,7 @@ class Evaluator:
     # -- per partition ------------------------------------------------------------------------
 
     def _evaluate_row(
-        self, key: RowKey, row: PartitionRow, now: float, members: bool
+        self, key: MemoryKey, row: PartitionRow, now: float, members: bool
     ) -> PartitionHealth:
         # The hot path: once per row per cycle (20,000 at the large preset), so it is one
         # function, copies nothing and finds a rewind when appending instead of scanning.
@@ -158,34 +168,34 @@ class Evaluator:
             memory = self._rows[key] = _RowMemory([], now)
         history = memory.observations
         # A carried row repeats last cycle's values: not an observation of this one.
-        if not row.carried and (not history or history[-1].at < now):
+        if not row.carried and (not history or history[-1][AT] < now):
             committed, high = row.committed, row.high
             judged = row.consumable_lag if row.consumable_lag is not None else row.lag
             if history:
                 last = history[-1]
-                if last.committed != committed:
+                if last[COMMITTED] != committed:
                     memory.last_moved = now
-                    if committed < last.committed:
-                        memory.rewind = Rewind(now, last.committed, committed)
+                    if committed < last[COMMITTED]:
+                        memory.rewind = Rewind(now, last[COMMITTED], committed)
                 else:
-                    committed = last.committed  # share the int object: most rows stand still
-                if last.high == high:
-                    high = last.high
-                if last.lag == judged:
-                    judged = last.lag
+                    committed = last[COMMITTED]  # share the int object: most rows stand still
+                if last[HIGH] == high:
+                    high = last[HIGH]
+                if last[LAG] == judged:
+                    judged = last[LAG]
                 if len(history) == self._max_samples:
                     # Full: thin the older part (keep the oldest, for the window's span, and
                     # the newest points dense) rather than shorten the window.
                     del history[1]
-            history.append(Observation(now, committed, high, judged))
+            history.append((now, committed, high, judged))
         oldest = now - self._window
         stale = 0
-        while stale < len(history) and history[stale].at < oldest:
+        while stale < len(history) and history[stale][AT] < oldest:
             stale += 1
         if stale:
             del history[:stale]
         rewind = memory.rewind
-        if rewind is not None and (not history or rewind.at <= history[0].at):
+        if rewind is not None and (not history or rewind.at <= history[0][AT]):
             # Its earlier observation has left the window: the step is no longer inside it.
             rewind = memory.rewind = None
         observed = rates(history)
@@ -201,7 +211,7 @@ class Evaluator:
         )
         return PartitionHealth(
             rates=observed,
-            catch_up_seconds=catch_up_seconds(history[-1].lag if history else row.lag, observed),
+            catch_up_seconds=catch_up_seconds(history[-1][LAG] if history else row.lag, observed),
             commit_age_seconds=commit_age,
             status=status,
             reason=reason,
