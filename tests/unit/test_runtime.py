@@ -38,9 +38,12 @@ def test_release_free_memory_returns_pages_after_a_large_transient() -> None:
     assert runtime.release_free_memory()
 
 
-def test_settle_heap_freezes_what_exists() -> None:
+def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> None:
+    before = gc.get_threshold()
     try:
         runtime.settle_heap()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (runtime.GC_YOUNG_THRESHOLD, before[1], before[2])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
