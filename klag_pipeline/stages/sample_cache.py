@@ -89,9 +89,10 @@ class SampleCache:
 
     def get(self, tp: TopicPartition, offset: int, marks: Watermarks) -> TimestampSample | None:
         """The sample for ``offset``, or None when it must be read (again)."""
-        key = self._key(tp, offset)
-        if key is None:
+        partition = self._partitions.get(tp)
+        if partition is None:
             return None
+        key = (tp, partition.generation, offset)
         entry = self._store.get(key)
         if entry is None:
             return None
@@ -102,7 +103,7 @@ class SampleCache:
             (sample.end_of_log and marks.high != sample.offset)
             # The log cleaner may have removed the record since: read it again.
             or (
-                self._partitions[tp].compacted is not False
+                partition.compacted is not False
                 and self._monotonic() - read_at >= self._recheck_after
             )
         )
@@ -112,13 +113,9 @@ class SampleCache:
         return sample
 
     def put(self, tp: TopicPartition, offset: int, sample: TimestampSample) -> None:
-        key = self._key(tp, offset)
-        if key is not None and self._recheck_after > 0:
-            self._store[key] = (sample, self._monotonic())
-
-    def _key(self, tp: TopicPartition, offset: int) -> _Key | None:
         partition = self._partitions.get(tp)
-        return None if partition is None else (tp, partition.generation, offset)
+        if partition is not None and self._recheck_after > 0:
+            self._store[(tp, partition.generation, offset)] = (sample, self._monotonic())
 
 
 def _replaced(before: _Partition, identity: TopicIdentity, marks: Watermarks) -> bool:

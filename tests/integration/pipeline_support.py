@@ -423,13 +423,19 @@ class GatedClient(WrappedClient):
         self.held = asyncio.Event()
 
     async def list_watermarks(self, topics: Collection[str]) -> WatermarkListing:
-        if not self.gate.is_set():
-            self.held.set()
-            try:
-                await self.gate.wait()
-            finally:
-                self.held.clear()
+        await hold(self.gate, self.held)
         return await super().list_watermarks(topics)
+
+
+async def hold(gate: asyncio.Event, held: asyncio.Event) -> None:
+    """Wait while ``gate`` is clear, with ``held`` set meanwhile (so a test knows a call is
+    parked there); return at once when the gate is open."""
+    if not gate.is_set():
+        held.set()
+        try:
+            await gate.wait()
+        finally:
+            held.clear()
 
 
 class GhostCommitsClient(WrappedClient):

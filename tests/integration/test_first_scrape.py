@@ -27,6 +27,7 @@ from tests.integration.pipeline_support import (
     build_exporter,
     cluster,
     exactly,
+    hold,
     parse_exposition,
     running,
     scrape,
@@ -62,12 +63,7 @@ class HeldTimestamps(WrappedClient):
     async def sample_timestamps(
         self, wanted: Mapping[TopicPartition, Collection[int]]
     ) -> TimestampListing:
-        if not self.gate.is_set():
-            self.held.set()
-            try:
-                await self.gate.wait()
-            finally:
-                self.held.clear()
+        await hold(self.gate, self.held)
         return await super().sample_timestamps(wanted)
 
 
