@@ -52,7 +52,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
-    parts, content_type, encoding = request.app[PROMETHEUS_KEY].render_parts(
+    body, content_type, encoding = request.app[PROMETHEUS_KEY].render_parts(
         request.headers.get("Accept"), request.headers.get("Accept-Encoding")
     )
     headers = {
@@ -62,18 +62,18 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     }
     if encoding is not None:
         headers["Content-Encoding"] = encoding
-    # Always streamed, inside the handler: the body (tens of MB at 20,000 group partitions) is
-    # written part by part (the cached chunks themselves; joining them would copy it per scrape)
-    # under a deadline. ``write`` waits for the socket to drain, so a scraper that stops reading
-    # would otherwise hold its connection forever; one that goes away mid-body is dropped quietly
-    # (aiohttp would log a traceback for the exception).
+    # Always streamed, inside the handler: the body (tens of MB of text at 20,000 group
+    # partitions, kept compressed) is written part by part (a plain-text body is decompressed
+    # piece by piece meanwhile, never whole) under a deadline. ``write`` waits for the socket to
+    # drain, so a scraper that stops reading would otherwise hold its connection forever; one
+    # that goes away mid-body is dropped quietly (aiohttp would log a traceback for it).
     response = web.StreamResponse(headers=headers)
-    response.content_length = sum(len(part) for part in parts)
+    response.content_length = body.length
     try:
         async with asyncio.timeout(request.app[SEND_TIMEOUT_KEY]):
             await response.prepare(request)
             if request.method != "HEAD":
-                for part in parts:
+                for part in body.parts:
                     await response.write(part)
             await response.write_eof()
     except (TimeoutError, ConnectionError):

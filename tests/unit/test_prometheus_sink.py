@@ -616,8 +616,19 @@ def test_gzip_body_is_one_complete_member_equal_to_the_plain_body() -> None:
         assert inflater.eof
         assert inflater.unused_data == b""
         assert gzip.decompress(compressed) == plain
-    # The cached compressor is copied, never consumed: scrapes stay repeatable.
+    # The cached segments are reused, never consumed: scrapes stay repeatable.
     assert gzip.decompress(sink.render(None, "gzip")[0]) == sink.render(None, None)[0]
+
+
+def test_content_length_is_the_length_of_the_parts_written() -> None:
+    sink, *_ = make_sink(clusters=("prod", "dr"))
+    sink.apply(golden_snapshot())
+    sink.apply(replace(golden_snapshot(), cluster="dr"))
+    for accept in (None, PROMETHEUS_ACCEPT):
+        for encoding in (None, "gzip"):
+            body, _, _ = sink.render_parts(accept, encoding)
+            written = b"".join(body.parts)
+            assert body.length == len(written) > 0
 
 
 def test_gzipped_scrapes_are_reused_until_anything_in_them_changes() -> None:

@@ -4,7 +4,8 @@ Which families exist, their order, ``# HELP`` / ``# TYPE`` text, label set and t
 each one reads all come from :mod:`klag_pipeline.metrics_catalog`; this module only knows how to
 spell each label set's series. Every snapshot is rendered once, off the event loop, into
 per-cluster chunks (one string of sample lines per family), which :func:`assemble` joins family by
-family under their headers.
+family under their headers. Chunks and headers are kept compressed, as deflate segments
+(:mod:`.deflate`): a family's text exists only while it is being rendered.
 
 The consumer health families (``CONSUMER_FAMILIES``) are rendered from ``snapshot.health`` only
 when it is not None, so a snapshot without health renders exactly as before they existed. Their
@@ -36,18 +37,19 @@ from klag_pipeline.metrics_catalog import (
 )
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import Granularity
+from klag_pipeline.sinks.prometheus.deflate import Segment, deflate, text
 from klag_pipeline.snapshot import ClusterSnapshot
 
 COUNTERS: Final = tuple(f for f in CONSUMER_FAMILIES if f.kind == "counter")
 """The snapshot families whose header depends on the format; after every other family."""
-_HEADERS: Final[Mapping[str, bytes]] = MappingProxyType(
+_HEADERS: Final[Mapping[str, Segment]] = MappingProxyType(
     {
-        family.name: header(family).encode()
+        family.name: deflate(header(family).encode())
         for family in (*CLUSTER_FAMILIES, *CONSUMER_FAMILIES)
         if family not in COUNTERS
     }
 )
-"""Family name → encoded header of the gauges, in exposition order."""
+"""Family name → compressed header of the gauges, in exposition order."""
 
 
 def counter_header(family: Family, openmetrics: bool) -> str:
@@ -58,12 +60,15 @@ def counter_header(family: Family, openmetrics: bool) -> str:
 
 
 _COUNTER_HEADERS: Final = MappingProxyType(
-    {om: tuple((f.name, counter_header(f, om).encode()) for f in COUNTERS) for om in (False, True)}
+    {
+        om: tuple((f.name, deflate(counter_header(f, om).encode())) for f in COUNTERS)
+        for om in (False, True)
+    }
 )
 
-ClusterChunks = Mapping[str, bytes]
-"""One cluster's rendered sample lines (UTF-8) per family name; families without samples are
-absent."""
+ClusterChunks = Mapping[str, Segment]
+"""One cluster's rendered sample lines (UTF-8, compressed) per family name; families without
+samples are absent."""
 
 
 def _plan(source: Source, labels: LabelSet) -> tuple[Family, ...]:
@@ -133,12 +138,13 @@ publication of a first cycle) leaves their families out rather than show a made-
 def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> ClusterChunks:
     """Render one cluster's samples, family by family (pure; safe to run in a worker thread).
 
-    Each family's lines are joined and encoded before the next family is built, so at most one
-    family's line strings (a few MB at 20,000 rows) exist at a time next to the finished chunks.
+    Each family's lines are joined, encoded and compressed before the next family is built, so
+    at most one family's text (a few MB at 20,000 rows) exists at a time next to the finished,
+    compressed chunks.
     """
     constant = {**snapshot.labels, "cluster_name": snapshot.cluster}
     memo: dict[str, str] = {}
-    chunks: dict[str, bytes] = {}
+    chunks: dict[str, Segment] = {}
     sampling = snapshot.timestamp_sampling
     partial = snapshot.partial
 
@@ -168,7 +174,7 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             ]
         ).encode()
         if chunk:
-            chunks[name] = chunk
+            chunks[name] = deflate(chunk)
 
     partitions = snapshot.partitions
     p_tmpl = label_template(constant, _variable(P))
@@ -294,25 +300,25 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     return MappingProxyType(chunks)
 
 
-def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[bytes, ...]:
+def assemble(chunks_by_cluster: Mapping[str, ClusterChunks]) -> tuple[Segment, ...]:
     """The body's parts in order: each family's HELP/TYPE once, then its chunk of every cluster
-    (in cluster-name order). The parts are the chunks themselves, never copies. Without the
+    (in cluster-name order). The parts are the segments themselves, never copies. Without the
     counters (:func:`assemble_counters`), which follow them."""
     return _joined(chunks_by_cluster, _HEADERS.items())
 
 
 def assemble_counters(
     chunks_by_cluster: Mapping[str, ClusterChunks], openmetrics: bool
-) -> tuple[bytes, ...]:
+) -> tuple[Segment, ...]:
     """Like :func:`assemble`, for the counters in one format."""
     return _joined(chunks_by_cluster, _COUNTER_HEADERS[openmetrics])
 
 
 def _joined(
-    chunks_by_cluster: Mapping[str, ClusterChunks], headers: Iterable[tuple[str, bytes]]
-) -> tuple[bytes, ...]:
+    chunks_by_cluster: Mapping[str, ClusterChunks], headers: Iterable[tuple[str, Segment]]
+) -> tuple[Segment, ...]:
     clusters = [chunks_by_cluster[name] for name in sorted(chunks_by_cluster)]
-    out: list[bytes] = []
+    out: list[Segment] = []
     for family, family_header in headers:
         parts = [chunks[family] for chunks in clusters if family in chunks]
         if parts:
@@ -324,4 +330,4 @@ def _joined(
 def render_snapshots(snapshots: Sequence[ClusterSnapshot], granularity: Granularity) -> str:
     """The cluster families of ``snapshots`` in text format (for ``once``)."""
     chunks = {s.cluster: render_cluster(s, granularity) for s in snapshots}
-    return b"".join((*assemble(chunks), *assemble_counters(chunks, False))).decode()
+    return text((*assemble(chunks), *assemble_counters(chunks, False))).decode()

@@ -1,32 +1,34 @@
 """The Prometheus store: the klag-exporter compatibility families, pre-rendered (SPEC §4, §6).
 
-Every snapshot is rendered once, off the event loop, into per-cluster chunks (one string of
-sample lines per family, see :mod:`.render`); the chunks of all clusters are then joined family
-by family into one cached body, and its gzip prefix is compressed at the same time. A scrape
-only appends the small health part (``kafka_lag_exporter_up``, ``klag_pipeline_cluster_up``) and
-the self-metrics to that cached body, so it never re-renders cluster series and never touches
-Kafka, however many groups there are.
+Every snapshot is rendered once, off the event loop, into per-cluster chunks (one compressed
+segment of sample lines per family, see :mod:`.render` and :mod:`.deflate`); the chunks of all
+clusters are then ordered family by family into one cached body, without copying or
+recompressing them. A scrape only appends the small health part (``kafka_lag_exporter_up``,
+``klag_pipeline_cluster_up``) and the self-metrics to that cached body, so it never re-renders
+cluster series and never touches Kafka, however many groups there are. A gzip scrape gets the
+segments as they are, in one gzip member; a plain-text scrape gets them decompressed piece by
+piece while the response is written.
 
 The same cached body serves both formats: every family in it is a gauge and label and value
 spelling is identical in text 0.0.4 and OpenMetrics 1.0. What differs is rendered per scrape:
 the trailer (``# EOF``), the self-metrics, and the headers of the counters read from snapshots
 (``kafka_consumergroup_group_rebalances_total``: OpenMetrics names the family without
-``_total``), whose pre-rendered chunks (one line per group) follow the cached body, so the
-gzip prefix of the body is still shared by both formats.
+``_total``), whose pre-rendered chunks (one line per group) follow the cached body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from types import MappingProxyType
 from typing import Final
 
 from klag_pipeline.exposition import header, wants_gzip, wants_openmetrics
 from klag_pipeline.metrics_catalog import CLUSTER_UP, UP
 from klag_pipeline.settings.schema import Granularity
+from klag_pipeline.sinks.prometheus.deflate import Joined, gzip_parts, inflate, join
 from klag_pipeline.sinks.prometheus.render import (
     ClusterChunks,
     assemble,
@@ -41,38 +43,34 @@ from klag_pipeline.telemetry.self_metrics import SelfMetrics
 
 TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-# Exposition text is so repetitive that level 1 compresses as well as level 6 (measured: 29 MB →
-# 0.52 MB vs 0.54 MB) in a third of the time.
-GZIP_LEVEL: Final = 1
 
 _UP_HEADER: Final = header(UP)
 _CLUSTER_UP_HEADER: Final = header(CLUSTER_UP)
 
 
 @dataclass(frozen=True, slots=True)
+class Body:
+    """A response body: its length, and its bytes as parts to write in order. The parts of a
+    plain-text body are decompressed as they are iterated, once."""
+
+    length: int
+    parts: Iterable[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class _Exposition:
-    """The cached cluster body as ``parts`` (HELP/TYPE headers and references to the clusters'
-    chunks, never a joined copy) and a gzip stream of it that is left open for the scrape-time
-    tail: a copy of ``compressor`` finishes the stream, so a gzipped scrape compresses only the
-    few kilobytes rendered per scrape and the response is one ordinary gzip member."""
+    """The cached cluster body: the clusters' chunks, and per format (OpenMetrics or not) the
+    segments in exposition order — HELP/TYPE headers, the clusters' chunks, then the counters —
+    with their combined length and CRC-32."""
 
     chunks: Mapping[str, ClusterChunks]
-    parts: tuple[bytes, ...]
-    counters: Mapping[bool, tuple[bytes, ...]]
-    """Per format (OpenMetrics or not): the counters' headers and chunks, after ``parts``."""
-    gzip_prefix: bytes
-    compressor: zlib._Compress
+    bodies: Mapping[bool, Joined]
 
 
 def _prepare(chunks: Mapping[str, ClusterChunks]) -> _Exposition:
-    parts = assemble(chunks)
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    compressed = [compressor.compress(part) for part in parts]
-    compressed.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-    counters = MappingProxyType({om: assemble_counters(chunks, om) for om in (False, True)})
-    return _Exposition(
-        MappingProxyType(dict(chunks)), parts, counters, b"".join(compressed), compressor
-    )
+    gauges = join(assemble(chunks))
+    bodies = {om: join(assemble_counters(chunks, om), after=gauges) for om in (False, True)}
+    return _Exposition(MappingProxyType(dict(chunks)), MappingProxyType(bodies))
 
 
 class PrometheusSink:
@@ -105,7 +103,7 @@ class PrometheusSink:
             for name in sorted(status.cluster_names)
         )
         self._exposition = _prepare({})
-        self._gzipped: dict[bool, tuple[_Exposition, bytes, bytes]] = {}
+        self._gzipped: dict[bool, tuple[_Exposition, bytes, Body]] = {}
         """Per format: the exposition and scrape-time part last gzipped, and the result."""
         self._applied = 0
         self._changed = asyncio.Event()
@@ -172,17 +170,18 @@ class PrometheusSink:
         self, accept: str | None, accept_encoding: str | None
     ) -> tuple[bytes, str, str | None]:
         """``(body, content type, content encoding or None)`` for one scrape."""
-        parts, content_type, encoding = self.render_parts(accept, accept_encoding)
-        return b"".join(parts), content_type, encoding
+        body, content_type, encoding = self.render_parts(accept, accept_encoding)
+        return b"".join(body.parts), content_type, encoding
 
     def render_parts(
         self, accept: str | None, accept_encoding: str | None
-    ) -> tuple[Sequence[bytes], str, str | None]:
-        """Like :meth:`render`, with the body as parts to write in order, so an uncompressed
-        scrape never copies the (tens of MB) cached body."""
+    ) -> tuple[Body, str, str | None]:
+        """Like :meth:`render`, with the body as parts to write in order, so no scrape copies
+        or decompresses the (tens of MB of) text at once."""
         openmetrics = wants_openmetrics(accept)
         exposition = self._exposition
-        tail = [*exposition.counters[openmetrics], self._health_part()]
+        body = exposition.bodies[openmetrics]
+        tail = [self._health_part()]
         self_metrics = self._self_metrics.render(openmetrics)
         if openmetrics:
             self_metrics = self_metrics.removesuffix(b"# EOF\n")
@@ -193,12 +192,12 @@ class PrometheusSink:
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         if wants_gzip(accept_encoding):
             # Scrapes between two changes (of the clusters' body, the self-metrics or a queue
-            # depth) get the same bytes: finishing the gzip stream once serves all of them.
+            # depth) get the same bytes: one gzip member, built once, serves all of them.
             cached = self._gzipped.get(openmetrics)
             if cached is None or cached[0] is not exposition or cached[1] != scrape_part:
-                compressor = exposition.compressor.copy()
-                gz_tail = compressor.compress(scrape_part) + compressor.flush()
-                cached = (exposition, scrape_part, exposition.gzip_prefix + gz_tail)
+                gzipped = b"".join(gzip_parts(body, scrape_part))
+                cached = (exposition, scrape_part, Body(len(gzipped), (gzipped,)))
                 self._gzipped[openmetrics] = cached
-            return (cached[2],), content_type, "gzip"
-        return (*exposition.parts, scrape_part), content_type, None
+            return cached[2], content_type, "gzip"
+        length = body.size + len(scrape_part)
+        return Body(length, chain(inflate(body.segments), (scrape_part,))), content_type, None
