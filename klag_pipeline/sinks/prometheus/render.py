@@ -16,10 +16,11 @@ one counter has a ``# TYPE`` line that differs between the formats (text 0.0.4 n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from klag_pipeline.exposition import escape_label_value, format_value, header
 from klag_pipeline.metrics_catalog import (
@@ -38,7 +39,7 @@ from klag_pipeline.metrics_catalog import (
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.sinks.prometheus.deflate import Segment, deflate, text
-from klag_pipeline.snapshot import ClusterSnapshot
+from klag_pipeline.snapshot import ClusterSnapshot, PartitionRow
 
 COUNTERS: Final = tuple(f for f in CONSUMER_FAMILIES if f.kind == "counter")
 """The snapshot families whose header depends on the format; after every other family."""
@@ -135,23 +136,61 @@ which the timestamp pass detects): a partial snapshot (``ClusterSnapshot.partial
 publication of a first cycle) leaves their families out rather than show a made-up value."""
 
 
-def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> ClusterChunks:
-    """Render one cluster's samples, family by family (pure; safe to run in a worker thread).
+@dataclass(slots=True)
+class RenderMemory:
+    """What one cluster's render leaves for its next one (the sink keeps one per cluster).
+
+    Between two cycles most of a cluster's series keep their labels and many keep their values
+    (idle and caught-up groups, earliest offsets, states, flags). So each family's segment is
+    kept with the heads and the values it was rendered from, and the next render reuses it
+    when both are equal and the values have the same types (equal values of one type spell the
+    same; ``1 == 1.0`` alone would not be enough). Label heads are reused per label set while
+    the identity columns they are built from (``(group, topic, partition, member…)`` per row,
+    ``(topic, partition)``, ``group``) are unchanged. The cost: the previous values and heads
+    stay referenced between renders (a few MB at 20,000 rows).
+    """
+
+    constant: Mapping[str, str] = field(default_factory=dict)
+    heads: dict[str, tuple[list[Any], list[str]]] = field(default_factory=dict)
+    """Label set → the identity column the heads were built from, and the heads."""
+    group_topic_heads: dict[tuple[str, str], str] = field(default_factory=dict)
+    families: dict[str, tuple[object, list[Any], Segment | None]] = field(default_factory=dict)
+    """Family → what it was rendered from (heads or a key), its values, and its segment (None:
+    no sample)."""
+    reused: int = 0
+    """Families whose segment the last render reused (for tests and profiles)."""
+
+
+_ROW_IDENTITY: Final = attrgetter(
+    "group", "topic", "partition", "member_host", "consumer_id", "client_id"
+)
+_PARTITION_IDENTITY: Final = attrgetter("topic", "partition")
+_GROUP_IDENTITY: Final = attrgetter("group")
+
+
+def render_cluster(
+    snapshot: ClusterSnapshot, granularity: Granularity, memory: RenderMemory | None = None
+) -> ClusterChunks:
+    """Render one cluster's samples, family by family (pure but for ``memory``, which it reads
+    and replaces; safe to run in a worker thread).
 
     Each family's lines are joined, encoded and compressed before the next family is built, so
     at most one family's text (a few MB at 20,000 rows) exists at a time next to the finished,
-    compressed chunks.
+    compressed chunks. With ``memory`` (the previous render of the same cluster), families whose
+    heads and values did not change reuse their segment (:class:`RenderMemory`).
     """
     constant = {**snapshot.labels, "cluster_name": snapshot.cluster}
-    memo: dict[str, str] = {}
+    previous = memory if memory is not None and memory.constant == constant else RenderMemory()
+    kept = RenderMemory(constant)
+    escaped_memo: dict[str, str] = {}
     chunks: dict[str, Segment] = {}
     sampling = snapshot.timestamp_sampling
     partial = snapshot.partial
 
     def esc(value: str) -> str:
-        escaped = memo.get(value)
+        escaped = escaped_memo.get(value)
         if escaped is None:
-            escaped = memo[value] = escape_label_value(value)
+            escaped = escaped_memo[value] = escape_label_value(value)
         return escaped
 
     def wanted(family: Family) -> bool:
@@ -161,26 +200,61 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
             and not (partial and family.field in CYCLE_FIELDS)
         )
 
-    def emit(name: str, heads: Iterable[str], values: Iterable[float | None]) -> None:
+    def label_heads(
+        label_set: str, identity: list[Any], build: Callable[[], list[str]]
+    ) -> list[str]:
+        """The heads of ``label_set``: the previous render's while ``identity`` is unchanged."""
+        before = previous.heads.get(label_set)
+        heads = before[1] if before is not None and before[0] == identity else build()
+        kept.heads[label_set] = (identity, heads)
+        return heads
+
+    def emit(
+        name: str,
+        heads: Sequence[str] | Callable[[], Sequence[str]],
+        values: Iterable[float | None],
+        key: object = None,
+    ) -> None:
         """One family from each series' ``{labels} `` head and its value, aligned; a series
         whose value is None is left out. Values come as a column (``map`` of a getter over the
         rows, in C), so the one Python-level step per sample is this line. Integers print as
-        they are (``format_value`` would too, at the cost of a call)."""
-        chunk = "".join(
-            [
-                f"{name}{head}{value if type(value) is int else format_value(value)}\n"
-                for head, value in zip(heads, values, strict=True)
-                if value is not None
-            ]
-        ).encode()
-        if chunk:
-            chunks[name] = deflate(chunk)
+        they are (``format_value`` would too, at the cost of a call). Heads may be a builder
+        (called only when the family is rendered), with ``key`` standing for them."""
+        column = values if isinstance(values, list) else list(values)
+        rendered_from = heads if key is None else key
+        before = previous.families.get(name)
+        if (
+            before is not None
+            and before[0] == rendered_from
+            and before[1] == column
+            and list(map(type, before[1])) == list(map(type, column))
+        ):
+            segment = before[2]
+            kept.reused += 1
+        else:
+            lines = heads() if callable(heads) else heads
+            chunk = "".join(
+                [
+                    f"{name}{head}{value if type(value) is int else format_value(value)}\n"
+                    for head, value in zip(lines, column, strict=True)
+                    if value is not None
+                ]
+            ).encode()
+            segment = deflate(chunk) if chunk else None
+        kept.families[name] = (rendered_from, column, segment)
+        if segment is not None:
+            chunks[name] = segment
 
     partitions = snapshot.partitions
     p_tmpl = label_template(constant, _variable(P))
-    p_heads = [
-        f"{{{p_tmpl.format(topic=esc(po.topic), partition=po.partition)}}} " for po in partitions
-    ]
+    p_heads = label_heads(
+        "partition",
+        list(map(_PARTITION_IDENTITY, partitions)),
+        lambda: [
+            f"{{{p_tmpl.format(topic=esc(po.topic), partition=po.partition)}}} "
+            for po in partitions
+        ],
+    )
     for family in filter(wanted, _PARTITION):
         emit(family.name, p_heads, map(attrgetter(family.field), partitions))
     health = snapshot.health
@@ -192,7 +266,6 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 p_heads,
                 [rates.get(TopicPartition(po.topic, po.partition)) for po in partitions],
             )
-    del p_heads
 
     row_families = [f for f in _ROW if wanted(f)]
     flagged_families = [f for f in _ROW_FLAGGED if wanted(f)]
@@ -200,8 +273,10 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
     if row_families or flagged_families or health_families:
         rows = snapshot.rows
         gpm_tmpl = label_template(constant, _variable(GPM))
-        fields = [
-            {
+        flags_tmpl = label_template(constant, _variable(GPM_FLAGS))
+
+        def fields(row: PartitionRow) -> dict[str, str | int]:
+            return {
                 "group": esc(row.group),
                 "topic": esc(row.topic),
                 "partition": row.partition,
@@ -209,36 +284,43 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 "consumer_id": esc(row.consumer_id),
                 "client_id": esc(row.client_id),
             }
-            for row in rows
-        ]
-        heads = [f"{{{gpm_tmpl.format_map(f)}}} " for f in fields]
-        flags_tmpl = label_template(constant, _variable(GPM_FLAGS))
 
-        # The flagged families first: ``fields`` is only needed for them. Their label set
-        # interleaves the two flags (labels are sorted), so only the rows with a value get one.
+        heads = label_heads(
+            "row",
+            list(map(_ROW_IDENTITY, rows)),
+            lambda: [f"{{{gpm_tmpl.format_map(fields(row))}}} " for row in rows],
+        )
+
+        # The flagged label set interleaves the two flags (labels are sorted), so only the rows
+        # with a value get a head; the key (row heads, and each such row's index and flags)
+        # stands for those heads, which are built only if the family is rendered.
         for family in flagged_families:
             get = attrgetter(family.field)
             flagged = [
-                (row, f, value)
-                for row, f, value in zip(rows, fields, map(get, rows), strict=True)
-                if value is not None
+                (i, row.compaction_detected, row.data_loss_detected, value)
+                for i, row in enumerate(rows)
+                if (value := get(row)) is not None
             ]
-            emit(
-                family.name,
-                [
+
+            def flagged_heads(flagged: list[tuple[int, bool, bool, float]] = flagged) -> list[str]:
+                return [
                     "{"
                     + flags_tmpl.format(
-                        **f,
-                        compaction_detected=_FLAG[row.compaction_detected],
-                        data_loss_detected=_FLAG[row.data_loss_detected],
+                        **fields(rows[i]),
+                        compaction_detected=_FLAG[compaction],
+                        data_loss_detected=_FLAG[loss],
                     )
                     + "} "
-                    for row, f, _ in flagged
-                ],
-                [value for _, _, value in flagged],
+                    for i, compaction, loss, _ in flagged
+                ]
+
+            emit(
+                family.name,
+                flagged_heads,
+                [value for *_, value in flagged],
+                key=(heads, [(i, c, d) for i, c, d, _ in flagged]),
             )
             del flagged
-        del fields
         for family in row_families:
             emit(family.name, heads, map(attrgetter(family.field), rows))
         if health is not None and health_families:
@@ -255,17 +337,28 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
                 # Statuses (IntEnum) and flags (bool) print as numbers through format_value.
                 emit(family.name, e_heads, map(attrgetter(family.field), e_health))
             del e_heads, e_health
-        del heads
 
     groups = snapshot.groups
     g_tmpl = label_template(constant, _variable(G))
     gt_tmpl = label_template(constant, _variable(GT))
-    g_heads = [f"{{{g_tmpl.format(group=esc(summary.group))}}} " for summary in groups]
+    g_heads = label_heads(
+        "group",
+        list(map(_GROUP_IDENTITY, groups)),
+        lambda: [f"{{{g_tmpl.format(group=esc(summary.group))}}} " for summary in groups],
+    )
     for family in filter(wanted, _GROUP):
         emit(family.name, g_heads, map(attrgetter(family.field), groups))
 
+    gt_before, gt_kept = previous.group_topic_heads, kept.group_topic_heads
+
     def group_topic_head(group: str, topic: str) -> str:
-        return f"{{{gt_tmpl.format(group=esc(group), topic=esc(topic))}}} "
+        head = gt_kept.get((group, topic))
+        if head is None:
+            head = gt_before.get((group, topic))
+            if head is None:
+                head = f"{{{gt_tmpl.format(group=esc(group), topic=esc(topic))}}} "
+            gt_kept[(group, topic)] = head
+        return head
 
     for family in filter(wanted, _GROUP_TOPIC):
         get = attrgetter(family.field)
@@ -291,12 +384,14 @@ def render_cluster(snapshot: ClusterSnapshot, granularity: Granularity) -> Clust
         t_health = [th for _, th in topic_health]
         for family in filter(wanted, _TOPIC_HEALTH):
             emit(family.name, t_heads, map(attrgetter(family.field), t_health))
-    del g_heads
 
     c_head = f"{{{cluster_label_text(snapshot.cluster, snapshot.labels)}}} "
     for family in filter(wanted, _CLUSTER):
         emit(family.name, (c_head,), (attrgetter(family.field)(snapshot),))
 
+    if memory is not None:
+        for slot in RenderMemory.__slots__:
+            setattr(memory, slot, getattr(kept, slot))
     return MappingProxyType(chunks)
 
 

@@ -31,6 +31,7 @@ from klag_pipeline.settings.schema import Granularity
 from klag_pipeline.sinks.prometheus.deflate import Joined, gzip_parts, inflate, join
 from klag_pipeline.sinks.prometheus.render import (
     ClusterChunks,
+    RenderMemory,
     assemble,
     assemble_counters,
     cluster_label_text,
@@ -103,6 +104,8 @@ class PrometheusSink:
             for name in sorted(status.cluster_names)
         )
         self._exposition = _prepare({})
+        self._memories: dict[str, RenderMemory] = {}
+        """Per cluster, what its last render can lend the next (only ``_next`` touches it)."""
         self._gzipped: dict[bool, tuple[_Exposition, bytes, Body]] = {}
         """Per format: the exposition and scrape-time part last gzipped, and the result."""
         self._applied = 0
@@ -140,8 +143,10 @@ class PrometheusSink:
     def _next(self, chunks: Mapping[str, ClusterChunks], update: SinkUpdate) -> _Exposition | None:
         new = dict(chunks)
         if isinstance(update, ClusterSnapshot):
-            new[update.cluster] = render_cluster(update, self._granularity)
+            memory = self._memories.setdefault(update.cluster, RenderMemory())
+            new[update.cluster] = render_cluster(update, self._granularity, memory)
         elif isinstance(update, ClusterWithdrawn):
+            self._memories.pop(update.cluster, None)
             if update.cluster not in new:
                 return None
             del new[update.cluster]
