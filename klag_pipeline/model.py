@@ -9,10 +9,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class TopicPartition:
+class TopicPartition(NamedTuple):
+    """A partition of a topic; ordered by topic, then partition.
+
+    A named tuple rather than a frozen dataclass: it is the key of nearly every per-partition
+    mapping (20,000+ lookups per cycle at the ``large`` preset), and a tuple hashes and compares
+    in C: the dataclass's generated ``__hash__``, ``__eq__`` and ``__lt__`` (Python functions)
+    were ~3 % of a steady cycle's samples in a py-spy profile (issue 17). It equals the plain
+    tuple ``(topic, partition)``; no mapping here mixes the two."""
+
     topic: str
     partition: int
 
