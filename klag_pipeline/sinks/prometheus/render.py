@@ -154,6 +154,8 @@ class RenderMemory:
     heads: dict[str, tuple[list[Any], list[str]]] = field(default_factory=dict)
     """Label set → the identity column the heads were built from, and the heads."""
     group_topic_heads: dict[tuple[str, str], str] = field(default_factory=dict)
+    flag_heads: dict[tuple[str, bool, bool], str] = field(default_factory=dict)
+    """(row head, compaction, data loss) → the head of the flagged label set."""
     families: dict[str, tuple[object, list[Any], Segment | None]] = field(default_factory=dict)
     """Family → what it was rendered from (heads or a key), its values, and its segment (None:
     no sample)."""
@@ -291,6 +293,25 @@ def render_cluster(
             lambda: [f"{{{gpm_tmpl.format_map(fields(row))}}} " for row in rows],
         )
 
+        flags_before, flags_kept = previous.flag_heads, kept.flag_heads
+
+        def flag_head(i: int, compaction: bool, loss: bool) -> str:
+            """Row ``i``'s head with the flags, the last render's while its row head is the same."""
+            key = (heads[i], compaction, loss)
+            head = flags_before.get(key)
+            if head is None:
+                head = (
+                    "{"
+                    + flags_tmpl.format(
+                        **fields(rows[i]),
+                        compaction_detected=_FLAG[compaction],
+                        data_loss_detected=_FLAG[loss],
+                    )
+                    + "} "
+                )
+            flags_kept[key] = head
+            return head
+
         # The flagged label set interleaves the two flags (labels are sorted), so only the rows
         # with a value get a head; the key (row heads, and each such row's index and flags)
         # stands for those heads, which are built only if the family is rendered.
@@ -303,16 +324,7 @@ def render_cluster(
             ]
 
             def flagged_heads(flagged: list[tuple[int, bool, bool, float]] = flagged) -> list[str]:
-                return [
-                    "{"
-                    + flags_tmpl.format(
-                        **fields(rows[i]),
-                        compaction_detected=_FLAG[compaction],
-                        data_loss_detected=_FLAG[loss],
-                    )
-                    + "} "
-                    for i, compaction, loss, _ in flagged
-                ]
+                return [flag_head(i, compaction, loss) for i, compaction, loss, _ in flagged]
 
             emit(
                 family.name,
