@@ -12,6 +12,8 @@ from io import BytesIO
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from klag_pipeline.errors import KafkaConnectionError, KafkaProtocolError, KafkaTimeoutError
 from klag_pipeline.kafka import protocol as p
@@ -259,6 +261,58 @@ def test_offset_fetch_v8_response() -> None:
         p.CommittedPartition("t", 1, -1, 0),
     )
     assert response.groups[1] == p.GroupOffsets("b", 16, ())
+
+
+def test_offset_fetch_partitions_off_the_fast_path_decode_the_same() -> None:
+    # The one-call path takes null/empty metadata and no tagged fields; metadata text, a
+    # tagged field and an error code must still decode field by field, in order.
+    plain = i32(0) + i64(42) + i32(5) + cs("") + i16(0) + TAGS
+    metadata = i32(1) + i64(43) + i32(5) + cs("consumer-meta") + i16(0) + TAGS
+    tagged = i32(2) + i64(44) + i32(5) + cs(None) + i16(0) + b"\x01\x00\x02xy"
+    failed = i32(3) + i64(-1) + i32(-1) + cs(None) + i16(3) + TAGS
+    topic = cs("t") + carr([plain, metadata, tagged, failed]) + TAGS
+    raw = i32(0) + carr([cs("a") + carr([topic]) + i16(0) + TAGS]) + TAGS
+    assert p.decode_offset_fetch(9, raw).groups[0].partitions == (
+        p.CommittedPartition("t", 0, 42, 0),
+        p.CommittedPartition("t", 1, 43, 0),
+        p.CommittedPartition("t", 2, 44, 0),
+        p.CommittedPartition("t", 3, -1, 3),
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**31 - 1),
+            st.integers(-1, 2**63 - 1),
+            st.one_of(st.none(), st.text(max_size=20)),
+            st.integers(-(2**15), 2**15 - 1),
+            st.binary(max_size=4),
+        ),
+        max_size=12,
+    )
+)
+def test_offset_fetch_v9_partitions_of_any_shape(
+    parts: list[tuple[int, int, str | None, int, bytes]],
+) -> None:
+    def tags(raw: bytes) -> bytes:  # one tagged field (tag 7) holding raw, or none
+        return b"\x01\x07" + bytes([len(raw)]) + raw if raw else TAGS
+
+    encoded = [
+        i32(n) + i64(offset) + i32(-1) + cs(meta) + i16(code) + tags(extra)
+        for n, offset, meta, code, extra in parts
+    ]
+    topic = cs("t") + carr(encoded) + TAGS
+    raw = i32(0) + carr([cs("a") + carr([topic]) + i16(0) + TAGS]) + TAGS
+    expected = tuple(p.CommittedPartition("t", n, offset, code) for n, offset, _, code, _ in parts)
+    assert p.decode_offset_fetch(9, raw).groups[0].partitions == expected
+
+
+def test_offset_fetch_truncated_inside_a_partition_is_a_decode_error() -> None:
+    part = i32(0) + i64(42) + i32(5) + cs("") + i16(0) + TAGS
+    raw = i32(0) + carr([cs("a") + carr([cs("t") + carr([part, part]) + TAGS]) + i16(0) + TAGS])
+    with pytest.raises(p.ProtocolDecodeError):
+        p.decode_offset_fetch(9, raw[: len(raw) - 30])
 
 
 def test_offset_fetch_v5_single_group_response() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 
 class ProtocolDecodeError(ValueError):
@@ -153,6 +153,20 @@ class Reader:
     def boolean(self) -> bool:
         return self.int8() != 0
 
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        """Several fixed-size fields at once (one bounds check and one call for a row of them)."""
+        return layout.unpack_from(self._buf, self._take(layout.size))
+
+    def peek(self, layout: struct.Struct) -> tuple[Any, ...] | None:
+        """``layout``'s fields at the current position without consuming them; None when fewer
+        bytes are left (for fast paths that check a guess, then :meth:`advance`)."""
+        if self._pos + layout.size > len(self._buf):
+            return None
+        return layout.unpack_from(self._buf, self._pos)
+
+    def advance(self, size: int) -> None:
+        self._take(size)
+
     def uuid(self) -> bytes:
         start = self._take(_UUID_LEN)
         return self._buf[start : start + _UUID_LEN]
@@ -175,6 +189,12 @@ class Reader:
             return self._buf[start : start + size].decode()
         except UnicodeDecodeError as exc:
             raise ProtocolDecodeError(f"invalid UTF-8 in string at byte {start}") from exc
+
+    def skip_string(self) -> None:
+        """Step over a (nullable) string without decoding it."""
+        size = self.uvarint() - 1 if self._flexible else self.int16()
+        if size > 0:
+            self._take(size)
 
     def string(self) -> str:
         """A non-nullable string; a null from a misbehaving broker reads as ""."""
@@ -215,6 +235,10 @@ class Reader:
 
     def skip_tags(self) -> None:
         if not self._flexible:
+            return
+        pos = self._pos
+        if pos < len(self._buf) and self._buf[pos] == 0:  # no tagged fields: nearly always
+            self._pos = pos + 1
             return
         for _ in range(self.array_length_raw_tags()):
             self.uvarint()  # tag number
