@@ -84,7 +84,7 @@ def carry_over(
             row.group, {}
         )
         if row.group in unanswered.groups or partition_only:
-            carried_rows.append(row if row.carried else dataclasses.replace(row, carried=True))
+            carried_rows.append(row if row.carried else row._replace(carried=True))
             rows_read_at[(row.group, tp)] = read_at
 
     shown = {(po.topic, po.partition) for po in snapshot.partitions}

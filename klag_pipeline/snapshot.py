@@ -8,20 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from klag_pipeline.health.model import ClusterHealth
 from klag_pipeline.model import GroupState, TopicPartition
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionRow:
+class PartitionRow(NamedTuple):
     """One (group, topic, partition) with a committed offset.
 
     ``low`` None: the earliest offset is unknown this cycle, so the loss figures
     (``messages_lost``, ``retention_margin``, ``lag_retention_ratio``) are None and
     ``data_loss_detected`` is False: we never claim loss on missing data.
     ``lag_seconds`` None: lag > 0 but no timestamp could be read this cycle (or sampling is off).
+
+    A named tuple, immutable like the frozen dataclasses around it, because one is built per
+    row per cycle: a frozen dataclass's ``__init__`` sets each of its 18 fields through
+    ``object.__setattr__`` — 44 ms per 20,000 rows against 6 ms for the tuple (issue 17). Copy
+    with ``row._replace(...)``.
     """
 
     group: str

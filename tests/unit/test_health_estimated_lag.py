@@ -33,7 +33,7 @@ def denied(at: float, rows: list[PartitionRow], topics: set[str]) -> ClusterSnap
 
 
 def exact(r: PartitionRow, seconds: float) -> PartitionRow:
-    return dataclasses.replace(r, lag_seconds=seconds)
+    return r._replace(lag_seconds=seconds)
 
 
 def answered(code: int) -> object:

@@ -238,7 +238,7 @@ async def test_a_scraper_that_stops_reading_is_cut_after_the_send_timeout(
 ) -> None:
     base = snapshot("dr", "g", 5)
     rows = tuple(
-        dataclasses.replace(base.rows[0], group=f"group-{i:06d}-{'x' * 40}", partition=i % 50)
+        base.rows[0]._replace(group=f"group-{i:06d}-{'x' * 40}", partition=i % 50)
         for i in range(8000)
     )
     server.sink.apply(dataclasses.replace(base, rows=rows))  # ~8 MB: more than socket buffers
@@ -266,7 +266,7 @@ async def test_a_scraper_leaving_mid_body_is_dropped_quietly(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     base = snapshot("dr", "g", 5)
-    rows = tuple(dataclasses.replace(base.rows[0], partition=i) for i in range(8000))
+    rows = tuple(base.rows[0]._replace(partition=i) for i in range(8000))
     server.sink.apply(dataclasses.replace(base, rows=rows))
     with structlog.testing.capture_logs() as logs, caplog.at_level(logging.DEBUG, "aiohttp"):
         reader, writer = await server.connect(rcvbuf=4096)

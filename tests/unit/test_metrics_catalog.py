@@ -170,7 +170,7 @@ def full_snapshot() -> ClusterSnapshot:
     """The golden snapshot with a value for every family (a consumable lag and the consumer
     health included)."""
     snap = health_snapshot()
-    return replace(snap, rows=(replace(snap.rows[0], consumable_lag=0), *snap.rows[1:]))
+    return replace(snap, rows=(snap.rows[0]._replace(consumable_lag=0), *snap.rows[1:]))
 
 
 @pytest.mark.parametrize("granularity", ["partition", "topic"])
