@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from klag_pipeline.events import TimestampsSampled
 from klag_pipeline.model import (
@@ -38,9 +38,9 @@ def offset_lag(committed: int, high: int) -> int:
     return max(high - committed, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class RetentionFigures:
-    """How a committed offset stands against the log start (SPEC §4)."""
+class RetentionFigures(NamedTuple):
+    """How a committed offset stands against the log start (SPEC §4). A named tuple: one is
+    built per row per cycle (see :class:`~klag_pipeline.snapshot.PartitionRow`)."""
 
     messages_lost: int
     retention_margin: int
