@@ -11,10 +11,11 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 
-from klag_pipeline import __version__
+from klag_pipeline import package_version
 from klag_pipeline.cluster_pipeline import ClusterPipeline
 from klag_pipeline.collection import collection_chain
 from klag_pipeline.errors import ConfigError, KlagError
@@ -31,7 +32,6 @@ from klag_pipeline.pipeline.fanout import FanOut
 from klag_pipeline.pipeline.runner import Runner, install_signal_handlers
 from klag_pipeline.settings.redaction import redact_settings
 from klag_pipeline.settings.schema import ClusterSettings, Settings
-from klag_pipeline.sharding.gate import ShardGate
 from klag_pipeline.sinks import Sink
 from klag_pipeline.sinks.prometheus import PrometheusSink
 from klag_pipeline.sinks.snapshots import SnapshotStore
@@ -43,6 +43,9 @@ from klag_pipeline.status import StatusBoard
 from klag_pipeline.telemetry import runtime
 from klag_pipeline.telemetry.cluster_log import log_summaries
 from klag_pipeline.telemetry.self_metrics import SelfMetrics
+
+if TYPE_CHECKING:
+    from klag_pipeline.sharding.gate import ShardGate
 
 log = structlog.get_logger("klag_pipeline")
 
@@ -81,11 +84,13 @@ class Exporter:
         )
         self.elector = self.leadership.elector
         # Sharded mode (docs/scaling.md) replaces the leadership gate: the loader refuses both.
-        self.sharding = (
-            ShardGate(settings, self.status, self.self_metrics, self.clock, membership_factory)
-            if exporter.sharding.enabled
-            else None
-        )
+        self.sharding: ShardGate | None = None
+        if exporter.sharding.enabled:
+            from klag_pipeline.sharding.gate import ShardGate  # only sharded mode needs it
+
+            self.sharding = ShardGate(
+                settings, self.status, self.self_metrics, self.clock, membership_factory
+            )
         self.gate: LeadershipGate | ShardGate = self.sharding or self.leadership
         self.prometheus = PrometheusSink(
             exporter.granularity,
@@ -135,7 +140,7 @@ class Exporter:
                 OtlpSink(
                     exporter.otel,
                     granularity=exporter.granularity,
-                    version=__version__,
+                    version=package_version(),
                     instance_id=(
                         exporter.sharding.identity
                         if exporter.sharding.enabled
@@ -272,7 +277,7 @@ async def serve(
     app = build_app(
         exporter.prometheus,
         exporter.status,
-        version=__version__,
+        version=package_version(),
         settings_view=redact_settings(settings),
         middlewares=middlewares(http),
         snapshots=exporter.snapshot_store,
@@ -282,7 +287,7 @@ async def serve(
     )
     log.info(
         "exporter_started",
-        version=__version__,
+        version=package_version(),
         http=f"{settings.exporter.http_host}:{settings.exporter.http_port}",
         tls=ssl_context is not None,
         basic_auth=bool(http.basic_auth_users),
