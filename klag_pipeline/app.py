@@ -7,6 +7,7 @@ live in :mod:`klag_pipeline.commands`. Nothing else wires the exporter's compone
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,9 @@ log = structlog.get_logger("klag_pipeline")
 
 # Shutdown: time allowed for in-flight cycles to finish and sinks to flush after SIGTERM.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# How long a first cycle's timestamp pass waits for /metrics to show the cycle's partial snapshot
+# (docs/pipeline.md, "The first scrape"); rendering it takes ~0.3 s at 20,000 group-partitions.
+EARLY_SETTLE_SECONDS = 2.0
 
 
 class Exporter:
@@ -202,7 +206,23 @@ class Exporter:
         sampling = self.settings.exporter.timestamp_sampling
         if self.sharding is not None or not sampling.enabled or sampling.mode == "rate":
             return None
-        return EarlyPublication(cluster.labels, self.clock)
+        return EarlyPublication(
+            cluster.labels, self.clock, settle=partial(self._on_metrics, cluster.name)
+        )
+
+    async def _on_metrics(self, cluster: str) -> None:
+        """Return once /metrics carries ``cluster``'s series, or after EARLY_SETTLE_SECONDS.
+
+        The first cycle's timestamp pass waits here after the partial snapshot: started at
+        once, its CPU-bound bookkeeping and record decoding would share the CPU (and the GIL)
+        with the Prometheus sink's rendering of that snapshot, and the first complete /metrics
+        would come ~0.2 s later at 20,000 group-partitions. The wait is bounded: a sink that
+        does not take the snapshot (a full inbox) must not hold the cycle."""
+        prometheus = self.prometheus
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EARLY_SETTLE_SECONDS):
+                while cluster not in prometheus.clusters:
+                    await prometheus.wait_applied(prometheus.applied + 1)
 
     def _publisher_done(self) -> None:
         self._publishers_left -= 1
