@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import structlog
 
-from klag_pipeline import __version__
+from klag_pipeline import package_version
 from klag_pipeline.commands import DEFAULT_TIMEOUT, parse_timeout, parse_window
 from klag_pipeline.errors import ConfigError, KlagError
 from klag_pipeline.settings.durations import format_duration
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kafka consumer-group lag exporter: offset lag, time lag, data loss.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"klag-pipeline {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str, *, group: bool = False) -> argparse.ArgumentParser:
@@ -163,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
             " with --window: each cycle)",
         )
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: argparse's own action wants the version string when the parser is built,
+    which would read the package metadata on every start (see :func:`package_version`)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS, help="show the version and exit")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(f"klag-pipeline {package_version()}\n")
+        sys.stdout.flush()
+        parser.exit()
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -31,7 +31,6 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
-import aiohttp
 from aiokafka.abc import AbstractTokenProvider
 
 from klag_pipeline.errors import KafkaAuthError
@@ -185,6 +184,10 @@ class ClientCredentialsTokenProvider(AbstractTokenProvider):  # type: ignore[mis
         return "Basic " + base64.b64encode(pair.encode()).decode()
 
     async def _fetch(self, now: float) -> _Cached:
+        # Imported here: the HTTP client (~0.2 s of imports) is needed only when a cluster
+        # uses the client-credentials grant, and only once a token is due.
+        import aiohttp
+
         where = f"OAUTHBEARER token endpoint {safe_url(self._url)}"
         form = {"grant_type": "client_credentials"}
         if self._scope:

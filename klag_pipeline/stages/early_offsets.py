@@ -7,8 +7,10 @@ watermarks are listed. So, until the cluster's first complete snapshot has been 
 :class:`EarlyOffsetsStage` (between the watermarks and the timestamp stage) hands every cycle
 that has a lagging commit to :meth:`EarlyPublication.offer`, which calculates a *partial*
 snapshot (the calculation without timestamps, ``ClusterSnapshot.partial``; off the event loop)
-and publishes it, before the timestamp pass starts. :meth:`EarlyPublication.publish_complete`
-publishes complete snapshots under the same lock and ends early publication for good.
+and publishes it, before the timestamp pass starts (the exporter also lets the pass wait, bounded,
+until /metrics carries it: its rendering then has the CPU to itself).
+:meth:`EarlyPublication.publish_complete` publishes complete snapshots under the same lock and
+ends early publication for good.
 
 So the sinks see, per cluster, at most one partial snapshot per cycle, all of them before the
 first complete one, and each publication replaces the whole cluster: no scrape mixes two cycles.
@@ -64,9 +66,19 @@ def has_lagging_commit(event: WatermarksListed) -> bool:
 class EarlyPublication:
     """One cluster's early publication (see the module docstring)."""
 
-    def __init__(self, labels: Mapping[str, str], clock: TimeSource) -> None:
+    def __init__(
+        self,
+        labels: Mapping[str, str],
+        clock: TimeSource,
+        *,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``settle``: awaited after a partial snapshot has been handed over and before
+        :meth:`offer` returns, i.e. before the timestamp pass starts (the exporter waits there
+        until /metrics carries it, so that its rendering has the CPU to itself)."""
         self._labels = MappingProxyType(dict(labels))
         self._clock = clock
+        self._settle = settle
         self._lock = asyncio.Lock()
         self._done = False
         self._publish: Publish | None = None
@@ -92,9 +104,12 @@ class EarlyPublication:
             partial_snapshot, event, self._labels, self._clock.time()
         )
         async with self._lock:
-            if not self._done:
-                await publish(snapshot)
-                self.published += 1
+            if self._done:
+                return
+            await publish(snapshot)
+            self.published += 1
+        if self._settle is not None:
+            await self._settle()
 
     async def publish_complete(self, snapshot: ClusterSnapshot, publish: Publish) -> None:
         """Publish a complete snapshot; no partial one is published after it."""

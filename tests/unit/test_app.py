@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Collection, Mapping
 
 from klag_pipeline.app import Exporter
-from klag_pipeline.kafka.port import ClusterClient, RequestObserver
+from klag_pipeline.kafka.port import ClusterClient, RequestObserver, TimestampListing
 from klag_pipeline.model import GroupState, TopicPartition, Watermarks
 from klag_pipeline.pipeline.runner import Runner
 from klag_pipeline.settings.schema import (
@@ -22,12 +22,12 @@ from tests.unit.fake_cluster import FakeCluster, FakeGroup
 TP = TopicPartition("orders", 0)
 
 
-def settings(poll: float = 0.02, capacity: int = 2) -> Settings:
+def settings(poll: float = 0.02, capacity: int = 2, *, sampling: bool = False) -> Settings:
     return Settings(
         exporter=ExporterSettings(
             poll_interval=poll,
             staleness_threshold=60.0,
-            timestamp_sampling=TimestampSamplingSettings(enabled=False),
+            timestamp_sampling=TimestampSamplingSettings(enabled=sampling),
             performance=PerformanceSettings(queue_capacity=capacity),
         ),
         clusters=(ClusterSettings(name="c1", bootstrap_servers=("127.0.0.1:9092",)),),
@@ -132,3 +132,30 @@ async def test_shutdown_finishes_within_its_deadline_even_with_a_sink_that_never
     async with asyncio.timeout(10):
         await task
     assert loop.time() - started < 5.0
+
+
+async def test_the_first_timestamp_pass_starts_once_metrics_has_the_partial_snapshot() -> None:
+    """docs/pipeline.md, "The first scrape": the timestamp pass would otherwise share the CPU
+    with the rendering of the partial snapshot and delay the first complete /metrics."""
+    seen: list[tuple[str, ...]] = []
+
+    class Recording(FakeCluster):
+        async def sample_timestamps(
+            self, wanted: Mapping[TopicPartition, Collection[int]]
+        ) -> TimestampListing:
+            seen.append(exporter.prometheus.clusters)
+            return await super().sample_timestamps(wanted)
+
+    cluster = Recording()
+    cluster.partitions = {TP: Watermarks(0, 10)}
+    cluster.groups["g"] = FakeGroup(state=GroupState.EMPTY, committed={TP: 4})
+
+    def factory(c: ClusterSettings, e: ExporterSettings, o: RequestObserver) -> ClusterClient:
+        return cluster
+
+    exporter = Exporter(settings(poll=0.5, sampling=True), client_factory=factory)
+    await run_for(exporter, 2)  # the partial snapshot, then the complete one
+    (pipeline,) = exporter.pipelines
+    assert pipeline.early is not None
+    assert pipeline.early.published == 1
+    assert seen[0] == ("c1",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import platform
 import sys
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -45,5 +46,24 @@ def test_settle_heap_freezes_what_exists_and_collects_the_young_less_often() -> 
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == (runtime.GC_YOUNG_THRESHOLD, before[1], before[2])
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_settle_heap_collects_young_garbage_instead_of_freezing_it() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a reference cycle: only the cyclic GC frees it
+
+    before = gc.get_threshold()
+    gc.disable()  # no automatic collection in between: only settle_heap can free it
+    try:
+        garbage = Node()
+        gone = weakref.ref(garbage)
+        del garbage
+        runtime.settle_heap()
+        assert gone() is None
+    finally:
+        gc.enable()
         gc.unfreeze()
         gc.set_threshold(*before)
