@@ -9,9 +9,13 @@ produced (their lag drifts), caught-up groups commit at the end, idle-topic grou
 and the live groups keep their one member. ``observed_at`` advances by the poll interval.
 
 Two passes over the same snapshots: the first times ``evaluate`` (``time.process_time``, CPU
-seconds of this process; tracemalloc off), the second runs under tracemalloc and reports the
-evaluator's retained state once the window is full (memory traced after the last cycle, with
-its result released, minus before the evaluator existed) and the peak during one evaluation.
+seconds of this process; tracemalloc off), the second runs under tracemalloc and reports, once
+the window is full, what the evaluator holds — the memory traced after the last cycle (its
+result released) minus after the evaluator is dropped — and what one cycle's result holds until
+the next (the health attached to the snapshot: ``PartitionHealth`` and ``Rates`` per row, keys,
+group-topic and group results), plus the peak during one evaluation. In the second pass the
+snapshots are built one at a time under tracemalloc and dropped after their cycle, as in the
+exporter, so the int objects a history keeps from snapshots gone by count as the evaluator's.
 Results go to ``bench/results/evaluation.json``.
 """
 
@@ -153,21 +157,30 @@ def main(args: argparse.Namespace) -> int:
         statuses[health.status.name] = statuses.get(health.status.name, 0) + 1
     del evaluator, result
 
-    # Pass 2: the evaluator's retained state and the peak of one evaluation, under tracemalloc.
+    # Pass 2: what the evaluator and one cycle's result hold, and the peak of one evaluation,
+    # under tracemalloc; each snapshot is built under it and dropped after its cycle.
     gc.collect()
     tracemalloc.start()
-    base, _ = tracemalloc.get_traced_memory()
     evaluator = Evaluator(settings, poll)
     peaks: list[int] = []
-    for snapshot in snapshots:
+    for snapshot in _snapshots(scenario, poll, args.cycles, spec.seed):
         held, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         result = evaluator.evaluate(snapshot)
         peaks.append(tracemalloc.get_traced_memory()[1] - held)
-        del result
+        if snapshot.cycle < args.cycles - 1:
+            del result
     gc.collect()
-    state = tracemalloc.get_traced_memory()[0] - base
+    with_result, _ = tracemalloc.get_traced_memory()
+    del result
+    gc.collect()
+    without_result, _ = tracemalloc.get_traced_memory()
+    del evaluator
+    gc.collect()
+    without_evaluator, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    state = without_result - without_evaluator
+    result_held = with_result - without_result
 
     steady = cpu[window_full:] or cpu
     output = {
@@ -192,6 +205,8 @@ def main(args: argparse.Namespace) -> int:
         },
         "memory_bytes": {
             "evaluator_state_after_last_cycle": state,
+            "evaluator_state_per_row": round(state / truth["rows"]),
+            "last_result_held": result_held,
             "evaluation_peak_max": max(peaks),
         },
         "last_cycle_partition_statuses": statuses,
