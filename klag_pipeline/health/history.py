@@ -35,6 +35,7 @@ class RowHistory:
 
     values: array[int]  # STRIDE values per observation, oldest first, at most the window's
     first_seen: float
+    key: tuple[str, TopicPartition]  # its key in ClusterHealth.partitions, reused every cycle
     last_moved: float | None = None
     rewind: Rewind | None = None  # the last backward step of the committed offset
 
