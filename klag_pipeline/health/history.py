@@ -5,7 +5,7 @@ the cycle's number, and :class:`Timeline` maps numbers to times once for all row
 observations are one flat ``array('q')`` — ``cycle, committed, high, lag`` per observation,
 oldest first — instead of a list of tuples: 32 bytes an observation and no int objects, where a
 tuple cost 72 bytes plus the ints of values that moved. At the ``large`` preset (20,000 rows, 16
-observations each) that is ~0.6 KB per row instead of ~1.9 KB.
+observations each) the evaluator holds ~0.9 KB per row instead of ~1.9 KB.
 
 The rules (:mod:`klag_pipeline.health.rules`) read a window by its two ends
 (:func:`first_point`, :func:`last_point`), and for the trend rule by
