@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeVar
 
-from klag_pipeline.health.model import NO_RATES, Rates, Status
+from klag_pipeline.health.model import NO_RATES, STANDING, Rates, Status
 
 
 class Observation(NamedTuple):
@@ -87,11 +87,12 @@ def rates_between(first: Point, last: Point) -> Rates:
     span = last[AT] - first[AT]
     if span <= 0:
         return NO_RATES
-    return Rates(
-        consume=(last[COMMITTED] - first[COMMITTED]) / span,
-        produce=(last[HIGH] - first[HIGH]) / span,
-        lag_velocity=(last[LAG] - first[LAG]) / span,
-    )
+    consumed = last[COMMITTED] - first[COMMITTED]
+    produced = last[HIGH] - first[HIGH]
+    grown = last[LAG] - first[LAG]
+    if not (consumed or produced or grown):
+        return STANDING  # an idle row (a common one): no new tuple and floats every cycle
+    return Rates(consume=consumed / span, produce=produced / span, lag_velocity=grown / span)
 
 
 def catch_up_seconds(lag: int, observed: Rates) -> float | None:
