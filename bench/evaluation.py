@@ -9,9 +9,15 @@ produced (their lag drifts), caught-up groups commit at the end, idle-topic grou
 and the live groups keep their one member. ``observed_at`` advances by the poll interval.
 
 Two passes over the same snapshots: the first times ``evaluate`` (``time.process_time``, CPU
-seconds of this process; tracemalloc off), the second runs under tracemalloc and reports the
-evaluator's retained state once the window is full (memory traced after the last cycle, with
-its result released, minus before the evaluator existed) and the peak during one evaluation.
+seconds of this process; tracemalloc off), the second runs under tracemalloc and reports, once
+the window is full, what the evaluator holds — the memory traced after the last cycle (its
+result released) minus after the evaluator is dropped — and what one cycle's result holds until
+the next (the health attached to the snapshot: ``PartitionHealth`` and ``Rates`` per row, keys,
+group-topic and group results), plus the peak during one evaluation. After the first pass, what
+the evaluator and its last result add to the pause of a full ``gc.collect()`` (median of 7 with
+them, less median of 7 without). In the second pass the snapshots are built one at a time under
+tracemalloc and dropped after their cycle, as in the exporter, so the int objects a history keeps
+from snapshots gone by count as the evaluator's.
 Results go to ``bench/results/evaluation.json``.
 """
 
@@ -127,6 +133,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _full_collection() -> float:
+    """Median seconds of a full ``gc.collect()``, over 7."""
+    times = []
+    for _ in range(7):
+        before = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - before)
+    return statistics.median(times)
+
+
 def main(args: argparse.Namespace) -> int:
     from bench.__main__ import DEFAULT_POLL_SECONDS
 
@@ -151,23 +167,37 @@ def main(args: argparse.Namespace) -> int:
     assert result.health is not None
     for health in result.health.partitions.values():
         statuses[health.status.name] = statuses.get(health.status.name, 0) + 1
+    # A full collection's pause (it holds the GIL: in the exporter, a stall of the event loop)
+    # with the filled evaluator and its last result alive, less that without them (the
+    # snapshots kept here are traversed in both).
+    with_evaluator = _full_collection()
     del evaluator, result
+    gc_share = with_evaluator - _full_collection()
 
-    # Pass 2: the evaluator's retained state and the peak of one evaluation, under tracemalloc.
+    # Pass 2: what the evaluator and one cycle's result hold, and the peak of one evaluation,
+    # under tracemalloc; each snapshot is built under it and dropped after its cycle.
     gc.collect()
     tracemalloc.start()
-    base, _ = tracemalloc.get_traced_memory()
     evaluator = Evaluator(settings, poll)
     peaks: list[int] = []
-    for snapshot in snapshots:
+    for snapshot in _snapshots(scenario, poll, args.cycles, spec.seed):
         held, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         result = evaluator.evaluate(snapshot)
         peaks.append(tracemalloc.get_traced_memory()[1] - held)
-        del result
+        if snapshot.cycle < args.cycles - 1:
+            del result
     gc.collect()
-    state = tracemalloc.get_traced_memory()[0] - base
+    with_result, _ = tracemalloc.get_traced_memory()
+    del result
+    gc.collect()
+    without_result, _ = tracemalloc.get_traced_memory()
+    del evaluator
+    gc.collect()
+    without_evaluator, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    state = without_result - without_evaluator
+    result_held = with_result - without_result
 
     steady = cpu[window_full:] or cpu
     output = {
@@ -192,8 +222,11 @@ def main(args: argparse.Namespace) -> int:
         },
         "memory_bytes": {
             "evaluator_state_after_last_cycle": state,
+            "evaluator_state_per_row": round(state / truth["rows"]),
+            "last_result_held": result_held,
             "evaluation_peak_max": max(peaks),
         },
+        "full_gc_collection_seconds": {"added_by_evaluator_and_result": gc_share},
         "last_cycle_partition_statuses": statuses,
         "machine": machine_info()
         | {"load_average_before": load_before, "load_average_after": load_average()},

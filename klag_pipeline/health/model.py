@@ -37,6 +37,8 @@ class Rates(NamedTuple):
 
 
 NO_RATES = Rates(None, None, None)
+STANDING = Rates(0.0, 0.0, 0.0)
+"""The rates of a window in which nothing moved, shared: one idle row costs no Rates object."""
 
 
 @dataclass(frozen=True, slots=True)

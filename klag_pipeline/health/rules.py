@@ -27,11 +27,11 @@ whatever its commits do; a quiet topic cannot make a group STALLED because rule 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
-from klag_pipeline.health.model import NO_RATES, Rates, Status
+from klag_pipeline.health.model import NO_RATES, STANDING, Rates, Status
 
 
 class Observation(NamedTuple):
@@ -56,6 +56,9 @@ COMMITTED: Final = 1
 HIGH: Final = 2
 LAG: Final = 3
 
+W = TypeVar("W")
+"""A window of observations in the form its keeper stores it (:func:`status_between`)."""
+
 
 class Rewind(NamedTuple):
     """The committed offset moved backwards at ``at``, from ``before`` to ``after``."""
@@ -76,15 +79,20 @@ def rates(observations: Sequence[Point]) -> Rates:
     between them)."""
     if len(observations) < 2:
         return NO_RATES
-    first, last = observations[0], observations[-1]
+    return rates_between(observations[0], observations[-1])
+
+
+def rates_between(first: Point, last: Point) -> Rates:
+    """:func:`rates` of a window of two or more observations, given its oldest and newest."""
     span = last[AT] - first[AT]
     if span <= 0:
         return NO_RATES
-    return Rates(
-        consume=(last[COMMITTED] - first[COMMITTED]) / span,
-        produce=(last[HIGH] - first[HIGH]) / span,
-        lag_velocity=(last[LAG] - first[LAG]) / span,
-    )
+    consumed = last[COMMITTED] - first[COMMITTED]
+    produced = last[HIGH] - first[HIGH]
+    grown = last[LAG] - first[LAG]
+    if not (consumed or produced or grown):
+        return STANDING  # an idle row (a common one): no new tuple and floats every cycle
+    return Rates(consume=consumed / span, produce=produced / span, lag_velocity=grown / span)
 
 
 def catch_up_seconds(lag: int, observed: Rates) -> float | None:
@@ -142,11 +150,47 @@ def partition_status(
     within the window, as the caller tracked it while appending (O(1) per cycle); without it the
     observations are scanned (:func:`rewind_in`)."""
     if len(observations) < 2:
-        return Status.UNKNOWN, f"{len(observations)} of 2 observations needed"
-    step = rewind_in(observations) if rewound is None else rewound
-    if step is not None and step is not NO_REWIND:
-        return Status.REWOUND, f"committed offset moved back from {step.before} to {step.after}"
-    first, last = observations[0], observations[-1]
+        return too_few(len(observations))
+    if rewound is None:
+        rewound = rewind_in(observations) or NO_REWIND
+    return status_between(
+        observations[0],
+        observations[-1],
+        observations,
+        _grew_beyond_noise,
+        members=members,
+        commit_age=commit_age,
+        seen_moving=seen_moving,
+        thresholds=thresholds,
+        rewound=rewound,
+    )
+
+
+def too_few(count: int) -> tuple[Status, str]:
+    """Rule 1: the status of a window of fewer than two observations."""
+    return Status.UNKNOWN, f"{count} of 2 observations needed"
+
+
+def status_between(
+    first: Point,
+    last: Point,
+    window: W,
+    grew_beyond_noise: Callable[[W], bool],
+    *,
+    members: bool,
+    commit_age: float,
+    seen_moving: bool,
+    thresholds: Thresholds,
+    rewound: Rewind,
+) -> tuple[Status, str]:
+    """Rules 2–12 for a window of two or more observations, given its oldest and newest, the
+    last rewind within it (:data:`NO_REWIND` for none), and how to tell from ``window`` — in
+    whatever form the caller keeps it — whether its lag grew beyond noise (read only for rule
+    11: the one rule that needs more than the window's two ends)."""
+    if rewound is not NO_REWIND:
+        return Status.REWOUND, (
+            f"committed offset moved back from {rewound.before} to {rewound.after}"
+        )
     if last[LAG] <= 0:
         return Status.OK, "caught up"
     grew = last[LAG] > first[LAG]
@@ -173,7 +217,7 @@ def partition_status(
         )
     if not seen_moving:
         return Status.UNKNOWN, f"lag {last[LAG]}; commit not seen moving in {age}s so far"
-    if grew and _grew_beyond_noise(observations):
+    if grew and grew_beyond_noise(window):
         return Status.LAGGING, f"lag grew from {first[LAG]} to {last[LAG]}"
     return Status.OK, "consuming"
 

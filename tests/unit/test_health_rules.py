@@ -42,6 +42,13 @@ def test_rates_over_the_window() -> None:
     assert got == Rates(consume=10.0, produce=5.0, lag_velocity=-5.0)
 
 
+def test_a_window_where_nothing_moved_has_zero_rates() -> None:
+    # An idle row: known rates, all 0 (not unknown), and a catch-up time of "never" with lag.
+    got = rates(obs((0, 100, 1000), (30, 100, 1000), (60, 100, 1000)))
+    assert got == Rates(consume=0.0, produce=0.0, lag_velocity=0.0)
+    assert catch_up_seconds(900, got) == math.inf
+
+
 def test_one_observation_has_no_rates() -> None:
     assert rates(obs((0, 1, 2))) == Rates(None, None, None)
 
