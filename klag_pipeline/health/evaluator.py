@@ -269,7 +269,7 @@ class Evaluator:
         if timeline is None:
             return health
         estimate = timeline.lag_seconds(row.committed, now)
-        return dataclasses.replace(health, estimated_lag_seconds=estimate)
+        return health._replace(estimated_lag_seconds=estimate)
 
     # -- per group-topic and group -----------------------------------------------------------
 

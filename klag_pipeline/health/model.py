@@ -41,9 +41,9 @@ STANDING = Rates(0.0, 0.0, 0.0)
 """The rates of a window in which nothing moved, shared: one idle row costs no Rates object."""
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionHealth:
-    """One (group, topic, partition) row's evaluation."""
+class PartitionHealth(NamedTuple):
+    """One (group, topic, partition) row's evaluation. A named tuple, like ``PartitionRow``: one
+    is built per row per cycle (docs/decisions.md); copy with ``_replace``."""
 
     rates: Rates
     catch_up_seconds: float | None  # 0 caught up; +inf never at current rates; None unknown
