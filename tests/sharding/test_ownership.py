@@ -31,6 +31,7 @@ from klag_pipeline.sharding.ownership import (
     restrict,
 )
 from klag_pipeline.sinks.otlp.families import observe
+from klag_pipeline.sinks.prometheus.deflate import text
 from klag_pipeline.sinks.prometheus.render import render_cluster
 from klag_pipeline.snapshot import ClusterSnapshot
 from tests.unit.fake_cluster import FakeCluster, FakeGroup
@@ -97,7 +98,7 @@ def lines(snapshot: ClusterSnapshot) -> Counter[str]:
         line
         for family, chunk in rendered.items()
         if family not in PER_REPLICA
-        for line in chunk.decode().splitlines()
+        for line in text((chunk,)).decode().splitlines()
     )
 
 
