@@ -39,17 +39,18 @@ from tests.integration.time_lag_harness import (
     LAG_SECONDS,
     MAX_LAG_SECONDS,
     Cycle,
+    compacted_topic,
     run_cycle,
     settings_for,
+    wait_cleaned,
 )
-from tests.support.kafka import KafkaTestClient, Rec, wait_until
+from tests.support.kafka import KafkaTestClient, Rec
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
 HOUR_MS = 3_600_000
 # Reported time lag must be within this of the expected age, on top of the cycle's own duration
 # (the SPEC's bound: the "now" of a cycle is some instant during it).
 SLACK_SECONDS = 1.0
-COMPACTION_WITHIN_SECONDS = 60.0
 
 
 def now_ms() -> int:
@@ -374,42 +375,11 @@ class Scenarios:
     async def compaction(self) -> list[Check]:
         scenario = "Compacted topic, cleaner removed offsets 0-4 (keys rewritten at 5-9)"
         topic, cleaned, kept = self.name("compact"), self.name("cleaned"), self.name("kept")
-        await self.kafka.create_topic(
-            topic,
-            config={
-                "cleanup.policy": "compact",
-                "segment.ms": "100",
-                "min.cleanable.dirty.ratio": "0.01",
-                "min.compaction.lag.ms": "0",
-                "delete.retention.ms": "100",
-            },
-        )
-        base = now_ms() - 3_000_000
-        stamps = [base + i * 100_000 for i in range(10)]
-        await self.kafka.produce(
-            topic,
-            [Rec(b"v", key=b"k%d" % (i % 5), timestamp_ms=ts) for i, ts in enumerate(stamps)],
-        )
+        stamps = await compacted_topic(self.kafka, topic, now_ms() - 3_000_000)
         tp = TopicPartition(topic, 0)
         await self.kafka.commit(cleaned, {tp: 2})
         await self.kafka.commit(kept, {tp: 7})
-        rolls = 0
-
-        async def compacted() -> bool:
-            nonlocal rolls
-            if set(await self.kafka.read_timestamps(topic, 0, 0)) & set(range(5)):
-                # The cleaner skips the active segment: an append after segment.ms rolls it.
-                await self.kafka.produce(topic, [Rec(b"r", key=b"roll-%d" % rolls)])
-                rolls += 1
-                return False
-            return True
-
-        await wait_until(
-            compacted,
-            within=COMPACTION_WITHIN_SECONDS,
-            interval=0.5,
-            message=f"log cleaner compacting {topic}",
-        )
+        await wait_cleaned(self.kafka, topic)
         cycle = await self.cycle([cleaned, kept], [topic])
         gone, present = cycle.row(cleaned, topic), cycle.row(kept, topic)
         return [
