@@ -20,6 +20,7 @@ from klag_pipeline.http import build_app, start_server
 from klag_pipeline.kafka.port import ClusterClient, TimestampListing
 from klag_pipeline.model import TopicPartition
 from klag_pipeline.settings.redaction import redact_settings
+from klag_pipeline.settings.schema import Settings
 from tests.integration.pipeline_support import (
     Running,
     SeriesKey,
@@ -217,15 +218,28 @@ async def test_first_scrape_has_exact_offsets_and_no_time_lag_until_the_cycle_co
         assert [s.partial for s in run.recorder.snapshots()] == [False]
 
 
+async def one_group(
+    kafka: KafkaTestClient,
+    bootstrap: str,
+    unique: Callable[[str], str],
+    *,
+    records: int,
+    committed: int,
+) -> tuple[str, str, Settings]:
+    """A one-partition topic of ``records`` records, a group committed at ``committed``, and
+    settings watching exactly that group every second: ``(topic, group, settings)``."""
+    topic, group = unique("t"), unique("g")
+    await kafka.create_topic(topic, partitions=1)
+    await kafka.produce(topic, [Rec(b"x") for _ in range(records)])
+    await kafka.commit(group, {TopicPartition(topic, 0): committed})
+    config = settings(cluster(CLUSTER, bootstrap, groups=[exactly(group)]), poll_interval=1)
+    return topic, group, config
+
+
 async def test_no_early_publication_once_a_cycle_completed(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
-    topic = unique("t")
-    await kafka.create_topic(topic, partitions=1)
-    await kafka.produce(topic, [Rec(b"x") for _ in range(5)])
-    group = unique("g")
-    await kafka.commit(group, {TopicPartition(topic, 0): 1})
-    config = settings(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]), poll_interval=1)
+    topic, group, config = await one_group(kafka, kafka_bootstrap, unique, records=5, committed=1)
     made, wrap = holding()
     async with running(config, client_factory=wrapping(wrap)) as run:
         (client,) = made
@@ -249,12 +263,8 @@ async def test_no_early_publication_once_a_cycle_completed(
 async def test_no_early_publication_without_a_lagging_commit(
     kafka: KafkaTestClient, kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
-    topic = unique("t")
-    await kafka.create_topic(topic, partitions=1)
-    await kafka.produce(topic, [Rec(b"x") for _ in range(3)])
-    group = unique("g")
-    await kafka.commit(group, {TopicPartition(topic, 0): 3})  # caught up: nothing to read
-    config = settings(cluster(CLUSTER, kafka_bootstrap, groups=[exactly(group)]), poll_interval=1)
+    # Caught up: the timestamp pass has nothing to read.
+    *_, config = await one_group(kafka, kafka_bootstrap, unique, records=3, committed=3)
     made, wrap = holding()
     async with running(config, client_factory=wrapping(wrap)) as run:
         made[0].gate.set()
