@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from klag_pipeline import package_version
-from klag_pipeline.cluster_pipeline import ClusterPipeline
+from klag_pipeline.cluster_pipeline import ClusterPipeline, pause_board
 from klag_pipeline.collection import collection_chain
 from klag_pipeline.errors import ConfigError, KlagError
 from klag_pipeline.kafka.factory import (
@@ -27,6 +27,7 @@ from klag_pipeline.kafka.factory import (
     default_membership_factory,
 )
 from klag_pipeline.leadership import LeadershipProvider
+from klag_pipeline.pacing import PacedObserver
 from klag_pipeline.pipeline.channel import Channel, DroppingChannel
 from klag_pipeline.pipeline.clock import Clock, SystemClock
 from klag_pipeline.pipeline.fanout import FanOut
@@ -172,7 +173,9 @@ class Exporter:
         self, cluster: ClusterSettings, client_factory: ClientFactory
     ) -> ClusterPipeline:
         exporter = self.settings.exporter
-        client = client_factory(cluster, exporter, self.self_metrics.for_cluster(cluster.name))
+        pauses = pause_board(exporter.poll_interval, self.clock)
+        observer = PacedObserver(self.self_metrics.for_cluster(cluster.name), pauses)
+        client = client_factory(cluster, exporter, observer)
         attempted = partial(self.status.cycle_attempted, cluster.name)
         early = self._early_publication(cluster)
         chain = collection_chain(
@@ -197,6 +200,7 @@ class Exporter:
             status=self.status,
             self_metrics=self.self_metrics,
             early=early,
+            pauses=pauses,
         )
 
     def _early_publication(self, cluster: ClusterSettings) -> EarlyPublication | None:

@@ -8,7 +8,9 @@ cycle does to ``/health``, the self-metrics and the logs, and the hand-off of ea
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -18,6 +20,7 @@ from klag_pipeline.errors import KlagError
 from klag_pipeline.events import CycleEvent, CycleStarted
 from klag_pipeline.kafka.port import ClusterClient
 from klag_pipeline.leadership import NotLeader
+from klag_pipeline.pacing import PauseBoard
 from klag_pipeline.pipeline.chain import Chain, WiredChain
 from klag_pipeline.pipeline.channel import Channel
 from klag_pipeline.pipeline.clock import Clock
@@ -52,9 +55,11 @@ class ClusterPipeline:
         status: StatusBoard,
         self_metrics: SelfMetrics,
         early: EarlyPublication | None = None,
+        pauses: PauseBoard | None = None,
     ) -> None:
         """``early``: the early publication of the first cycle's offsets, fed by the chain's
-        early-offsets stage (docs/pipeline.md, "The first scrape")."""
+        early-offsets stage (docs/pipeline.md, "The first scrape"). ``pauses``: the client's
+        broker pauses (:func:`pause_board`), which move the cycle deadline back."""
         self.settings = settings
         self.early = early
         self.client = client
@@ -70,6 +75,7 @@ class ClusterPipeline:
         self.withdrawn = False
         self._poll_interval = poll_interval
         self._clock = clock
+        self._pauses = pauses or pause_board(poll_interval, clock)
         self._status = status
         self._self_metrics = self_metrics
         self._ticks_reported = 0
@@ -93,7 +99,8 @@ class ClusterPipeline:
             self.early.connect(partial(self._early, publish))
 
     def deadline(self, event: CycleEvent | ClusterSnapshot) -> float:
-        """When the event's cycle must be done: ``poll_interval`` after it started.
+        """When the event's cycle must be done: ``poll_interval`` after it started, plus the
+        time brokers paused the exporter since (klag_pipeline.pacing).
 
         The event loop's clock is time.monotonic, the same clock CycleStarted records. A tick
         may have waited in the tick channel; its cycle starts when discovery takes it (and
@@ -102,7 +109,27 @@ class ClusterPipeline:
             # A finished cycle's snapshot (the evaluation's input) has had its cycle; the
             # evaluation, bounded CPU work, gets a poll interval of its own.
             return self._clock.monotonic() + self._poll_interval
-        return event.start.started_monotonic + self._poll_interval
+        return self._paced_deadline(event.start.started_monotonic)
+
+    def _paced_deadline(self, since: float) -> float:
+        return since + self._poll_interval + self._pauses.extension(since)
+
+    @contextmanager
+    def watch(self, event: CycleEvent | ClusterSnapshot, scope: asyncio.Timeout) -> Iterator[None]:
+        """While a stage of ``event``'s cycle runs, each broker pause moves its deadline back."""
+        if isinstance(event, ClusterSnapshot):
+            yield  # the evaluation sends no requests; its budget is its own
+            return
+        # A tick's cycle starts when discovery takes it (see deadline()).
+        since = self._clock.monotonic() if isinstance(event, CycleStarted) else None
+        since = event.start.started_monotonic if since is None else since
+
+        def move() -> None:
+            if not scope.expired():
+                scope.reschedule(self._paced_deadline(since))
+
+        with self._pauses.watching(move):
+            yield
 
     def failed(self, cluster: str, cycle: int, stage: str, error: KlagError) -> None:
         if isinstance(error, NotLeader):
@@ -178,6 +205,13 @@ def _stage_task(link: Any, pipeline: ClusterPipeline) -> Callable[[], Awaitable[
             link.outbox,
             deadline_of=pipeline.deadline,
             on_failure=pipeline.failed,
+            watch=pipeline.watch,
         )
 
     return task
+
+
+def pause_board(poll_interval: float, clock: Clock) -> PauseBoard:
+    """A cluster's broker pauses: they move a cycle's deadline back by up to two more poll
+    intervals (a cycle in flight started at most three poll intervals ago)."""
+    return PauseBoard(2 * poll_interval, clock.monotonic, horizon=3 * poll_interval)

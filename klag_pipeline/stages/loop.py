@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 from klag_pipeline.errors import KlagError
@@ -18,6 +19,13 @@ R = TypeVar("R")
 StageFailed = Callable[[str, int, str, KlagError], None]
 """(cluster, cycle, stage name, error) — the cycle is dropped; nothing more flows for it."""
 
+Watch = Callable[[E, asyncio.Timeout], AbstractContextManager[object]]
+"""(event, the stage's deadline scope) → a block within which the deadline may move back."""
+
+
+def _unwatched(event: object, scope: asyncio.Timeout) -> AbstractContextManager[object]:
+    return nullcontext()
+
 
 async def run_stage(
     stage: Stage[E, R],
@@ -26,6 +34,7 @@ async def run_stage(
     *,
     deadline_of: Callable[[E], float],
     on_failure: StageFailed,
+    watch: Watch[E] = _unwatched,
     close_outbox: bool = True,
 ) -> None:
     """Process every event of ``inbox`` into ``outbox`` until the inbox is closed and drained.
@@ -33,13 +42,15 @@ async def run_stage(
     ``deadline_of(event)`` is the event loop time by which the event's cycle must be done (a
     cycle never exceeds ``poll_interval``). An expected failure (a :class:`KlagError`, including
     the deadline passing) drops that cycle and is reported; any other exception is a bug and
-    propagates so the process crashes loudly.
+    propagates so the process crashes loudly. ``watch(event, scope)`` may move the deadline
+    back while the stage runs (broker pauses, klag_pipeline.pacing).
     """
     try:
         async for event in inbox:
             try:
-                async with asyncio.timeout_at(deadline_of(event)):
-                    result = await stage.process(event)
+                async with asyncio.timeout_at(deadline_of(event)) as scope:
+                    with watch(event, scope):
+                        result = await stage.process(event)
             except TimeoutError:
                 on_failure(
                     event.cluster,

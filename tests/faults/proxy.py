@@ -94,12 +94,14 @@ class FaultProxy:
         self._invert_after_close = 0.0
         self._stall_next: set[int] = set()
         self._throttle_next: dict[int, tuple[int, int]] = {}
+        self._throttle_every: dict[int, tuple[int, int]] = {}
 
     # -- control
 
     def behave(self) -> None:
         """Forward faithfully from now on (no latency, no faults)."""
         self.plan = FaultPlan()
+        self._throttle_every.clear()
 
     def fuzz(
         self, rate: float, kinds: tuple[str, ...] = KINDS, apis: frozenset[int] | None = None
@@ -131,6 +133,11 @@ class FaultProxy:
         throttle time, an int32 at byte ``at`` of the frame (8 after a v0 response header, 9
         after a flexible v1 header with no tags)."""
         self._throttle_next[api_key] = (throttle_ms, at)
+
+    def throttle_every(self, api_key: int, throttle_ms: int, at: int) -> None:
+        """Until :meth:`behave`: every response to ``api_key`` gets ``throttle_ms`` as its
+        throttle time (as :meth:`throttle_next` writes it), as under a client quota."""
+        self._throttle_every[api_key] = (throttle_ms, at)
 
     def invert_api_versions(self, seconds: float) -> None:
         """For ``seconds``: the first response of every new connection, when it answers
@@ -265,8 +272,9 @@ class FaultProxy:
                 writer.write(item.frame)
                 await writer.drain()
                 return
-            if item.api_key in self._throttle_next:
-                throttle_ms, at = self._throttle_next.pop(item.api_key)
+            rule = self._throttle_next.pop(item.api_key, None)
+            if rule is not None or item.api_key in self._throttle_every:
+                throttle_ms, at = rule or self._throttle_every[item.api_key]
                 frame = bytearray(item.frame)
                 _SIZE.pack_into(frame, at, throttle_ms)
                 item = _Response(item.arrived, bytes(frame), item.api_key)

@@ -31,9 +31,10 @@ class Throttles:
         self._not_before: dict[int, float] = {}
 
     async def wait_throttle(self, node: int) -> None:
-        """Sleep until ``node``'s last throttle_time_ms has passed."""
-        wait = self._not_before.get(node, 0.0) - time.monotonic()
-        if wait > 0:
+        """Sleep until ``node``'s last throttle_time_ms has passed, including throttles that
+        answers to other requests announce meanwhile."""
+        # A time that can move later, not a condition to be signalled: sleep until it holds.
+        while (wait := self._not_before.get(node, 0.0) - time.monotonic()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
 
     def note_throttle(self, node: int, throttle_ms: int) -> None:
