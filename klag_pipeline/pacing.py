@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import count
-from typing import Protocol
+
+from klag_pipeline.kafka.port import RequestObserver
 
 
 class PauseBoard:
@@ -74,17 +75,11 @@ class PauseBoard:
             del self._watchers[key]
 
 
-class _Observer(Protocol):
-    def on_request(self, api: str, broker: str, outcome: str, seconds: float) -> None: ...
-
-    def on_throttle(self, api: str, broker: str, throttle_ms: int) -> None: ...
-
-
 class PacedObserver:
     """A cluster's request observer that also tells the cluster's :class:`PauseBoard` of every
-    throttled answer (a ``klag_pipeline.kafka.port.RequestObserver``)."""
+    throttled answer."""
 
-    def __init__(self, inner: _Observer, board: PauseBoard) -> None:
+    def __init__(self, inner: RequestObserver, board: PauseBoard) -> None:
         self._inner = inner
         self._board = board
 
