@@ -121,8 +121,8 @@ class ClusterPipeline:
             yield  # the evaluation sends no requests; its budget is its own
             return
         # A tick's cycle starts when discovery takes it (see deadline()).
-        since = self._clock.monotonic() if isinstance(event, CycleStarted) else None
-        since = event.start.started_monotonic if since is None else since
+        started = event.start.started_monotonic
+        since = self._clock.monotonic() if isinstance(event, CycleStarted) else started
 
         def move() -> None:
             if not scope.expired():

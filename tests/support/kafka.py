@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +28,30 @@ _COORDINATOR_NOT_READY = frozenset({14, 15, 16})
 """COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR."""
 
 Compression = Literal["gzip", "snappy", "lz4", "zstd"]
+
+
+async def _while_coordinator_not_ready(
+    what: str, attempt: Callable[[], Awaitable[set[int]]], *, tries: int = 40
+) -> None:
+    """Run ``attempt`` (it returns the answer's error codes) until every code is 0, for at most
+    ``tries`` × 0.25 s while the group's coordinator is not ready: a fresh ``__consumer_offsets``
+    partition takes a moment to load, and on a busy broker a coordinator can be briefly
+    unavailable (GroupCoordinatorNotAvailable, seen in the lifecycle test)."""
+    codes: set[int] = set()
+    for _ in range(tries):
+        try:
+            codes = await attempt()
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            codes = {getattr(exc, "errno", -1)}  # -1: not an error the broker sent
+        else:
+            if codes <= {0}:
+                return
+            if not codes <= {0, *_COORDINATOR_NOT_READY}:
+                break
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{what}: error codes {sorted(codes)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,18 +314,23 @@ class KafkaTestClient:
 
     async def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit offsets for ``group`` without consuming or joining (assign() + commit)."""
-        consumer = AIOKafkaConsumer(**self._options, group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign([AioTopicPartition(tp.topic, tp.partition) for tp in offsets])
-            await consumer.commit(
-                {
-                    AioTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
-                    for tp, offset in offsets.items()
-                }
-            )
-        finally:
-            await consumer.stop()
+
+        async def attempt() -> set[int]:
+            consumer = AIOKafkaConsumer(**self._options, group_id=group, enable_auto_commit=False)
+            await consumer.start()
+            try:
+                consumer.assign([AioTopicPartition(tp.topic, tp.partition) for tp in offsets])
+                await consumer.commit(
+                    {
+                        AioTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                        for tp, offset in offsets.items()
+                    }
+                )
+            finally:
+                await consumer.stop()
+            return {0}
+
+        await _while_coordinator_not_ready(f"commit {group}", attempt)
 
     async def commit_many(
         self, commits: Mapping[str, Mapping[TopicPartition, int]], *, in_flight: int = 32
@@ -315,24 +344,14 @@ class KafkaTestClient:
             for tp, offset in sorted(offsets.items()):
                 topics.setdefault(tp.topic, []).append((tp.partition, offset, ""))
             request = OffsetCommitRequest(group, -1, "", -1, list(topics.items()))
-            codes: set[int] = set()
-            for _ in range(40):  # a fresh __consumer_offsets partition takes a moment to load
-                try:
-                    async with slots:
-                        node = await self._admin.find_coordinator(group)
-                        response = await self._admin._send_request(request, node)
-                except KafkaError as exc:
-                    if not exc.retriable:
-                        raise
-                    await asyncio.sleep(0.25)
-                    continue
-                codes = {code for _, parts in response.topics for _, code in parts}
-                if codes == {0}:
-                    return
-                if not codes <= {0, *_COORDINATOR_NOT_READY}:
-                    break
-                await asyncio.sleep(0.25)
-            raise AssertionError(f"commit {group}: error codes {sorted(codes)}")
+
+            async def attempt() -> set[int]:
+                async with slots:
+                    node = await self._admin.find_coordinator(group)
+                    response = await self._admin._send_request(request, node)
+                return {code for _, parts in response.topics for _, code in parts}
+
+            await _while_coordinator_not_ready(f"commit {group}", attempt)
 
         await asyncio.gather(*(one(group, offsets) for group, offsets in commits.items()))
 
@@ -347,11 +366,13 @@ class KafkaTestClient:
 
     async def delete_group(self, group: str) -> None:
         """DeleteGroups (the group must have no members)."""
-        coordinator = await self._admin.find_coordinator(group)
-        response = await self._admin._send_request(DeleteGroupsRequest([group]), coordinator)
-        for group_id, error_code in response.results:
-            if error_code != 0:
-                raise AssertionError(f"delete_group {group_id}: error code {error_code}")
+
+        async def attempt() -> set[int]:
+            coordinator = await self._admin.find_coordinator(group)
+            response = await self._admin._send_request(DeleteGroupsRequest([group]), coordinator)
+            return {error_code for _, error_code in response.results}
+
+        await _while_coordinator_not_ready(f"delete_group {group}", attempt)
 
     async def groups(self) -> dict[str, str]:
         """Group id → protocol type, from ListGroups (classic and KIP-848 groups alike)."""
