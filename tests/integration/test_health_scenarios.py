@@ -88,9 +88,15 @@ async def test_steady_consumer_keeping_up_is_ok(
         end = known.observed_at + HEALTH.window + HEALTH.stalled_after
         await first_snapshot(run.recorder, CLUSTER, lambda _: True, after=end, what="the end")
     watched = between(run.recorder, CLUSTER, known.observed_at, end)
-    statuses = [partition_health(s, group, tp).status for s in watched]  # type: ignore[union-attr]
+    judged = [partition_health(s, group, tp) for s in watched]
+    statuses = [h.status for h in judged]  # type: ignore[union-attr]
     assert len(watched) >= 8
-    assert set(statuses) == {Status.OK}, statuses
+    # The reasons and the lags seen say whether a non-OK status was a stall of the drivers on
+    # a loaded machine or a false alarm of the rules.
+    assert set(statuses) == {Status.OK}, [
+        (h.status.name, h.reason, getattr(row_of(s, group, tp), "lag", None))  # type: ignore[union-attr]
+        for h, s in zip(judged, watched, strict=True)
+    ]
     assert {group_health(s, group).status for s in watched} == {Status.OK}  # type: ignore[union-attr]
 
 
