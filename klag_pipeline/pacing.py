@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import count
 
 from klag_pipeline.kafka.port import RequestObserver
 
@@ -36,8 +35,7 @@ class PauseBoard:
         self._clock = clock
         self._horizon = horizon
         self._pauses: list[tuple[float, float]] = []
-        self._watchers: dict[int, Callable[[], None]] = {}
-        self._ids = count()
+        self._watchers: set[Callable[[], None]] = set()
 
     def paused(self, seconds: float) -> None:
         """A broker asked for ``seconds`` of silence, from now; every watched deadline moves."""
@@ -56,7 +54,7 @@ class PauseBoard:
         kept.append((start, end))
         kept.sort()
         self._pauses = kept
-        for move in list(self._watchers.values()):
+        for move in list(self._watchers):
             move()
 
     def extension(self, since: float) -> float:
@@ -67,12 +65,11 @@ class PauseBoard:
     @contextmanager
     def watching(self, move: Callable[[], None]) -> Iterator[None]:
         """Within the block, ``move()`` is called after every pause recorded."""
-        key = next(self._ids)
-        self._watchers[key] = move
+        self._watchers.add(move)
         try:
             yield
         finally:
-            del self._watchers[key]
+            self._watchers.discard(move)
 
 
 class PacedObserver:
